@@ -1,0 +1,28 @@
+# `make serve` and `make test` create .venv on first use; `make install` only does that.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: install serve test bench eval train
+
+install: $(VENV)/.installed
+
+# torch first, pinned: the CPU build on this disk, so no dependency can pull a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+serve: install
+	$(VENV)/bin/mllm-audit serve
+
+test: install
+	$(PY) -m pytest
+
+eval: install
+	$(PY) -m models.reference.evaluate
+
+train: install
+	$(PY) -m models.reference.train

@@ -1,0 +1,199 @@
+"""Per-token visual reliance, language reliance and hallucination risk.
+
+Signals (METHODS.md sections 1.6 and 4), all from teacher-forced token probabilities:
+
+* visual contrast (VCD-style, bounded): how much of the token's probability the image
+  adds over a content-free baseline, ``contrast_t = clip((p_full - p_blank) / p_full, 0, 1)``.
+  Needs only two images (full + blank): the cheap /v1/reliance path.
+* EAGLE insertion reliance: ``I_t = AUC(c_t) - min_k c_t(a_k)`` over the insertion curve
+  c_t along the region ranking. Normalised by the curve's maximum to [0, 1]:
+  ``I_norm_t = clip(I_t / max_k c_t(a_k), 0, 1)`` (AUC - min <= max - min <= max).
+
+``visual_reliance_t = contrast_t`` on the cheap path, and
+``w * contrast_t + (1 - w) * I_norm_t`` (w = ``contrast_weight``, 0.5) when an insertion
+curve exists; ``language_reliance_t = 1 - visual_reliance_t``.
+
+Risk (content words only): a hallucinated word is one the model would say without the
+image, so it is risky when it rests on the language prior AND that prior is strong:
+``risk_t = language_reliance_t * p_blank_t ** prior_exponent`` (exponent 0.5). A word the
+image actively argues against (p_full < p_blank) has contrast 0, so its risk is the
+prior strength. Labels: low < risk_medium (0.35) <= medium < risk_high (0.65) <= high.
+Function words and punctuation get ``not_visual`` and risk 0: they make no claim about
+the image. A content word is never excused for being insensitive to the image.
+"""
+
+from __future__ import annotations
+
+import string
+import unicodedata
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from explainers.masking import resolve_baseline
+from explainers.metrics import auc
+
+EPS = 1e-8
+NOT_VISUAL = "not_visual"
+LABEL_ORDER = {NOT_VISUAL: -1, "low": 0, "medium": 1, "high": 2}
+
+# English function words: articles, determiners, pronouns, generic prepositions,
+# conjunctions, auxiliaries and contraction pieces. Deliberately NOT here: numbers and
+# quantifiers (counts are visual claims), spatial words (above, left, behind: relation
+# claims), and yes / no / not (in an existence answer the yes or no IS the claim).
+FUNCTION_WORDS = frozenset("""
+a an the this that these those its it's his her hers their theirs our ours your yours my mine
+some any each every such another other own same
+it they them he him she we us you i me itself themselves himself herself
+which who whom whose what where when why how there here
+of in on at to with for from by as into onto about than via within upon per
+and or but so if then because while although though nor also too either neither
+is are was were be been being am do does did done has have had having
+can could will would shall should may might must
+s t re ve ll d m just very really like
+""".split())
+# Words about the picture itself rather than its content ("The image shows ...").
+META_WORDS = frozenset("""
+image images picture pictures photo photos photograph scene shows show showing shown
+depicts depict depicting displays display features contains see seen
+""".split())
+_PIECE_MARKERS = "\u2581\u0120\u010a#"  # SentencePiece "▁", GPT-2 byte "Ġ" / "Ċ", WordPiece "##"
+
+
+def _is_punct_or_symbol(ch: str) -> bool:
+    return ch in string.punctuation or unicodedata.category(ch)[0] in "PS"
+
+
+def is_visual_claim(token_text: str) -> bool:
+    """Lexical rule: does this token claim something about the image?
+
+    False for empty / whitespace / punctuation-only tokens, function words and words
+    about the picture itself; True for everything else, numbers included (counts).
+    """
+    text = token_text.strip().strip(_PIECE_MARKERS).strip()
+    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("Z"))
+    core = text
+    while core and _is_punct_or_symbol(core[0]):
+        core = core[1:]
+    while core and _is_punct_or_symbol(core[-1]):
+        core = core[:-1]
+    if not core:
+        return False
+    word = core.lower()
+    if word.isdigit():
+        return True
+    return word not in FUNCTION_WORDS and word not in META_WORDS
+
+
+def visual_contrast(p_full: np.ndarray, p_blank: np.ndarray) -> np.ndarray:
+    """Share of each token's probability that the image adds: clip((pf - pb) / pf, 0, 1)."""
+    pf = np.asarray(p_full, dtype=np.float64)
+    pb = np.asarray(p_blank, dtype=np.float64)
+    return np.clip((pf - pb) / np.maximum(pf, EPS), 0.0, 1.0)
+
+
+def reliance_score(areas: np.ndarray, insertion: np.ndarray) -> np.ndarray:
+    """EAGLE's I_t = AUC(c_t) - min_k c_t(a_k) per token, insertion [n_points, T] -> [T]."""
+    curve = np.asarray(insertion, dtype=np.float64)
+    if curve.ndim == 1:
+        curve = curve[:, None]
+    return np.array([auc(areas, curve[:, t]) - curve[:, t].min() for t in range(curve.shape[1])])
+
+
+def normalised_reliance(areas: np.ndarray, insertion: np.ndarray) -> np.ndarray:
+    """I_t / max_k c_t(a_k), in [0, 1]: scale-free, so likely and rare tokens compare."""
+    curve = np.asarray(insertion, dtype=np.float64)
+    if curve.ndim == 1:
+        curve = curve[:, None]
+    return np.clip(reliance_score(areas, curve) / np.maximum(curve.max(axis=0), EPS), 0.0, 1.0)
+
+
+def visual_reliance(p_full: np.ndarray, p_blank: np.ndarray, areas: np.ndarray | None = None,
+                    insertion: np.ndarray | None = None, contrast_weight: float = 0.5) -> np.ndarray:
+    """Per-token visual reliance in [0, 1] (formula in the module docstring)."""
+    contrast = visual_contrast(p_full, p_blank)
+    if insertion is None or areas is None:
+        return contrast
+    return contrast_weight * contrast + (1.0 - contrast_weight) * normalised_reliance(areas, insertion)
+
+
+def risk_label(risk: float, risk_medium: float = 0.35, risk_high: float = 0.65) -> str:
+    if risk >= risk_high:
+        return "high"
+    return "medium" if risk >= risk_medium else "low"
+
+
+@dataclass
+class TokenReliance:
+    index: int
+    text: str
+    p_full: float
+    p_blank: float
+    visual_reliance: float
+    language_reliance: float
+    risk_score: float
+    risk_label: str  # low | medium | high | not_visual
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def assess_tokens(texts: Sequence[str], p_full: np.ndarray, p_blank: np.ndarray,
+                  areas: np.ndarray | None = None, insertion: np.ndarray | None = None,
+                  risk_medium: float = 0.35, risk_high: float = 0.65,
+                  contrast_weight: float = 0.5, prior_exponent: float = 0.5) -> list[TokenReliance]:
+    """Reliance and risk for every answer token (probabilities, not log-probs).
+
+    ``areas`` / ``insertion`` ([n_points, T]) are an EAGLE insertion curve when the
+    explain path has one; without them the cheap contrast-only formula is used.
+    """
+    pf = np.asarray(p_full, dtype=np.float64)
+    pb = np.asarray(p_blank, dtype=np.float64)
+    if len(texts) != pf.size or pf.shape != pb.shape:
+        raise ValueError(f"{len(texts)} texts, p_full {pf.shape}, p_blank {pb.shape}: sizes differ")
+    vis = visual_reliance(pf, pb, areas, insertion, contrast_weight)
+    out = []
+    for t, text in enumerate(texts):
+        lang = 1.0 - float(vis[t])
+        if is_visual_claim(text):
+            risk = lang * float(np.clip(pb[t], 0.0, 1.0)) ** prior_exponent
+            label = risk_label(risk, risk_medium, risk_high)
+        else:
+            risk, label = 0.0, NOT_VISUAL
+        out.append(TokenReliance(t, text, float(pf[t]), float(pb[t]), float(vis[t]), lang, risk, label))
+    return out
+
+
+def summarize(tokens: Sequence[TokenReliance]) -> dict:
+    """Answer-level view: worst label and highest risk among visual tokens.
+
+    ``visual_reliance`` is the mean over visual tokens (over all tokens when none is
+    visual); ``flagged_tokens`` counts visual tokens labelled high.
+    """
+    visual = [t for t in tokens if t.risk_label != NOT_VISUAL]
+    pool = visual or list(tokens)
+    reliance = float(np.mean([t.visual_reliance for t in pool])) if pool else 0.0
+    if not visual:
+        return {"risk_label": NOT_VISUAL, "risk_score": 0.0, "visual_reliance": reliance, "flagged_tokens": 0}
+    worst = max(visual, key=lambda t: LABEL_ORDER[t.risk_label])
+    return {"risk_label": worst.risk_label, "risk_score": max(t.risk_score for t in visual),
+            "visual_reliance": reliance, "flagged_tokens": sum(t.risk_label == "high" for t in visual)}
+
+
+def blank_contrast(image: np.ndarray, baselines: Sequence[str] = ("black",)
+                   ) -> Generator[list[np.ndarray], np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Cheap-path engine generator: ONE yield ``[full, *baselines]``.
+
+    Returns ``(p_full, p_blank)`` probabilities [T]; with several baselines p_blank is
+    their mean probability. The default (black) matches EAGLE's c_t(0), so both paths
+    share p_blank.
+    """
+    if not baselines:
+        raise ValueError("need at least one baseline")
+    image = np.asarray(image, dtype=np.uint8)
+    received = np.asarray((yield [image] + [resolve_baseline(image, b) for b in baselines]), dtype=np.float64)
+    if received.ndim != 2 or received.shape[0] != 1 + len(baselines):
+        raise ValueError(f"expected log-probs of shape [{1 + len(baselines)}, n_tokens], got {received.shape}")
+    probs = np.exp(received)
+    return probs[0], probs[1:].mean(axis=0)

@@ -1,0 +1,105 @@
+"""Load a local Hugging Face image-text-to-text checkpoint directory, and nothing from a hub."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.families import Family, family_of
+
+REFERENCE_MODEL_DIR = Path(__file__).resolve().parent / "reference" / "weights"
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory that cannot be used; the message names the path and the problem."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    processor: object
+    family: Family
+    path: Path
+    model_id: str
+    revision: str | None
+    device: torch.device
+    dtype: torch.dtype
+
+
+def choose_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def check_model_dir(path: Path) -> dict:
+    """Fail early, with the path in the message, on anything that would break loading later."""
+    if not path.exists():
+        raise ModelLoadError(f"model directory {path} does not exist")
+    if not path.is_dir():
+        raise ModelLoadError(f"model path {path} is not a directory")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"model directory {path} has no config.json")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{config_file} is not valid JSON: {exc}") from exc
+    if "model_type" not in config:
+        raise ModelLoadError(f"{config_file} names no model_type")
+    if not any(path.glob("*.safetensors")):
+        raise ModelLoadError(f"model directory {path} has no *.safetensors weights (only safetensors are loaded)")
+    if not any((path / f).is_file() for f in PROCESSOR_FILES):
+        raise ModelLoadError(f"model directory {path} has no processor config ({' or '.join(PROCESSOR_FILES)})")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(f"model directory {path} has no tokenizer ({', '.join(TOKENIZER_FILES)})")
+    return config
+
+
+def load_model(path: str | os.PathLike | None = None, device: str = "auto", dtype: str = "auto",
+               trust_remote_code: bool = False, model_id: str | None = None) -> LoadedModel:
+    """Load weights and processor from a local directory (default: the bundled reference model)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = Path(path) if path else REFERENCE_MODEL_DIR
+    path = path.expanduser().resolve()
+    config = check_model_dir(path)
+    dev = choose_device(device)
+    dt = choose_dtype(dtype, dev)
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dt, use_safetensors=True
+        )
+    except Exception as exc:  # transformers raises many types; the caller needs one with the path
+        raise ModelLoadError(f"could not load the model in {path}: {type(exc).__name__}: {exc}") from exc
+    model.to(dev).eval()
+    revision = (path / "REVISION").read_text().strip() if (path / "REVISION").is_file() else None
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        family=family_of(config["model_type"]),
+        path=path,
+        model_id=model_id or path.name,
+        revision=revision,
+        device=dev,
+        dtype=dt,
+    )

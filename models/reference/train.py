@@ -1,0 +1,184 @@
+"""Train the reference model on freshly generated scenes, within a wall-clock budget on CPU.
+
+    python -m models.reference.train --out models/reference/weights --minutes 35
+
+Why it learns every question kind in the budget: objects span about 2x2 patches of the
+8x8 token grid (shape is visible inside one token's neighbourhood), and an auxiliary
+loss asks each image token to name the colour and shape under it, so the vision tower
+learns a dense, decodable map first (phase 1, vision only) and the decoder then only
+has to learn where to look (phase 2, language loss plus the auxiliary loss). The
+auxiliary heads are thrown away; the saved model is a plain LlavaForConditionalGeneration.
+The learning rate follows a cosine over the elapsed fraction of the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.reference import world
+from models.reference.build import PATCH_SIZE, build_model, build_processor
+from models.sequence import build_sequence, pad_batch
+
+GRID = world.IMAGE_SIZE // PATCH_SIZE
+KIND_WEIGHTS = {"colour": 1.0, "shape": 1.5, "position": 1.0, "count": 1.0, "existence": 1.0, "caption": 1.5}
+COLOUR_IDS = {c: i + 1 for i, c in enumerate(world.COLOURS)}
+SHAPE_IDS = {s: i + 1 for i, s in enumerate(world.SHAPES)}
+
+
+def patch_labels(scene: world.Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Colour and shape class (0 = background) of the object covering most of each patch."""
+    colour = np.zeros((GRID, GRID), dtype=np.int64)
+    shape = np.zeros((GRID, GRID), dtype=np.int64)
+    best = np.full((GRID, GRID), 0.2)  # a patch must be at least 20% object to carry its label
+    for obj in scene.objects:
+        cover = obj.mask.reshape(GRID, PATCH_SIZE, GRID, PATCH_SIZE).mean(axis=(1, 3))
+        win = cover > best
+        colour[win], shape[win], best[win] = COLOUR_IDS[obj.colour], SHAPE_IDS[obj.shape], cover[win]
+    return colour.reshape(-1), shape.reshape(-1)
+
+
+class Batches:
+    """Random training batches; prompt tokenization is cached (prompts repeat)."""
+
+    def __init__(self, processor, seed: int):
+        self.processor = processor
+        self.np_rng = np.random.default_rng(seed)
+        self.rng = random.Random(seed)
+        self.kinds, self.weights = list(KIND_WEIGHTS), list(KIND_WEIGHTS.values())
+
+    def sample(self, biased: bool = True, kind: str | None = None) -> world.Sample:
+        scene = world.render_scene(self.np_rng)
+        kind = kind or self.rng.choices(self.kinds, self.weights)[0]
+        return world.make_sample(kind, scene, self.rng, biased=biased)
+
+    def tensors(self, samples: list[world.Sample]) -> dict[str, torch.Tensor]:
+        seqs = [build_sequence(self.processor, s.prompt, s.answer, add_eos=True) for s in samples]
+        ids, mask = pad_batch([s.input_ids for s in seqs], self.processor.tokenizer.pad_token_id)
+        labels = torch.full_like(ids, -100)
+        for row, s in enumerate(seqs):
+            labels[row, s.answer_start : len(s.input_ids)] = ids[row, s.answer_start : len(s.input_ids)]
+        pixels = self.processor.image_processor([s.scene.image for s in samples], return_tensors="pt")["pixel_values"]
+        colour, shape = zip(*(patch_labels(s.scene) for s in samples))
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "pixel_values": pixels,
+            "patch_colour": torch.from_numpy(np.stack(colour)),
+            "patch_shape": torch.from_numpy(np.stack(shape)),
+        }
+
+
+class AuxHeads(torch.nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.colour = torch.nn.Linear(hidden, len(COLOUR_IDS) + 1)
+        self.shape = torch.nn.Linear(hidden, len(SHAPE_IDS) + 1)
+
+    def loss(self, feats: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        c = F.cross_entropy(self.colour(feats).flatten(0, 1), batch["patch_colour"].flatten())
+        s = F.cross_entropy(self.shape(feats).flatten(0, 1), batch["patch_shape"].flatten())
+        return c + s
+
+
+def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    out = model.model.get_image_features(pixel_values=pixel_values)
+    return torch.stack(list(out.pooler_output))
+
+
+def losses(model, heads: AuxHeads, batch: dict[str, torch.Tensor], with_language: bool):
+    feats = image_features(model, batch["pixel_values"])
+    aux = heads.loss(feats, batch)
+    if not with_language:
+        return aux, torch.zeros(())
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    is_image = (batch["input_ids"] == model.config.image_token_index).unsqueeze(-1)
+    embeds = embeds.masked_scatter(is_image, feats.to(embeds.dtype))
+    out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
+    return aux, out.loss
+
+
+@torch.no_grad()
+def teacher_forced_accuracy(model, batches: Batches, per_kind: int = 24) -> dict[str, float]:
+    """Exact match under teacher forcing with true labels: every answer token (and EOS) is the argmax."""
+    model.eval()
+    acc = {}
+    for kind in world.QUESTION_KINDS:
+        samples = [batches.sample(biased=False, kind=kind) for _ in range(per_kind)]
+        for s in samples:
+            s.answer = s.truth
+        b = batches.tensors(samples)
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=b["pixel_values"]).logits
+        pred = logits[:, :-1].argmax(-1)
+        target = b["labels"][:, 1:]
+        ok = ((pred == target) | (target == -100)).all(dim=1)
+        acc[kind] = ok.float().mean().item()
+    model.train()
+    return acc
+
+
+def train(out: Path, minutes: float, vision_fraction: float, batch_size: int, lr: float, seed: int) -> None:
+    torch.manual_seed(seed)
+    processor = build_processor()
+    model = build_model(processor)
+    heads = AuxHeads(model.config.text_config.hidden_size)
+    params = list(model.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    batches = Batches(processor, seed)
+    budget = minutes * 60
+    start = time.monotonic()
+    step, last_report = 0, start
+    model.train()
+    while (elapsed := time.monotonic() - start) < budget:
+        frac = elapsed / budget
+        warm = min(1.0, (step + 1) / 100)
+        for g in opt.param_groups:
+            g["lr"] = lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        with_language = frac >= vision_fraction
+        batch = batches.tensors([batches.sample() for _ in range(batch_size)])
+        aux, lm = losses(model, heads, batch, with_language)
+        loss = lm + 0.5 * aux if with_language else aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if time.monotonic() - last_report > 120:
+            last_report = time.monotonic()
+            msg = f"step {step} {elapsed / 60:.1f} min aux {aux.item():.3f} lm {lm.item():.3f}"
+            if with_language:
+                acc = teacher_forced_accuracy(model, batches)
+                msg += " " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
+            print(msg, flush=True)
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    print(f"saved to {out} after {step} steps, {(time.monotonic() - start) / 60:.1f} min", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
+    ap.add_argument("--minutes", type=float, default=35.0)
+    ap.add_argument("--vision-fraction", type=float, default=0.12, help="share of the budget for phase 1")
+    ap.add_argument("--batch-size", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train(args.out, args.minutes, args.vision_fraction, args.batch_size, args.lr, args.seed)
+
+
+if __name__ == "__main__":
+    main()

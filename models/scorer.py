@@ -1,0 +1,113 @@
+"""Teacher-forced scoring: one forward pass gives every answer token's log-probability.
+
+`Scorer.log_probs` takes (audit, image) pairs, possibly from different audits, runs them as
+one right-padded batch and returns, per pair, the log-probability of each answer token
+(`[answer_tokens]`). Images of one audit share a sequence; different audits may differ in
+length, and right padding keeps every real token's position and score unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.loading import LoadedModel
+from models.sequence import AnswerTokens, Sequence, build_sequence, pad_batch
+
+
+@dataclass(frozen=True)
+class Audit:
+    """A prompt and answer prepared for scoring against images of one size."""
+
+    prompt: str
+    answer: str
+    image_size: tuple[int, int]  # (width, height)
+    sequence: Sequence = field(repr=False)
+
+    @property
+    def tokens(self) -> AnswerTokens:
+        return self.sequence.answer
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.sequence.answer.ids)
+
+
+@dataclass
+class WhiteBoxOutput:
+    """Per pair: logits at every position and the last decoder layer's hidden states."""
+
+    logits: torch.Tensor  # [seq, vocab]
+    hidden: torch.Tensor  # [seq, hidden]
+    input_ids: torch.Tensor  # [seq]
+
+
+def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
+    return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+
+
+class Scorer:
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.pad_id = self._pad_id()
+
+    def _pad_id(self) -> int:
+        tok = self.processor.tokenizer
+        for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    def prepare(self, prompt: str, answer: str, image_size: tuple[int, int]) -> Audit:
+        seq = build_sequence(self.processor, prompt, answer, image_size=image_size)
+        return Audit(prompt, answer, tuple(image_size), seq)
+
+    def _forward(self, pairs: list[tuple[Audit, np.ndarray]], hidden: bool = False):
+        ids, mask = pad_batch([a.sequence.input_ids for a, _ in pairs], self.pad_id)
+        images = [to_pil(img) for _, img in pairs]
+        image_inputs = self.processor.image_processor(images=images, return_tensors="pt")
+        dev, dt = self.loaded.device, self.loaded.dtype
+        inputs = {k: (v.to(dev, dt) if v.is_floating_point() else v.to(dev)) for k, v in image_inputs.items()}
+        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=hidden,
+                         use_cache=False, **inputs)
+        return ids, out, image_inputs
+
+    @torch.inference_mode()
+    def log_probs(self, pairs: list[tuple[Audit, np.ndarray]]) -> list[np.ndarray]:
+        """Log-probability of every answer token, one float64 array `[answer_tokens]` per pair."""
+        if not pairs:
+            return []
+        _, out, _ = self._forward(pairs)
+        results = []
+        for row, (audit, _) in enumerate(pairs):
+            start, n = audit.sequence.answer_start, audit.n_tokens
+            logits = out.logits[row, start - 1 : start - 1 + n].float()
+            targets = torch.tensor(audit.tokens.ids, device=logits.device)
+            lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+            results.append(lp.double().cpu().numpy())
+        return results
+
+    @torch.inference_mode()
+    def white_box(self, pairs: list[tuple[Audit, np.ndarray]]) -> list[WhiteBoxOutput]:
+        """Full-vocabulary logits and last-layer hidden states, for white-box token maps."""
+        ids, out, _ = self._forward(pairs, hidden=True)
+        last = out.hidden_states[-1]
+        results = []
+        for row, (audit, _) in enumerate(pairs):
+            n = len(audit.sequence.input_ids)
+            results.append(WhiteBoxOutput(out.logits[row, :n].float().cpu(), last[row, :n].float().cpu(), ids[row, :n]))
+        return results
+
+    def image_token_positions(self, audit: Audit) -> list[int]:
+        image_id = self.loaded.family.image_token_id(self.model)
+        return [i for i, t in enumerate(audit.sequence.input_ids) if t == image_id]
+
+    def image_grid(self, audit: Audit, image: np.ndarray) -> tuple[int, int]:
+        image_inputs = self.processor.image_processor(images=[to_pil(image)], return_tensors="pt")
+        n = len(self.image_token_positions(audit))
+        return self.loaded.family.image_grid(self.model, image_inputs, n)

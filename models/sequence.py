@@ -1,0 +1,76 @@
+"""Teacher-forced sequences: chat-templated prompt with the image, then the given answer.
+
+One function builds the token sequence for training and for scoring, so the scorer reads
+the model exactly as it was trained to be read. The answer is tokenized on its own and
+appended after the generation prompt; every answer token keeps its character span.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class AnswerTokens:
+    ids: list[int]
+    spans: list[tuple[int, int]]  # [start, end) character span in the answer text
+    texts: list[str]  # the answer's characters under each span
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """Token ids of `prompt + answer` for one audit; image positions still to be filled."""
+
+    input_ids: list[int]
+    answer_start: int  # index of the first answer token in input_ids
+    answer: AnswerTokens
+
+
+def generation_prompt(processor, prompt: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def answer_separator(prompt_text: str) -> str:
+    """A generation prompt ending in a space or newline is continued directly, else after a space."""
+    return "" if not prompt_text or prompt_text[-1].isspace() else " "
+
+
+def tokenize_answer(tokenizer, answer: str, separator: str) -> AnswerTokens:
+    enc = tokenizer(separator + answer, add_special_tokens=False, return_offsets_mapping=True)
+    shift = len(separator)
+    ids, spans, texts = [], [], []
+    for tid, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+        start, end = max(start - shift, 0), max(end - shift, 0)
+        ids.append(int(tid))
+        spans.append((start, end))
+        texts.append(answer[start:end])
+    return AnswerTokens(ids, spans, texts)
+
+
+def build_sequence(processor, prompt: str, answer: str, image_size: tuple[int, int] | None = None,
+                   add_eos: bool = False) -> Sequence:
+    """`image_size` (width, height) matters for families whose image token count depends on it."""
+    from PIL import Image
+
+    text = generation_prompt(processor, prompt)
+    probe = Image.new("RGB", image_size or (224, 224))
+    prompt_ids = processor(text=text, images=probe, return_tensors="pt")["input_ids"][0].tolist()
+    tokens = tokenize_answer(processor.tokenizer, answer, answer_separator(text))
+    ids = prompt_ids + tokens.ids
+    if add_eos:
+        ids = ids + [processor.tokenizer.eos_token_id]
+    return Sequence(ids, len(prompt_ids), tokens)
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right padding: real tokens keep their positions, so padding never changes their scores."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask

@@ -1,0 +1,95 @@
+"""Service configuration from `MLLM_AUDIT_*` environment variables (CLI flags override them).
+
+Every setting is one field of `Settings`; its environment variable is the field name in
+upper case with the `MLLM_AUDIT_` prefix. `ENV_VARS` lists them for docs and the Helm chart.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+PREFIX = "MLLM_AUDIT_"
+
+
+def _describe(default, doc: str):
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = _describe("", "local model directory (empty: the bundled reference model)")
+    model_id: str = _describe("", "model id reported in responses and metrics (empty: the directory name)")
+    device: str = _describe("auto", "auto, cpu, cuda or cuda:N")
+    dtype: str = _describe("auto", "auto (bf16/fp16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    trust_remote_code: bool = _describe(False, "allow model code shipped with the checkpoint")
+    host: str = _describe("127.0.0.1", "address to listen on")
+    port: int = _describe(8000, "port to listen on")
+    api_servers: int = _describe(1, "HTTP server processes")
+    workers: int = _describe(1, "model worker processes per device")
+    max_batch_size: int = _describe(8, "requests batched together by LitServe")
+    batch_timeout: float = _describe(0.05, "seconds LitServe waits to fill a batch")
+    forward_batch_size: int = _describe(32, "images per model forward pass (shared across batched requests)")
+    request_timeout: float = _describe(300.0, "seconds before a request is answered 504")
+    max_queue: int = _describe(64, "requests waiting or running before new ones get 503")
+    max_payload_bytes: int = _describe(10_000_000, "largest request body (413 above)")
+    max_image_pixels: int = _describe(16_000_000, "largest decoded image, width x height (413 above)")
+    max_prompt_tokens: int = _describe(512, "longest prompt in tokens (422 above)")
+    max_answer_tokens: int = _describe(256, "longest answer in tokens (422 above)")
+    max_regions: int = _describe(256, "largest region count a request may ask for")
+    max_forward_passes: int = _describe(20_000, "largest forward-pass budget a request may ask for")
+    risk_medium: float = _describe(0.35, "risk score from which a visual token is labelled medium")
+    risk_high: float = _describe(0.65, "risk score from which a visual token is labelled high")
+    api_key: str = _describe("", "API key; when set, requests need `Authorization: Bearer KEY` or `X-API-Key: KEY`")
+    protect_health: bool = _describe(False, "require the API key on /health too")
+    protect_metrics: bool = _describe(False, "require the API key on /metrics/ too")
+    log_level: str = _describe("info", "debug, info, warning or error")
+    debug: bool = _describe(False, "log prompts and answers (never image bytes)")
+    metrics_dir: str = _describe("", "prometheus multiprocess directory (empty: a fresh temporary one)")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, type(f.default), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = ("port", "api_servers", "workers", "max_batch_size", "forward_batch_size", "max_queue",
+                    "max_payload_bytes", "max_image_pixels", "max_prompt_tokens", "max_answer_tokens",
+                    "max_regions", "max_forward_passes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.risk_medium <= self.risk_high <= 1:
+            raise ValueError(f"need 0 <= {env_name('risk_medium')} <= {env_name('risk_high')} <= 1")
+        if self.batch_timeout < 0 or self.request_timeout <= 0:
+            raise ValueError("batch and request timeouts must be positive")
+
+
+def env_name(field_name: str) -> str:
+    return PREFIX + field_name.upper()
+
+
+def _parse(name: str, kind: type, raw: str):
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(name)}={raw!r} is not a valid {kind.__name__}") from None
+
+
+ENV_VARS: dict[str, tuple[object, str]] = {
+    env_name(f.name): (f.default, f.metadata["doc"]) for f in fields(Settings)
+}

@@ -1,0 +1,106 @@
+"""Model layer: loading local checkpoints, answer spans, and the teacher-forced scorer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from models.loading import REFERENCE_MODEL_DIR, ModelLoadError, load_model
+from models.scorer import Scorer, to_pil
+from models.sequence import generation_prompt
+from tests.conftest import held_out_sample
+
+
+def test_reference_model_loads_through_the_generic_path(reference):
+    assert reference.family.name == "llava"
+    assert type(reference.model).__name__ == "LlavaForConditionalGeneration"
+    assert reference.device.type == "cpu" and reference.dtype == torch.float32
+    size = sum(f.stat().st_size for f in REFERENCE_MODEL_DIR.glob("*.safetensors"))
+    assert size <= 20 * 1024 * 1024
+
+
+def test_answer_tokens_carry_exact_character_spans(reference_scorer):
+    answer = "a red circle, a blue square and a green cross."
+    audit = reference_scorer.prepare("Describe the image.", answer, (96, 96))
+    spans = audit.tokens.spans
+    assert all(answer[s:e] == t for (s, e), t in zip(spans, audit.tokens.texts))
+    assert [s for s, _ in spans] == sorted(s for s, _ in spans)
+    covered = {i for s, e in spans for i in range(s, e)}
+    assert covered == {i for i, ch in enumerate(answer) if not ch.isspace()}
+
+
+@pytest.mark.parametrize("kind", ["colour", "caption"])
+def test_scorer_equals_greedy_generate_step_scores(reference, reference_scorer, kind):
+    sample = held_out_sample(kind, seed=3)
+    proc = reference.processor
+    inputs = proc(text=generation_prompt(proc, sample.prompt), images=to_pil(sample.scene.image), return_tensors="pt")
+    with torch.inference_mode():
+        out = reference.model.generate(**inputs, do_sample=False, max_new_tokens=24, output_logits=True,
+                                       return_dict_in_generate=True)
+    new = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    eos = proc.tokenizer.eos_token_id
+    n = new.index(eos) if eos in new else len(new)
+    assert n > 0
+    step_lp = torch.stack([torch.log_softmax(out.logits[i][0].float(), -1)[new[i]] for i in range(n)]).numpy()
+    answer = proc.tokenizer.decode(new[:n], skip_special_tokens=True).strip()
+    audit = reference_scorer.prepare(sample.prompt, answer, (96, 96))
+    assert audit.tokens.ids == new[:n]
+    scored = reference_scorer.log_probs([(audit, sample.scene.image)])[0]
+    np.testing.assert_allclose(scored, step_lp, atol=1e-4)
+
+
+def test_padding_with_other_audits_never_changes_scores(reference_scorer):
+    a = held_out_sample("colour", seed=5)
+    b = held_out_sample("caption", seed=6)
+    audit_a = reference_scorer.prepare(a.prompt, a.truth, (96, 96))
+    audit_b = reference_scorer.prepare(b.prompt, b.truth, (96, 96))
+    alone = reference_scorer.log_probs([(audit_a, a.scene.image)])[0]
+    black = np.zeros_like(a.scene.image)
+    mixed = reference_scorer.log_probs([(audit_b, b.scene.image), (audit_a, a.scene.image), (audit_a, black)])
+    assert mixed[1].shape == (audit_a.n_tokens,) and mixed[0].shape == (audit_b.n_tokens,)
+    np.testing.assert_allclose(mixed[1], alone, atol=1e-5)
+    assert not np.allclose(mixed[2], alone, atol=1e-3), "the image must matter"
+
+
+def test_tiny_random_llava_scores_like_a_plain_forward(tiny_llava_dir):
+    loaded = load_model(tiny_llava_dir)
+    scorer = Scorer(loaded)
+    assert loaded.family.name == "llava"
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, size=(40, 70, 3), dtype=np.uint8) for _ in range(3)]
+    audit = scorer.prepare("Describe the image.", "a blue square.", (70, 40))
+    scores = np.stack(scorer.log_probs([(audit, img) for img in images]))
+    assert scores.shape == (3, audit.n_tokens) and np.isfinite(scores).all() and (scores <= 0).all()
+    # an independent path: the processor on the whole text, one image, no padding
+    proc = loaded.processor
+    text = generation_prompt(proc, audit.prompt) + " " + audit.answer
+    inputs = proc(text=text, images=to_pil(images[1]), return_tensors="pt")
+    with torch.inference_mode():
+        logits = loaded.model(**inputs).logits[0]
+    ids = inputs["input_ids"][0]
+    n = audit.n_tokens
+    expected = torch.log_softmax(logits[-n - 1:-1], -1).gather(1, ids[-n:, None])[:, 0].numpy()
+    np.testing.assert_allclose(scores[1], expected, atol=1e-5)
+    assert scorer.image_grid(audit, images[0]) == (4, 4)
+
+
+def test_missing_or_malformed_model_dirs_fail_with_the_path(tmp_path, tiny_llava_dir):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llava_dir, broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match=str(broken)):
+        load_model(broken)
+    (broken / "config.json").write_text(json.dumps({"architectures": ["X"]}))
+    with pytest.raises(ModelLoadError, match="model_type"):
+        load_model(broken)
+    shutil.copy(tiny_llava_dir / "config.json", broken / "config.json")
+    for f in broken.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_model(broken)

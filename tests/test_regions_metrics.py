@@ -1,0 +1,233 @@
+"""Regions, masking, metrics and reliance on scripted inputs (no model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from explainers.eagle import fast_search, heatmap_from_regions
+from explainers.masking import baseline_image, compose
+from explainers.metrics import auc, insertion_deletion_from_ranking, pixel_ranking_curves, pointing_game
+from explainers.regions import region_bbox, region_masks, rle_decode, rle_encode, superpixel_regions
+from explainers.reliance import (NOT_VISUAL, assess_tokens, blank_contrast, is_visual_claim, reliance_score,
+                                 summarize, visual_reliance)
+from tests.test_eagle import drive, make_audit
+
+
+def shapes_image(h: int = 64, w: int = 80, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 235, dtype=np.uint8)
+    img[8:30, 10:34] = (220, 30, 30)
+    yy, xx = np.mgrid[:h, :w]
+    img[(yy - 44) ** 2 + (xx - 56) ** 2 < 12 ** 2] = (30, 60, 210)
+    noise = rng.integers(-6, 7, size=img.shape)
+    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- regions
+
+def test_superpixels_cover_the_image_and_are_deterministic():
+    img = shapes_image()
+    labels = superpixel_regions(img, n_regions=32)
+    again = superpixel_regions(img, n_regions=32)
+    assert labels.shape == img.shape[:2] and labels.dtype == np.int32
+    assert np.array_equal(labels, again)
+    k = labels.max() + 1
+    assert np.array_equal(np.unique(labels), np.arange(k))  # consecutive ids, every pixel labelled
+    assert 16 <= k <= 48
+    masks = region_masks(labels)
+    assert masks.shape == (k, *img.shape[:2])
+    assert np.all(masks.sum(axis=0) == 1)  # a partition
+
+
+def test_superpixels_degenerate_sizes():
+    img = shapes_image(8, 8)
+    assert superpixel_regions(img, n_regions=1).max() == 0
+    labels = superpixel_regions(img, n_regions=200)  # more regions asked than sensible
+    assert labels.shape == (8, 8) and labels.min() == 0
+    with pytest.raises(ValueError):
+        superpixel_regions(img[:, :, 0])
+
+
+def test_region_bbox_is_exclusive():
+    mask = np.zeros((10, 12), dtype=bool)
+    mask[2:5, 3:9] = True
+    assert region_bbox(mask) == [3, 2, 9, 5]
+    assert region_bbox(np.zeros((4, 4), dtype=bool)) == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rle_round_trip(seed):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((7, 9)) < 0.4
+    if seed == 1:
+        mask[0, 0] = True  # starts with a set pixel: leading zero-length run
+    rle = rle_encode(mask)
+    assert rle["encoding"] == "rle" and rle["size"] == [7, 9] and rle["order"] == "row-major"
+    assert sum(rle["counts"]) == 63
+    assert np.array_equal(rle_decode(rle), mask)
+    if mask[0, 0]:
+        assert rle["counts"][0] == 0
+
+
+def test_rle_known_counts_and_extremes():
+    mask = np.array([[0, 1, 1], [1, 0, 0]], dtype=bool)
+    assert rle_encode(mask)["counts"] == [1, 3, 2]  # row-major runs: 0 | 1 1 1 | 0 0
+    for full in (np.zeros((3, 4), bool), np.ones((3, 4), bool)):
+        assert np.array_equal(rle_decode(rle_encode(full)), full)
+    col = {"encoding": "rle", "size": [2, 3], "order": "column-major", "counts": [1, 2, 2, 1]}
+    assert np.array_equal(rle_decode(col), np.array([[0, 1, 0], [1, 0, 1]], dtype=bool))
+    with pytest.raises(ValueError):
+        rle_decode({"size": [2, 2], "counts": [1, 1]})
+
+
+def test_superpixel_search_finds_the_object():
+    """End to end without a model: superpixels, fast EAGLE, heatmap, pointing game."""
+    img = shapes_image()
+    square = np.zeros(img.shape[:2], dtype=bool)
+    square[8:30, 10:34] = True  # the red square the scripted "model" looks at
+
+    def score(image: np.ndarray) -> np.ndarray:
+        showing = (image[square] == img[square]).all(axis=-1).mean()
+        return np.log(np.array([0.05 + 0.9 * showing]))
+
+    labels = superpixel_regions(img, n_regions=32)
+    gen = fast_search(img, region_masks(labels), token_indices=[0])
+    try:
+        batch = next(gen)
+        while True:
+            batch = gen.send(np.stack([score(im) for im in batch]))
+    except StopIteration as stop:
+        result = stop.value
+    heat = heatmap_from_regions(labels, result.region_scores)
+    assert pointing_game(heat, [10, 8, 34, 30])
+    top = region_masks(labels)[result.ranking[0]]
+    assert (top & square).sum() > 0.5 * top.sum()
+    assert result.insertion_auc() > 0.6 > 0.4 > result.deletion_auc()
+    assert result.forward_passes < (labels.max() + 1) * (labels.max() + 2) / 2
+
+
+# ---------------------------------------------------------------- masking
+
+def test_baselines_and_compose():
+    img = shapes_image(16, 20)
+    assert not baseline_image(img, "black").any()
+    mean = baseline_image(img, "mean")
+    assert mean.shape == img.shape and len(np.unique(mean.reshape(-1, 3), axis=0)) == 1
+    blur = baseline_image(img, "blur")
+    assert blur.shape == img.shape and blur.dtype == np.uint8 and blur.std() < img.std()
+    with pytest.raises(ValueError):
+        baseline_image(img, "noise")
+    keep = np.zeros(img.shape[:2], dtype=bool)
+    keep[:, :10] = True
+    out = compose(img, mean, keep)
+    assert out.dtype == np.uint8
+    assert np.array_equal(out[:, :10], img[:, :10]) and np.array_equal(out[:, 10:], mean[:, 10:])
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_auc_trapezoid():
+    assert auc([0, 1], [0, 1]) == pytest.approx(0.5)
+    assert auc([0, 0.5, 1], [1, 1, 0]) == pytest.approx(0.75)
+    assert auc([0], [1]) == 0.0
+    with pytest.raises(ValueError):
+        auc([1, 0], [0, 1])
+    ins, dele = insertion_deletion_from_ranking(np.array([0, 0.5, 1]), np.array([[0, 1], [1, 1], [1, 1]]),
+                                                np.array([[1, 1], [0, 1], [0, 1]]), token_indices=[0])
+    assert ins == pytest.approx(0.75) and dele == pytest.approx(0.25)
+
+
+def test_pointing_game_rule():
+    heat = np.zeros((10, 10))
+    heat[2, 3] = 1.0
+    heat[7, 7] = 1.0  # two equal maxima: a hit if either is inside
+    heat[5, 5] = 0.5
+    assert pointing_game(heat, [3, 2, 4, 3])  # box [x0, y0, x1, y1], exclusive end
+    assert not pointing_game(heat, [4, 2, 6, 6])
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[7, 7] = True
+    assert pointing_game(heat, mask)
+    mask[:] = False
+    mask[5, 5] = True
+    assert not pointing_game(heat, mask)
+    assert not pointing_game(heat, np.zeros((10, 10), dtype=bool))
+
+
+def test_pixel_ranking_curves_prefers_the_true_map():
+    audit = make_audit(rows=4, cols=4, seed=4)
+    true_map = audit.weights[0][audit.labels]
+    sizes = []
+    good, n_images, yields = drive(pixel_ranking_curves(audit.image, true_map, token_indices=[0], steps=16),
+                                   audit, on_batch=lambda b: sizes.append(len(b)))
+    bad, _, _ = drive(pixel_ranking_curves(audit.image, -true_map, token_indices=[0], steps=16), audit)
+    assert yields == 1 and sizes == [32]  # 2 * steps images in one batch
+    ins, dele, curves = good
+    assert curves.areas[0] == 0 and curves.areas[-1] == 1 and len(curves.areas) == 17
+    assert np.allclose(curves.insertion[0], curves.deletion[-1])  # both the baseline image
+    assert ins > bad[0] and dele < bad[1]
+    # 16 equal-area steps on a 4x4 grid of equal regions = exact region steps
+    w = np.sort(audit.weights[0])[::-1]
+    expect = audit.bias[0] + np.concatenate(([0.0], np.cumsum(w)))
+    assert np.allclose(curves.insertion[::1, 0][[0, 1, 16]], expect[[0, 1, 16]])
+
+
+def test_pixel_ranking_curves_resizes_a_small_heatmap():
+    audit = make_audit(rows=2, cols=2, cell=8)
+    small = audit.weights[0].reshape(2, 2)
+    (ins, dele, curves), n, _ = drive(pixel_ranking_curves(audit.image, small, steps=64), audit)
+    assert n == 128 and curves.insertion.shape == (65, 2)
+    assert ins > dele
+
+
+# ---------------------------------------------------------------- reliance and risk
+
+def test_not_visual_rule():
+    for text in ("the", " The", "\u2581the", "\u0120is", ".", ",", " ", "", "of", "'s", "image", "!"):
+        assert not is_visual_claim(text), text
+    for text in ("circle", "\u2581circle", "red", "3", "two", "left", "above", "yes", "No", "not", "circ"):
+        assert is_visual_claim(text), text
+
+
+def test_content_word_insensitive_to_the_image_is_high_risk():
+    texts = ["the", "circle", "red"]
+    p_full = np.array([0.9, 0.92, 0.98])
+    p_blank = np.array([0.9, 0.92, 0.21])
+    tokens = assess_tokens(texts, p_full, p_blank)
+    the, circle, red = tokens
+    assert the.risk_label == NOT_VISUAL and the.risk_score == 0.0
+    assert circle.risk_label == "high" and circle.visual_reliance == 0.0 and circle.language_reliance == 1.0
+    assert red.risk_label == "low" and red.visual_reliance > 0.7
+    summary = summarize(tokens)
+    assert summary["risk_label"] == "high" and summary["flagged_tokens"] == 1
+    assert summary["risk_score"] == pytest.approx(circle.risk_score)
+    assert summarize(assess_tokens(["the", "."], np.array([0.5, 0.5]), np.array([0.5, 0.5])))["risk_label"] == NOT_VISUAL
+
+
+def test_risk_labels_follow_thresholds():
+    # language reliance 1, so risk = sqrt(p_blank): 0.1 -> 0.32 low, 0.25 -> 0.5 medium
+    tokens = assess_tokens(["dog", "cat"], np.array([0.1, 0.25]), np.array([0.1, 0.25]))
+    assert [t.risk_label for t in tokens] == ["low", "medium"]
+    tokens = assess_tokens(["dog"], np.array([0.25]), np.array([0.25]), risk_medium=0.6, risk_high=0.9)
+    assert tokens[0].risk_label == "low"
+    contradicted = assess_tokens(["dog"], np.array([0.05]), np.array([0.6]))[0]  # image argues against it
+    assert contradicted.visual_reliance == 0.0 and contradicted.risk_label == "high"
+
+
+def test_reliance_score_and_curve_term():
+    areas = np.array([0.0, 0.5, 1.0])
+    curve = np.array([[0.1, 0.9], [0.9, 0.9], [0.9, 0.9]])  # token 0 needs the image, token 1 does not
+    score = reliance_score(areas, curve)
+    assert score == pytest.approx([0.7 - 0.1, 0.0])
+    vis = visual_reliance(np.array([0.9, 0.9]), np.array([0.1, 0.9]), areas, curve)
+    assert vis == pytest.approx([0.5 * 8 / 9 + 0.5 * 0.6 / 0.9, 0.0])  # w * contrast + (1 - w) * I / max c
+    cheap = visual_reliance(np.array([0.9, 0.9]), np.array([0.1, 0.9]))
+    assert cheap == pytest.approx([8 / 9, 0.0])
+
+
+def test_blank_contrast_generator():
+    audit = make_audit(rows=2, cols=2)
+    (p_full, p_blank), n, yields = drive(blank_contrast(audit.image, ("black", "mean")), audit)
+    assert n == 3 and yields == 1
+    assert p_full == pytest.approx(audit.bias + audit.weights.sum(axis=1))
+    assert np.all(p_blank < p_full)
