@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install serve test bench eval train
+.PHONY: install serve test bench eval train openapi load
 
 install: $(VENV)/.installed
 
@@ -26,3 +26,11 @@ eval: install
 
 train: install
 	$(PY) -m models.reference.train
+
+# openapi.yaml is the contract: regenerate it after changing service/schemas.py or the routes.
+openapi: install
+	$(PY) -m service.openapi > openapi.yaml
+
+# Load test over loopback: dynamic batching on vs off (bench/load.py --help for the knobs).
+load: install
+	$(PY) bench/load.py

@@ -1,18 +1,75 @@
-"""Per-family details in one place: which token is the image placeholder, and the grid its
-tokens form (so white-box maps can be laid out as an image). Explainers never see these.
+"""Per-family details in one place: how the processor is loaded, how images become model inputs,
+which token is the image placeholder, and where an image's tokens sit and the grid they form
+(so white-box maps can be laid out as an image). Explainers never see these.
+
+Families (all loaded from local Hugging Face checkpoints):
+
+* LLaVA (`llava`): one run of image tokens, a square grid.
+* Qwen2-VL / Qwen2.5-VL (`qwen2_vl`, `qwen2_5_vl`): the image is resized to multiples of
+  `patch_size * merge_size` (aspect ratio kept), so the token count depends on the image size;
+  `pixel_values` are all images' patches concatenated and `image_grid_thw` says which are whose;
+  the grid is `(h, w) / spatial_merge_size`. The model also needs `mm_token_type_ids` (1 on image
+  tokens) for its multimodal rotary positions. Without torchvision, the stock processor cannot
+  even be built (its required video processor is torchvision-only, and transformers' class check
+  fails on the missing class), so an image-only subclass of the same processor is used: identical
+  text and image processing, no video support.
+* Idefics3 / SmolVLM v1 (`idefics3`): with image splitting (the checkpoint's default) an image
+  becomes `rows x cols` tiles plus a downscaled global view, each `image_seq_len` tokens (a
+  `side x side` grid). The white-box grid is the tiles put together, `(rows*side, cols*side)`,
+  with positions reordered row-major over it; the global view's tokens still feed the model but
+  are left out of the grid. Unsplit images (splitting off, or an image no larger than one tile)
+  give just the global view's `side x side` grid.
+* SmolVLM2 (`smolvlm`) shares the Idefics3 layout, but its processor needs torchvision (video)
+  and `num2words`; it loads only where those are installed.
+
+An unknown image-text-to-text family still works for black-box methods (square grid guess).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Where one image's tokens sit in a sequence, row-major over its (rows, cols) token grid."""
+
+    positions: tuple[int, ...]
+    grid: tuple[int, int]
+
+
+def _runs(input_ids: list[int], token_id: int) -> list[list[int]]:
+    """Maximal runs of consecutive positions holding `token_id`."""
+    runs: list[list[int]] = []
+    for i, t in enumerate(input_ids):
+        if t != token_id:
+            continue
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 @dataclass(frozen=True)
 class Family:
     name: str
     model_types: tuple[str, ...]
+    size_dependent = False  # (class attribute) whether the image token sequence depends on the image size
 
+    # ------------------------------------------------------------------ loading
+    def load_processor(self, path, trust_remote_code: bool = False):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+
+    # ------------------------------------------------------------------ inputs
     def image_token_id(self, model) -> int:
         cfg = model.config
         for attr in ("image_token_id", "image_token_index"):
@@ -20,6 +77,15 @@ class Family:
                 return int(getattr(cfg, attr))
         raise ValueError(f"{self.name}: the model config names no image token")
 
+    def image_inputs(self, processor, images: list) -> dict:
+        """The image processor's output for one image per sequence (PIL images, batch order)."""
+        return dict(processor.image_processor(images=images, return_tensors="pt"))
+
+    def model_inputs(self, model, processor, images: list, input_ids: torch.Tensor) -> dict:
+        """Everything the forward takes besides `input_ids` / `attention_mask`, one image per row."""
+        return self.image_inputs(processor, images)
+
+    # ------------------------------------------------------------------ layout
     def image_grid(self, model, image_inputs: dict, n_image_tokens: int) -> tuple[int, int]:
         """(rows, cols) of one image's tokens as they appear in the sequence."""
         side = math.isqrt(n_image_tokens)
@@ -27,9 +93,60 @@ class Family:
             raise ValueError(f"{self.name}: {n_image_tokens} image tokens do not form a square grid")
         return side, side
 
+    def image_token_positions(self, model, input_ids: list[int], image_inputs: dict) -> list[int]:
+        """Sequence positions of the image's grid tokens, row-major over `image_grid`."""
+        image_id = self.image_token_id(model)
+        return [i for i, t in enumerate(input_ids) if t == image_id]
+
+    def image_layout(self, model, processor, input_ids: list[int], image) -> ImageLayout:
+        """Positions and grid of `image`'s tokens in a sequence built for an image of its size."""
+        inputs = self.image_inputs(processor, [image])
+        positions = self.image_token_positions(model, input_ids, inputs)
+        grid = self.image_grid(model, inputs, len(positions))
+        return ImageLayout(tuple(positions), (int(grid[0]), int(grid[1])))
+
+
+# ---------------------------------------------------------------------------- Qwen2-VL
+
+
+@lru_cache(maxsize=None)
+def _image_only_processor(model_type: str):
+    """The family's processor class without its (torchvision-only) video processor."""
+    if model_type == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLProcessor as base
+    else:
+        from transformers import Qwen2VLProcessor as base
+
+    class ImageOnlyProcessor(base):
+        # A processor loads, checks and saves the sub-processors named in its __init__ signature,
+        # so leaving `video_processor` out of it is all it takes: the stock __init__ still runs
+        # (with video_processor=None, which ProcessorMixin then ignores) and text and image
+        # processing are the stock ones.
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = f"{base.__name__}ImageOnly"
+    return ImageOnlyProcessor
+
 
 @dataclass(frozen=True)
 class Qwen2VLFamily(Family):
+    size_dependent = True
+
+    def load_processor(self, path, trust_remote_code: bool = False):
+        from transformers.utils import is_torchvision_available
+
+        if is_torchvision_available() or trust_remote_code:
+            return super().load_processor(path, trust_remote_code)
+        model_type = json.loads((Path(path) / "config.json").read_text())["model_type"]
+        return _image_only_processor(model_type).from_pretrained(path, local_files_only=True)
+
+    def model_inputs(self, model, processor, images: list, input_ids: torch.Tensor) -> dict:
+        inputs = self.image_inputs(processor, images)
+        # 1 on image tokens: the model's multimodal rotary positions need it (0 text, 1 image)
+        inputs["mm_token_type_ids"] = (input_ids == self.image_token_id(model)).to(torch.int32)
+        return inputs
+
     def image_grid(self, model, image_inputs: dict, n_image_tokens: int) -> tuple[int, int]:
         # image_grid_thw holds (t, h, w) in vision patches; tokens merge spatial_merge_size² patches
         t, h, w = (int(v) for v in image_inputs["image_grid_thw"][0])
@@ -37,10 +154,66 @@ class Qwen2VLFamily(Family):
         return h // merge, w // merge
 
 
+# ---------------------------------------------------------------------------- Idefics3
+
+
+@dataclass(frozen=True)
+class Idefics3Family(Family):
+    size_dependent = True
+
+    def image_inputs(self, processor, images: list) -> dict:
+        # nested: one list of images per sequence, so tiles are padded per row, not across rows
+        out = processor.image_processor(images=[[im] for im in images], return_tensors="pt",
+                                        return_row_col_info=True)
+        return dict(out)
+
+    def model_inputs(self, model, processor, images: list, input_ids: torch.Tensor) -> dict:
+        inputs = self.image_inputs(processor, images)
+        inputs.pop("rows", None)
+        inputs.pop("cols", None)
+        return inputs
+
+    @staticmethod
+    def _tiles(image_inputs: dict) -> tuple[int, int]:
+        rows, cols = image_inputs.get("rows", [[0]]), image_inputs.get("cols", [[0]])
+        return int(rows[0][0]), int(cols[0][0])
+
+    def image_token_positions(self, model, input_ids: list[int], image_inputs: dict) -> list[int]:
+        runs = _runs(input_ids, self.image_token_id(model))
+        rows, cols = self._tiles(image_inputs)
+        if rows * cols == 0:
+            if len(runs) != 1:
+                raise ValueError(f"{self.name}: expected one run of image tokens, found {len(runs)}")
+            return runs[0]
+        if len(runs) != rows * cols + 1 or len({len(r) for r in runs}) != 1:
+            raise ValueError(f"{self.name}: expected {rows}x{cols} tiles and a global view of equal "
+                             f"length, found runs of {[len(r) for r in runs]} image tokens")
+        side = math.isqrt(len(runs[0]))
+        if side * side != len(runs[0]):
+            raise ValueError(f"{self.name}: a tile of {len(runs[0])} image tokens is not a square grid")
+        # tile (r, c) is run r*cols + c, its tokens row-major over side x side; the last run is
+        # the global view, which is not part of the tiled grid
+        positions = []
+        for r in range(rows):
+            for y in range(side):
+                for c in range(cols):
+                    run = runs[r * cols + c]
+                    positions.extend(run[y * side:(y + 1) * side])
+        return positions
+
+    def image_grid(self, model, image_inputs: dict, n_image_tokens: int) -> tuple[int, int]:
+        rows, cols = self._tiles(image_inputs)
+        tiles = max(rows, 1) * max(cols, 1)
+        side = math.isqrt(n_image_tokens // tiles)
+        if side * side * tiles != n_image_tokens:
+            raise ValueError(f"{self.name}: {n_image_tokens} image tokens do not form {tiles} square tiles")
+        return max(rows, 1) * side, max(cols, 1) * side
+
+
 FAMILIES = (
     Family("llava", ("llava",)),
     Qwen2VLFamily("qwen2_vl", ("qwen2_vl", "qwen2_5_vl")),
-    Family("idefics3", ("idefics3", "smolvlm")),
+    Idefics3Family("idefics3", ("idefics3", "smolvlm")),
 )
 
 

@@ -12,6 +12,7 @@ import torch
 from models.families import Family, family_of
 
 REFERENCE_MODEL_DIR = Path(__file__).resolve().parent / "reference" / "weights"
+REFERENCE_MODEL_ID = "mllm-audit-reference"
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
@@ -77,15 +78,16 @@ def check_model_dir(path: Path) -> dict:
 def load_model(path: str | os.PathLike | None = None, device: str = "auto", dtype: str = "auto",
                trust_remote_code: bool = False, model_id: str | None = None) -> LoadedModel:
     """Load weights and processor from a local directory (default: the bundled reference model)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     path = Path(path) if path else REFERENCE_MODEL_DIR
     path = path.expanduser().resolve()
     config = check_model_dir(path)
     dev = choose_device(device)
     dt = choose_dtype(dtype, dev)
+    family = family_of(config["model_type"])
     try:
-        processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+        processor = family.load_processor(path, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dt, use_safetensors=True
         )
@@ -96,9 +98,9 @@ def load_model(path: str | os.PathLike | None = None, device: str = "auto", dtyp
     return LoadedModel(
         model=model,
         processor=processor,
-        family=family_of(config["model_type"]),
+        family=family,
         path=path,
-        model_id=model_id or path.name,
+        model_id=model_id or (REFERENCE_MODEL_ID if path == REFERENCE_MODEL_DIR else path.name),
         revision=revision,
         device=dev,
         dtype=dt,

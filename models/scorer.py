@@ -4,6 +4,11 @@
 one right-padded batch and returns, per pair, the log-probability of each answer token
 (`[answer_tokens]`). Images of one audit share a sequence; different audits may differ in
 length, and right padding keeps every real token's position and score unchanged.
+
+Family specifics (how images become model inputs, where an image's tokens sit and the grid they
+form) live in models/families.py. Each audit's sequence and image-token layout are built for
+its image size in `prepare`; where a family's token sequence depends on the size (Qwen2-VL,
+Idefics3), an image of another size is refused rather than scored against the wrong sequence.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.families import ImageLayout
 from models.loading import LoadedModel
 from models.sequence import AnswerTokens, Sequence, build_sequence, pad_batch
 
@@ -26,6 +32,7 @@ class Audit:
     answer: str
     image_size: tuple[int, int]  # (width, height)
     sequence: Sequence = field(repr=False)
+    layout: ImageLayout | None = field(default=None, repr=False)  # image tokens of an image of image_size
 
     @property
     def tokens(self) -> AnswerTokens:
@@ -64,18 +71,27 @@ class Scorer:
         return 0
 
     def prepare(self, prompt: str, answer: str, image_size: tuple[int, int]) -> Audit:
-        seq = build_sequence(self.processor, prompt, answer, image_size=image_size)
-        return Audit(prompt, answer, tuple(image_size), seq)
+        """The audit's sequence for images of `image_size` (width, height): some families' image
+        token count and layout depend on it, so each audit is built for its own size."""
+        size = (int(image_size[0]), int(image_size[1]))
+        seq = build_sequence(self.processor, prompt, answer, image_size=size)
+        try:
+            layout = self.loaded.family.image_layout(self.model, self.processor, seq.input_ids, Image.new("RGB", size))
+        except ValueError:
+            layout = None  # no known grid (an unknown family): fine for black-box methods, white-box raises
+        return Audit(prompt, answer, size, seq, layout)
 
     def _forward(self, pairs: list[tuple[Audit, np.ndarray]], hidden: bool = False):
         ids, mask = pad_batch([a.sequence.input_ids for a, _ in pairs], self.pad_id)
         images = [to_pil(img) for _, img in pairs]
-        image_inputs = self.processor.image_processor(images=images, return_tensors="pt")
+        for (audit, _), image in zip(pairs, images):
+            self._check_size(audit, image)
+        inputs = self.loaded.family.model_inputs(self.model, self.processor, images, ids)
         dev, dt = self.loaded.device, self.loaded.dtype
-        inputs = {k: (v.to(dev, dt) if v.is_floating_point() else v.to(dev)) for k, v in image_inputs.items()}
+        inputs = {k: (v.to(dev, dt) if v.is_floating_point() else v.to(dev)) for k, v in inputs.items()}
         out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=hidden,
                          use_cache=False, **inputs)
-        return ids, out, image_inputs
+        return ids, out, inputs
 
     @torch.inference_mode()
     def log_probs(self, pairs: list[tuple[Audit, np.ndarray]]) -> list[np.ndarray]:
@@ -103,11 +119,24 @@ class Scorer:
             results.append(WhiteBoxOutput(out.logits[row, :n].float().cpu(), last[row, :n].float().cpu(), ids[row, :n]))
         return results
 
+    def _check_size(self, audit: Audit, image: Image.Image) -> None:
+        if image.size != audit.image_size and self.loaded.family.size_dependent:
+            raise ValueError(f"an image of {image.size[0]}x{image.size[1]} used with an audit prepared for "
+                             f"{audit.image_size[0]}x{audit.image_size[1]} (its image tokens depend on the size)")
+
+    def _layout(self, audit: Audit, image: np.ndarray | Image.Image | None = None) -> ImageLayout:
+        probe = Image.new("RGB", audit.image_size)
+        if image is not None:
+            probe = to_pil(image)
+            self._check_size(audit, probe)
+        if audit.layout is not None and probe.size == audit.image_size:
+            return audit.layout
+        return self.loaded.family.image_layout(self.model, self.processor, audit.sequence.input_ids, probe)
+
     def image_token_positions(self, audit: Audit) -> list[int]:
-        image_id = self.loaded.family.image_token_id(self.model)
-        return [i for i, t in enumerate(audit.sequence.input_ids) if t == image_id]
+        """Sequence positions of the image's tokens, row-major over `image_grid`."""
+        return list(self._layout(audit).positions)
 
     def image_grid(self, audit: Audit, image: np.ndarray) -> tuple[int, int]:
-        image_inputs = self.processor.image_processor(images=[to_pil(image)], return_tensors="pt")
-        n = len(self.image_token_positions(audit))
-        return self.loaded.family.image_grid(self.model, image_inputs, n)
+        """(rows, cols) of the image's tokens; rows * cols == len(image_token_positions(audit))."""
+        return self._layout(audit, image).grid

@@ -19,7 +19,8 @@ def _describe(default, doc: str):
 @dataclass(frozen=True)
 class Settings:
     model: str = _describe("", "local model directory (empty: the bundled reference model)")
-    model_id: str = _describe("", "model id reported in responses and metrics (empty: the directory name)")
+    model_id: str = _describe("", "model id reported in responses and metrics (empty: the directory name; "
+                                   "mllm-audit-reference for the bundled model)")
     device: str = _describe("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = _describe("auto", "auto (bf16/fp16 on GPU, float32 on CPU), float32, bfloat16, float16")
     trust_remote_code: bool = _describe(False, "allow model code shipped with the checkpoint")
@@ -71,6 +72,16 @@ class Settings:
             raise ValueError(f"need 0 <= {env_name('risk_medium')} <= {env_name('risk_high')} <= 1")
         if self.batch_timeout < 0 or self.request_timeout <= 0:
             raise ValueError("batch and request timeouts must be positive")
+
+
+REFERENCE_MODEL_ID = "mllm-audit-reference"
+
+
+def model_id_of(settings: Settings) -> str | None:
+    """The id to report: the configured one, the bundled reference model's name, else None (the directory's)."""
+    if settings.model_id:
+        return settings.model_id
+    return None if settings.model else REFERENCE_MODEL_ID
 
 
 def env_name(field_name: str) -> str:

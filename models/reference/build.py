@@ -21,16 +21,17 @@ from transformers import (
 
 from models.reference.world import IMAGE_SIZE, corpus_texts
 
-PATCH_SIZE = 12
+PATCH_SIZE = 16
 HIDDEN = 192
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+# The question comes before the image: image tokens then see what is asked, which makes the
+# binding "which patch is the circle?" a local step the tiny model learns within the budget.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}USER: "
     "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image>\n{% else %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %} "
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '\\n' }}<image>{% endif %}{% endfor %}{% endif %} "
     "{% else %}ASSISTANT: "
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}</s>"

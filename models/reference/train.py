@@ -14,6 +14,7 @@ The learning rate follows a cosine over the elapsed fraction of the budget.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import random
 import time
@@ -31,18 +32,21 @@ GRID = world.IMAGE_SIZE // PATCH_SIZE
 KIND_WEIGHTS = {"colour": 1.0, "shape": 1.5, "position": 1.0, "count": 1.0, "existence": 1.0, "caption": 1.5}
 COLOUR_IDS = {c: i + 1 for i, c in enumerate(world.COLOURS)}
 SHAPE_IDS = {s: i + 1 for i, s in enumerate(world.SHAPES)}
+BINDING_LAYER = 2
 
 
-def patch_labels(scene: world.Scene) -> tuple[np.ndarray, np.ndarray]:
-    """Colour and shape class (0 = background) of the object covering most of each patch."""
+def patch_labels(scene: world.Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Colour, shape and layout cell (1-9; 0 = background) of the object covering most of each patch."""
     colour = np.zeros((GRID, GRID), dtype=np.int64)
     shape = np.zeros((GRID, GRID), dtype=np.int64)
-    best = np.full((GRID, GRID), 0.2)  # a patch must be at least 20% object to carry its label
+    cell = np.zeros((GRID, GRID), dtype=np.int64)
+    best = np.full((GRID, GRID), 0.1)  # a patch must be at least 10% object to carry its label
     for obj in scene.objects:
         cover = obj.mask.reshape(GRID, PATCH_SIZE, GRID, PATCH_SIZE).mean(axis=(1, 3))
         win = cover > best
         colour[win], shape[win], best[win] = COLOUR_IDS[obj.colour], SHAPE_IDS[obj.shape], cover[win]
-    return colour.reshape(-1), shape.reshape(-1)
+        cell[win] = 1 + obj.cell[0] * 3 + obj.cell[1]
+    return colour.reshape(-1), shape.reshape(-1), cell.reshape(-1)
 
 
 class Batches:
@@ -59,14 +63,25 @@ class Batches:
         kind = kind or self.rng.choices(self.kinds, self.weights)[0]
         return world.make_sample(kind, scene, self.rng, biased=biased)
 
+    @functools.lru_cache(maxsize=4096)
+    def _tokens(self, prompt: str, answer: str) -> tuple[tuple[int, ...], int]:
+        seq = build_sequence(self.processor, prompt, answer, add_eos=True)
+        return tuple(seq.input_ids), seq.answer_start
+
     def tensors(self, samples: list[world.Sample]) -> dict[str, torch.Tensor]:
-        seqs = [build_sequence(self.processor, s.prompt, s.answer, add_eos=True) for s in samples]
-        ids, mask = pad_batch([s.input_ids for s in seqs], self.processor.tokenizer.pad_token_id)
+        rows, starts = zip(*(self._tokens(s.prompt, s.answer) for s in samples))
+        ids, mask = pad_batch([list(r) for r in rows], self.processor.tokenizer.pad_token_id)
         labels = torch.full_like(ids, -100)
-        for row, s in enumerate(seqs):
-            labels[row, s.answer_start : len(s.input_ids)] = ids[row, s.answer_start : len(s.input_ids)]
+        for row, (seq, start) in enumerate(zip(rows, starts)):
+            labels[row, start : len(seq)] = ids[row, start : len(seq)]
         pixels = self.processor.image_processor([s.scene.image for s in samples], return_tensors="pt")["pixel_values"]
-        colour, shape = zip(*(patch_labels(s.scene) for s in samples))
+        colour, shape, cell = zip(*(patch_labels(s.scene) for s in samples))
+        target = np.zeros((len(samples), GRID * GRID), dtype=np.float32)
+        has_target = np.zeros(len(samples), dtype=np.float32)
+        for row, s in enumerate(samples):
+            if s.target is not None:
+                cover = s.target.mask.reshape(GRID, PATCH_SIZE, GRID, PATCH_SIZE).mean(axis=(1, 3))
+                target[row], has_target[row] = (cover > 0.1).reshape(-1), 1.0
         return {
             "input_ids": ids,
             "attention_mask": mask,
@@ -74,6 +89,9 @@ class Batches:
             "pixel_values": pixels,
             "patch_colour": torch.from_numpy(np.stack(colour)),
             "patch_shape": torch.from_numpy(np.stack(shape)),
+            "patch_cell": torch.from_numpy(np.stack(cell)),
+            "patch_is_target": torch.from_numpy(target),
+            "has_target": torch.from_numpy(has_target),
         }
 
 
@@ -82,11 +100,14 @@ class AuxHeads(torch.nn.Module):
         super().__init__()
         self.colour = torch.nn.Linear(hidden, len(COLOUR_IDS) + 1)
         self.shape = torch.nn.Linear(hidden, len(SHAPE_IDS) + 1)
+        self.cell = torch.nn.Linear(hidden, 10)
+        self.binding = torch.nn.Linear(hidden, 1)  # on decoder states: "is this patch what is asked about?"
 
     def loss(self, feats: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         c = F.cross_entropy(self.colour(feats).flatten(0, 1), batch["patch_colour"].flatten())
         s = F.cross_entropy(self.shape(feats).flatten(0, 1), batch["patch_shape"].flatten())
-        return c + s
+        p = F.cross_entropy(self.cell(feats).flatten(0, 1), batch["patch_cell"].flatten())
+        return c + s + p
 
 
 def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -100,10 +121,15 @@ def losses(model, heads: AuxHeads, batch: dict[str, torch.Tensor], with_language
     if not with_language:
         return aux, torch.zeros(())
     embeds = model.get_input_embeddings()(batch["input_ids"])
-    is_image = (batch["input_ids"] == model.config.image_token_index).unsqueeze(-1)
-    embeds = embeds.masked_scatter(is_image, feats.to(embeds.dtype))
-    out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
-    return aux, out.loss
+    is_image = batch["input_ids"] == model.config.image_token_index
+    embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats.to(embeds.dtype))
+    out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"],
+                output_hidden_states=True)
+    # deep supervision of the binding step, halfway up the decoder
+    mid = out.hidden_states[BINDING_LAYER][is_image].view(feats.shape[0], feats.shape[1], -1)
+    bind = F.binary_cross_entropy_with_logits(heads.binding(mid)[..., 0], batch["patch_is_target"], reduction="none")
+    bind = (bind.mean(dim=1) * batch["has_target"]).sum() / batch["has_target"].sum().clamp(min=1)
+    return aux + bind, out.loss
 
 
 @torch.no_grad()
@@ -168,10 +194,10 @@ def train(out: Path, minutes: float, vision_fraction: float, batch_size: int, lr
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
-    ap.add_argument("--minutes", type=float, default=35.0)
-    ap.add_argument("--vision-fraction", type=float, default=0.12, help="share of the budget for phase 1")
+    ap.add_argument("--minutes", type=float, default=38.0)
+    ap.add_argument("--vision-fraction", type=float, default=0.08, help="share of the budget for phase 1")
     ap.add_argument("--batch-size", type=int, default=48)
-    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = ap.parse_args()

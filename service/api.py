@@ -1,0 +1,267 @@
+"""The LitServe worker side: one LitAPI that audits /v1/explain and /v1/reliance requests.
+
+Why one LitAPI for both endpoints: LitServe gives every LitAPI its own worker processes, so
+two LitAPIs would load the model twice (twice the GPU memory for a 7B model) and could never
+put an explain and a reliance request into the same forward batch. Both routes feed this
+API's queue (service.server); `Envelope.kind` tells them apart.
+
+Per batch LitServe calls `decode_request` for each request, then `predict` once with all of
+them, then `encode_response` for each. The batched loop of LitServe 0.2.19 answers *every*
+request of a batch with the same error when any hook raises, so these hooks never raise:
+a bad request becomes a `Failure` (its HTTP status and detail) that travels through the
+batch and is turned into that request's own error response by the API server
+(service.server.AuditHandler). The others in the batch are answered normally.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import litserve as ls
+import numpy as np
+from litserve.loops.simple_loops import BatchedLoop
+
+from service import logs, metrics
+from service.config import Settings, model_id_of
+from service.images import ImageError, decode_image
+
+API_PATH = "/v1/explain"  # LitServe's name for the queue; service.server routes both endpoints to it
+
+
+@dataclass
+class Envelope:
+    """What an API server puts on the queue: the validated body plus what the worker needs."""
+
+    kind: str  # "explain" or "reliance"
+    request_id: str
+    received: float  # time.monotonic() when the request arrived (system-wide clock on Linux)
+    deadline: float  # time.monotonic() after which the client has been answered 504
+    body: dict[str, Any]  # every field, defaults included
+    explicit: frozenset[str] = frozenset()  # the fields the client gave
+
+
+@dataclass
+class Failure:
+    status: int
+    detail: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Decoded:
+    envelope: Envelope
+    request: Any  # explainers.audit.AuditRequest
+    queue_s: float
+
+
+class DeadlinePassed(Exception):
+    """Every request of the batch has already been answered 504: stop spending compute on it."""
+
+
+class AuditAPI(ls.LitAPI):
+    def __init__(self, settings: Settings):
+        # The batched loop for every batch size (1 included): predict always gets a list.
+        super().__init__(max_batch_size=settings.max_batch_size, batch_timeout=settings.batch_timeout,
+                         api_path=API_PATH, loop=BatchedLoop())
+        self.settings = settings
+        self.configure_logs = True  # False when the caller (the CLI) has set logging up itself
+        self.auditor = None
+        self.model_block: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ worker start
+    def setup(self, device):
+        import torch
+        from PIL import Image
+
+        from explainers.audit import Auditor
+        from models.loading import load_model
+        from models.scorer import Scorer
+
+        s = self.settings
+        if self.configure_logs:
+            logs.configure(s.log_level)
+        log = logs.get("mllm_audit.worker")
+        Image.MAX_IMAGE_PIXELS = s.max_image_pixels
+        chosen = s.device if s.device != "auto" else str(device)
+        if chosen.startswith("cpu") and s.workers > 1:  # workers share the cores instead of fighting over them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // s.workers))
+        started = time.monotonic()
+        loaded = load_model(s.model or None, device=chosen, dtype=s.dtype, trust_remote_code=s.trust_remote_code,
+                            model_id=model_id_of(s))
+        self.auditor = Auditor(Scorer(loaded), forward_batch_size=s.forward_batch_size, risk_medium=s.risk_medium,
+                               risk_high=s.risk_high, max_prompt_tokens=s.max_prompt_tokens,
+                               max_answer_tokens=s.max_answer_tokens, max_regions=s.max_regions)
+        self.model_block = {"id": loaded.model_id, "family": loaded.family.name, "revision": loaded.revision}
+        self._warm_up(log)
+        metrics.registry_metrics().model_info.labels(model_id=loaded.model_id, family=loaded.family.name,
+                                                     revision=loaded.revision or "").set(1)
+        log.info("model_loaded", model_id=loaded.model_id, family=loaded.family.name, revision=loaded.revision,
+                 device=str(loaded.device), dtype=str(loaded.dtype).removeprefix("torch."),
+                 seconds=round(time.monotonic() - started, 2))
+
+    def _warm_up(self, log) -> None:
+        """One tiny reliance audit, so lazy initialisation is paid before /health says ready."""
+        from explainers.audit import AuditRequest
+
+        image = np.full((32, 32, 3), 128, dtype=np.uint8)
+        result = self.auditor.run([AuditRequest(image, "warm up", "warm", with_attributions=False, regions=2)])[0]
+        if isinstance(result, Exception):
+            log.warning("warm_up_failed", error=f"{type(result).__name__}: {result}")
+
+    # ------------------------------------------------------------------ per request
+    def decode_request(self, request: Envelope):
+        queue_s = max(0.0, time.monotonic() - request.received)
+        metrics.registry_metrics().queue_wait.observe(queue_s)
+        try:
+            return Decoded(request, self.audit_request(request), queue_s)
+        except ImageError as exc:
+            return Failure(exc.status, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - one request's problem stays its own
+            return failure_of(exc, request.request_id)
+
+    def audit_request(self, envelope: Envelope):
+        """The explainers' AuditRequest of a validated body; raises ImageError / AuditInputError."""
+        from explainers.audit import AuditInputError, AuditRequest
+
+        s, body = self.settings, envelope.body
+        image = decode_image(body["image"], s.max_image_pixels)
+        if envelope.kind == "reliance":
+            # regions is unused on this path, but Auditor.check range-checks it: keep it inside any limit
+            req = AuditRequest(image, body["prompt"], body["answer"], with_attributions=False, regions=2)
+        else:
+            targets = body["targets"]
+            if not isinstance(targets, str):
+                targets = [(int(t["start"]), int(t["end"])) for t in targets]
+            budget = body.get("max_forward_passes")
+            if budget is not None and budget > s.max_forward_passes:
+                raise AuditInputError(f"max_forward_passes is {budget}; the limit is {s.max_forward_passes}")
+            heatmap = body.get("heatmap") or {}
+            regions = int(body["regions"])
+            if "regions" not in envelope.explicit:  # the default (64) never exceeds the service's limit
+                regions = min(regions, s.max_regions)
+            req = AuditRequest(image, body["prompt"], body["answer"], method=body["method"], targets=targets,
+                               regions=regions,
+                               max_forward_passes=s.max_forward_passes if budget is None else int(budget),
+                               heatmap_encoding=heatmap.get("encoding", "array"),
+                               heatmap_size=heatmap_size(heatmap, image.shape[1], image.shape[0],
+                                                         s.max_image_pixels))
+        self.auditor.check(req)
+        return req
+
+    # ------------------------------------------------------------------ the batch
+    def predict(self, items):
+        outputs: list[Any] = list(items)
+        valid = [i for i, item in enumerate(items) if isinstance(item, Decoded)]
+        metrics.registry_metrics().batch_size.observe(len(items))
+        if not valid:
+            return outputs
+        deadline = max(items[i].envelope.deadline for i in valid)
+        counted = 0
+
+        def on_progress(stats):  # after each engine round: count the images run, stop when nobody waits
+            nonlocal counted
+            metrics.registry_metrics().forward_passes.inc(stats.forward_passes - counted)
+            counted = stats.forward_passes
+            if time.monotonic() > deadline:
+                raise DeadlinePassed()
+
+        try:
+            results = self.auditor.run([items[i].request for i in valid], on_progress=on_progress)
+        except Exception as exc:  # noqa: BLE001 - a failure of the whole run answers each request once
+            results = [exc] * len(valid)
+        for i, result in zip(valid, results):
+            item = items[i]
+            if isinstance(result, Exception):
+                outputs[i] = failure_of(result, item.envelope.request_id)
+            else:
+                outputs[i] = self.response_body(item, result, len(items))
+        return outputs
+
+    def response_body(self, item: Decoded, result: dict, batch_size: int) -> dict:
+        env = item.envelope
+        stats = dict(result.get("stats") or {})
+        stats.update(batch_size=batch_size, queue_ms=round(item.queue_s * 1000, 2))
+        body = {"request_id": env.request_id, "model": self.model_block, **result, "stats": stats}
+        if env.kind == "reliance":
+            body.pop("attributions", None)
+        self._count(body, env)
+        return body
+
+    def _count(self, body: dict, env: Envelope) -> None:
+        m = metrics.registry_metrics()
+        stats = body["stats"]  # forward passes are counted as they run (predict's on_progress)
+        m.images_scored.inc()
+        method = env.body.get("method", "eagle") if env.kind == "explain" else "reliance"
+        m.explanation.labels(method=method).observe(stats.get("compute_ms", 0.0) / 1000)
+        for token in body.get("tokens", []):
+            m.tokens.labels(risk_label=token["risk_label"]).inc()
+        m.answers.labels(risk_label=body["summary"]["risk_label"]).inc()
+
+    def encode_response(self, output):
+        """(JSON bytes, fields for the API server's log line), or the request's Failure."""
+        if isinstance(output, Failure):
+            return output
+        try:
+            data = json.dumps(output, default=_plain, allow_nan=False, separators=(",", ":")).encode()
+        except Exception as exc:  # noqa: BLE001
+            return failure_of(exc, output.get("request_id", "?"))
+        stats, summary = output.get("stats", {}), output.get("summary", {})
+        method = (output.get("method") or {}).get("name")
+        log = {"audit_method": method, "forward_passes": stats.get("forward_passes"),
+               "model_calls": stats.get("model_calls"), "batch_size": stats.get("batch_size"),
+               "queue_ms": stats.get("queue_ms"), "compute_ms": stats.get("compute_ms"),
+               "risk_label": summary.get("risk_label"), "risk_score": _round(summary.get("risk_score")),
+               "flagged_tokens": summary.get("flagged_tokens"), "tokens": len(output.get("tokens", []))}
+        return data, log
+
+
+def heatmap_size(options: dict, width: int, height: int, max_pixels: int) -> tuple[int, int] | None:
+    """(width, height) asked for; one side given keeps the image's aspect ratio."""
+    from explainers.audit import AuditInputError
+
+    w, h = options.get("width"), options.get("height")
+    if w is None and h is None:
+        return None
+    if w is None:
+        w = max(1, round(h * width / height))
+    if h is None:
+        h = max(1, round(w * height / width))
+    if w * h > max_pixels:
+        raise AuditInputError(f"heatmap of {w}x{h} has more than {max_pixels} pixels")
+    return int(w), int(h)
+
+
+def failure_of(exc: BaseException, request_id: str) -> Failure:
+    """The HTTP answer to an exception raised while auditing one request."""
+    from explainers.audit import AuditInputError
+
+    if isinstance(exc, ImageError):
+        return Failure(exc.status, exc.detail)
+    if isinstance(exc, AuditInputError):
+        return Failure(422, str(exc))
+    if isinstance(exc, DeadlinePassed):
+        return Failure(504, "request timed out")
+    if isinstance(exc, (ImportError, NotImplementedError)):
+        return Failure(501, f"this method is not available in this build: {exc}")
+    if type(exc).__name__ == "OutOfMemoryError":
+        return Failure(503, "the model ran out of memory; retry later or with fewer regions", {"Retry-After": "5"})
+    logs.get("mllm_audit.worker").error("audit_failed", request_id=request_id, error=type(exc).__name__,
+                                        exc_info=exc)
+    return Failure(500, f"internal error while auditing (request_id {request_id}); see the service logs")
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _round(value):
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)

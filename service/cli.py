@@ -1,0 +1,262 @@
+"""`mllm-audit`: serve the API, or audit one image in-process.
+
+    mllm-audit serve [--model DIR] [--host H] [--port P] [--workers N] ...
+    mllm-audit explain --image FILE --prompt TEXT --answer TEXT [--method eagle] [--overlay out.png]
+    mllm-audit reliance --image FILE --prompt TEXT --answer TEXT
+    mllm-audit openapi            # the served OpenAPI document as YAML (same as python -m service.openapi)
+
+Every `serve` flag has an MLLM_AUDIT_* environment variable (service.config); a flag given on
+the command line wins over the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from service.config import ENV_VARS, Settings, env_name
+
+# Settings every subcommand may take as flags; the rest are environment variables only.
+SERVE_FLAGS = ("model", "model_id", "device", "dtype", "host", "port", "api_servers", "workers", "max_batch_size",
+               "batch_timeout", "forward_batch_size", "request_timeout", "max_queue", "max_payload_bytes",
+               "max_image_pixels", "max_prompt_tokens", "max_answer_tokens", "max_regions", "max_forward_passes",
+               "risk_medium", "risk_high", "api_key", "protect_health", "protect_metrics", "log_level", "debug",
+               "metrics_dir", "trust_remote_code")
+MODEL_FLAGS = ("model", "model_id", "device", "dtype", "trust_remote_code", "forward_batch_size", "max_regions",
+               "max_forward_passes", "max_image_pixels", "max_prompt_tokens", "max_answer_tokens", "risk_medium",
+               "risk_high")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    by_name = {f.name: f for f in fields(Settings)}
+    for name in names:
+        f = by_name[name]
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{f.metadata['doc']} [env {env_name(name)}, default {f.default!r}]"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=type(f.default), default=None, help=help_text)
+
+
+def _settings(args: argparse.Namespace, names: tuple[str, ...]) -> Settings:
+    return Settings.from_env(**{name: getattr(args, name) for name in names})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mllm-audit", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the REST service")
+    _add_setting_flags(serve, SERVE_FLAGS)
+
+    for name, help_text in (("explain", "attribution masks, reliance and risk for one image, printed as JSON"),
+                            ("reliance", "reliance and risk per answer token for one image, printed as JSON")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--image", required=True, type=Path, help="image file (PNG, JPEG, WebP, GIF, BMP)")
+        p.add_argument("--prompt", required=True)
+        p.add_argument("--answer", required=True)
+        if name == "explain":
+            from service.schemas import METHODS
+
+            p.add_argument("--method", default="eagle", choices=METHODS)
+            p.add_argument("--regions", type=int, default=64)
+            p.add_argument("--targets", default="answer",
+                           help='"answer", "tokens", or spans as START:END[,START:END...] (answer characters)')
+            p.add_argument("--budget", dest="budget", type=int, default=None, help="max forward passes")
+            p.add_argument("--heatmap", default="array", choices=("png", "array", "none"),
+                           help="heatmap encoding in the JSON")
+            p.add_argument("--overlay", type=Path, default=None,
+                           help="also write the first target's heatmap over the image to this PNG")
+        p.add_argument("--output", type=Path, default=None, help="write the JSON here instead of stdout")
+        _add_setting_flags(p, MODEL_FLAGS)
+
+    sub.add_parser("openapi", help="print the OpenAPI document (YAML) the service serves")
+    env = sub.add_parser("env", help="list the MLLM_AUDIT_* environment variables")
+    env.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/service.md")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(_settings(args, SERVE_FLAGS))
+        if args.command in ("explain", "reliance"):
+            return audit_one(args, _settings(args, MODEL_FLAGS))
+        if args.command == "openapi":
+            from service.openapi import document_yaml
+
+            sys.stdout.write(document_yaml())
+            return 0
+        if args.command == "env":
+            if args.markdown:
+                sys.stdout.write(env_table())
+                return 0
+            for name, (default, doc) in ENV_VARS.items():
+                print(f"{name}={default!r}\t{doc}")
+            return 0
+    except ValueError as exc:  # bad settings, unreadable model directory, bad input
+        print(f"mllm-audit: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def env_table() -> str:
+    """The settings as a Markdown table (docs/service.md holds this output; a test keeps it current)."""
+    rows = ["| variable | flag | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, (default, doc) in ENV_VARS.items():
+        field_name = name.removeprefix("MLLM_AUDIT_").lower()
+        flag = f"`--{field_name.replace('_', '-')}`" if field_name in SERVE_FLAGS else ""
+        shown = "`\"\"`" if default == "" else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        rows.append(f"| `{name}` | {flag} | {shown} | {doc.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+def serve(settings: Settings) -> int:
+    from models.loading import ModelLoadError
+    from service.server import model_block
+
+    try:  # a bad model directory fails here, before any process starts
+        model = model_block(settings)
+    except ModelLoadError as exc:
+        raise ValueError(str(exc)) from None
+    # Before anything imports prometheus_client (all processes of the server inherit it).
+    from service import logs, metrics
+
+    metrics.configure(settings.metrics_dir, clear=True)
+    logs.configure(settings.log_level)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from service.server import AuditServer
+
+    server = AuditServer(settings, model)
+    # SIGTERM (docker stop, Kubernetes) shuts down like Ctrl+C: workers and API servers are stopped.
+    main_pid = os.getpid()
+
+    def interrupt(signum, frame):
+        if os.getpid() != main_pid:  # a forked API server inherited this handler: die as SIGTERM would
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    logs.get("mllm_audit").info("starting", host=settings.host, port=settings.port, model=server.model,
+                                api_servers=settings.api_servers, workers=settings.workers,
+                                max_batch_size=settings.max_batch_size, auth=bool(settings.api_key),
+                                metrics_dir=metrics.multiprocess_dir())
+    server.serve()
+    return 0
+
+
+def audit_one(args: argparse.Namespace, settings: Settings) -> int:
+    """One audit in this process: no server, same code path as a worker."""
+    import base64
+    import time
+
+    from service.api import AuditAPI, Envelope, Failure
+
+    if not args.image.is_file():
+        raise ValueError(f"image file {args.image} does not exist")
+    body = {"image": base64.b64encode(args.image.read_bytes()).decode(), "prompt": args.prompt,
+            "answer": args.answer}
+    if args.command == "explain":
+        body.update(method=args.method, regions=args.regions, targets=_parse_targets(args.targets),
+                    max_forward_passes=args.budget, heatmap={"encoding": args.heatmap})
+    from service.schemas import ExplainRequest, RelianceRequest
+
+    model = ExplainRequest if args.command == "explain" else RelianceRequest
+    try:
+        validated = model.model_validate(body)
+    except Exception as exc:  # pydantic's message names the field
+        raise ValueError(str(exc)) from None
+    from service import logs
+
+    logs.configure(settings.log_level, stream=sys.stderr)  # stdout is for the JSON
+    from service.images import ImageError, decode_image
+
+    try:  # a bad image fails before the model loads
+        decode_image(body["image"], settings.max_image_pixels)
+    except ImageError as exc:
+        print(f"mllm-audit: error {exc.status}: {exc.detail}", file=sys.stderr)
+        return 1
+    api = AuditAPI(settings)
+    api.configure_logs = False
+    api.setup(settings.device if settings.device != "auto" else _auto_device())
+    now = time.monotonic()
+    envelope = Envelope(args.command, "cli", now, now + settings.request_timeout, validated.model_dump(mode="json"))
+    decoded = api.decode_request(envelope)
+    output = api.encode_response(api.predict([decoded])[0])
+    if isinstance(output, Failure):
+        print(f"mllm-audit: error {output.status}: {output.detail}", file=sys.stderr)
+        return 1
+    data, _ = output
+    result = json.loads(data)
+    text = json.dumps(result, indent=2)
+    if args.output:
+        args.output.write_text(text + "\n")
+    else:
+        print(text)
+    if args.command == "explain" and args.overlay:
+        write_overlay(decoded.request.image, result, args.overlay)
+        print(f"overlay written to {args.overlay}", file=sys.stderr)
+    return 0
+
+
+def _auto_device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def _parse_targets(text: str):
+    if text in ("answer", "tokens"):
+        return text
+    spans = []
+    for part in text.split(","):
+        start, sep, end = part.partition(":")
+        if not sep:
+            raise ValueError(f"--targets: {part!r} is not START:END")
+        spans.append({"start": int(start), "end": int(end)})
+    return spans
+
+
+def write_overlay(image, result: dict, path: Path) -> None:
+    """The first attribution's heatmap as a red-yellow overlay on the image, plus its top region's box."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    attributions = result.get("attributions") or []
+    if not attributions or not attributions[0].get("heatmap"):
+        raise ValueError("no heatmap to overlay (use --heatmap array or png)")
+    first = attributions[0]
+    heat = first["heatmap"]
+    if heat["encoding"] == "array":
+        values = np.asarray(heat["data"], dtype=np.float32)
+    else:
+        values = np.asarray(Image.open(io.BytesIO(base64.b64decode(heat["data"]))), dtype=np.float32) / 255.0
+    h, w = image.shape[:2]
+    values = np.asarray(Image.fromarray(values).resize((w, h), Image.Resampling.BILINEAR))
+    values = np.clip(values, 0.0, 1.0)[..., None]
+    colour = np.concatenate([np.ones_like(values), values, np.zeros_like(values)], axis=2) * 255.0
+    alpha = 0.6 * values
+    blended = (image.astype(np.float32) * (1 - alpha) + colour * alpha).astype(np.uint8)
+    out = Image.fromarray(blended)
+    if first.get("regions"):
+        x0, y0, x1, y1 = first["regions"][0]["bbox"]  # x1, y1 exclusive; PIL's rectangle is inclusive
+        ImageDraw.Draw(out).rectangle([x0, y0, x1 - 1, y1 - 1], outline=(0, 255, 255))
+    out.save(path, format="PNG")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

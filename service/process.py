@@ -1,0 +1,92 @@
+"""Run the real server as a child process: for the end-to-end tests, bench/load.py and CI jobs.
+
+    with ServerProcess({"MLLM_AUDIT_MAX_BATCH_SIZE": "8"}) as server:
+        httpx.post(server.url + "/v1/reliance", json=...)
+
+It starts `python -m service.cli serve` on 127.0.0.1 and a free port, waits until /health
+answers 200 (every model worker loaded), and stops it with SIGTERM (the service's graceful
+shutdown), killing its process group only if it does not exit in time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, env: dict[str, str] | None = None, port: int | None = None, log_path: Path | None = None,
+                 startup_timeout: float = 180.0, health_headers: dict[str, str] | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = dict(env or {})
+        self.startup_timeout = startup_timeout
+        self.health_headers = health_headers or {}
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="mllm-audit-server-", suffix=".log")[1])
+        self.proc: subprocess.Popen | None = None
+        self.health_statuses: list[int] = []  # every /health answer while waiting (they are counted in metrics)
+
+    def start(self) -> "ServerProcess":
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               "MLLM_AUDIT_HOST": "127.0.0.1", "MLLM_AUDIT_PORT": str(self.port), **self.env}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=REPO, env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                status = httpx.get(self.url + "/health", headers=self.health_headers, timeout=2).status_code
+                self.health_statuses.append(status)
+                if status == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"the server did not become healthy in {self.startup_timeout} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # whatever is left of the process group this class started (its own session)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,216 @@
+"""The HTTP contract: pydantic v2 models of every request and response body.
+
+Field names follow DESIGN.md (API contract v1) and are fixed: clients, dashboards and CI
+checks depend on them. Responses allow extra fields (new fields may be added, none renamed);
+requests forbid unknown fields so a misspelt option fails with 422 instead of being ignored.
+
+The bounds written here are static so that openapi.yaml does not depend on the deployment;
+the configured limits (service.config: MLLM_AUDIT_MAX_REGIONS, ..._MAX_FORWARD_PASSES,
+token counts, payload and pixel sizes) are checked by the service and answered 413/422.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+METHODS = ("eagle", "eagle_greedy", "tam", "msea", "arc", "msea+arc")
+Method = Literal["eagle", "eagle_greedy", "tam", "msea", "arc", "msea+arc"]
+RiskLabel = Literal["low", "medium", "high", "not_visual"]
+
+# Hard bounds of the schema; the service's own limits (config) may be lower, never higher.
+MAX_TEXT_CHARS = 100_000
+MAX_REGIONS_SCHEMA = 4096
+MAX_FORWARD_PASSES_SCHEMA = 10_000_000
+MAX_HEATMAP_SIDE = 8192
+MAX_TARGET_SPANS = 64
+
+# A 32x32 grey PNG with a red square: the example in /docs and the schema (schemathesis sends it).
+EXAMPLE_IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAPklEQVR42mOsqKhgoCVgYqAxGLVg1ALKAQsuiZQNG0gyaE5AwGgcjFo"
+                 "wasGoBaMWDMP6AFf5PhoHoxYMQwsAEkMF6BJwl5QAAAAASUVORK5CYII=")
+RELIANCE_EXAMPLE = {"image": EXAMPLE_IMAGE, "prompt": "What color is the square?", "answer": "red"}
+EXPLAIN_EXAMPLE = {**RELIANCE_EXAMPLE, "targets": "answer", "method": "eagle", "regions": 6,
+                   "max_forward_passes": 40, "heatmap": {"encoding": "none"}}
+
+
+def _valid_text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (lone surrogate)") from None
+    return value
+
+
+class _Request(BaseModel):
+    # strict: "8" is not an integer and 1 is not a string, as openapi.yaml says
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ---------------------------------------------------------------------------------- requests
+
+
+class Span(_Request):
+    """Characters [start, end) of the answer."""
+
+    start: int = Field(ge=0, description="first character of the span in the answer")
+    end: int = Field(ge=1, description="one past the last character of the span")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Span":
+        if self.end <= self.start:
+            raise ValueError(f"span end ({self.end}) must be greater than its start ({self.start})")
+        return self
+
+
+SpanList = Annotated[list[Span], Field(min_length=1, max_length=MAX_TARGET_SPANS)]
+
+
+class HeatmapOptions(_Request):
+    encoding: Literal["png", "array", "none"] = Field(
+        "array", description="png: a base64 8-bit grayscale PNG; array: rows of floats in [0, 1]; none: no heatmap")
+    width: int | None = Field(None, ge=1, le=MAX_HEATMAP_SIDE, description="heatmap width (default: the image width)")
+    height: int | None = Field(None, ge=1, le=MAX_HEATMAP_SIDE,
+                               description="heatmap height (default: the image height)")
+
+
+class RelianceRequest(_Request):
+    """Per-token visual reliance and hallucination risk of an answer (the cheap path)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [RELIANCE_EXAMPLE]})
+
+    image: str = Field(min_length=1, description="the image as base64 or as a data URL (data:image/png;base64,...); "
+                                                 "PNG, JPEG, WebP, GIF or BMP")
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="the prompt the model answered")
+    answer: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="the answer the model generated")
+
+    check_text = field_validator("prompt", "answer")(_valid_text)
+
+
+class ExplainRequest(RelianceRequest):
+    """Attribution masks, reliance and risk for selected answer tokens."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXPLAIN_EXAMPLE]})
+
+    targets: Literal["answer", "tokens"] | SpanList = Field(
+        "answer", description='"answer": one attribution for the whole answer; "tokens": one per answer token; '
+                              "or a list of character spans of the answer")
+    method: Method = Field("eagle", description="eagle (our best search), eagle_greedy (the published greedy), "
+                                                "tam, msea, arc, msea+arc (white-box maps)")
+    regions: int = Field(64, ge=2, le=MAX_REGIONS_SCHEMA,
+                         description="superpixel regions the image is cut into; the service's limit "
+                                     "(GET /info) may be lower, and an omitted value never exceeds it")
+    max_forward_passes: int | None = Field(
+        None, ge=2, le=MAX_FORWARD_PASSES_SCHEMA,
+        description="budget of images run through the model for this request (null: the service's limit)")
+    heatmap: HeatmapOptions = Field(default_factory=HeatmapOptions)
+
+
+# --------------------------------------------------------------------------------- responses
+
+
+class ModelBlock(_Response):
+    id: str
+    family: str
+    revision: str | None = None
+
+
+class MethodBlock(_Response):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TokenResult(_Response):
+    index: int
+    text: str
+    start: int
+    end: int
+    p_full: float = Field(description="probability of the token with the full image")
+    p_blank: float = Field(description="probability with the image blanked (black)")
+    visual_reliance: float
+    language_reliance: float
+    risk_score: float
+    risk_label: RiskLabel
+
+
+class Summary(_Response):
+    risk_label: RiskLabel
+    risk_score: float
+    visual_reliance: float
+    flagged_tokens: int
+
+
+class Stats(_Response):
+    forward_passes: int = Field(description="images run through the model for this request")
+    model_calls: int = Field(description="batched model invocations of the batch this request ran in")
+    batch_size: int = Field(description="requests batched together with this one (itself included)")
+    queue_ms: float = Field(description="time from arrival to a model worker taking the request")
+    compute_ms: float = Field(description="time the batch spent auditing")
+
+
+class Target(_Response):
+    start: int
+    end: int
+    text: str
+    token_indices: list[int]
+
+
+class Mask(_Response):
+    encoding: Literal["rle"]
+    size: list[int] = Field(description="[height, width]")
+    order: str = Field(description="row-major: counts run along rows; runs alternate 0s and 1s, 0s first")
+    counts: list[int]
+
+
+class Region(_Response):
+    rank: int
+    score: float
+    bbox: list[int] = Field(description="[x0, y0, x1, y1] in image pixels, x1 and y1 exclusive")
+    mask: Mask
+
+
+class Heatmap(_Response):
+    width: int
+    height: int
+    encoding: Literal["png", "array"]
+    data: str | list[list[float]] = Field(description="base64 PNG, or rows of floats in [0, 1]")
+
+
+class Attribution(_Response):
+    target: Target
+    regions: list[Region]
+    heatmap: Heatmap | None = None
+    insertion_auc: float | None = None
+    deletion_auc: float | None = None
+    forward_passes: int
+
+
+class RelianceResponse(_Response):
+    request_id: str
+    model: ModelBlock
+    tokens: list[TokenResult]
+    summary: Summary
+    stats: Stats
+
+
+class ExplainResponse(RelianceResponse):
+    method: MethodBlock
+    attributions: list[Attribution]
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what was wrong, in words")
+
+
+class InfoResponse(_Response):
+    service: dict[str, Any]
+    model: ModelBlock
+    methods: list[str]
+    endpoints: list[str]
+    limits: dict[str, Any]
+    batching: dict[str, Any]
+    config: dict[str, Any]

@@ -1,0 +1,312 @@
+"""Server assembly: a LitServer with the service's routes, middleware and error format.
+
+`AuditServer` is LitServe's server (worker processes, dynamic batching, request queues,
+transport, readiness) with the HTTP surface replaced by the service's:
+
+  POST /v1/explain, POST /v1/reliance  both feed the one AuditAPI queue (see service.api)
+  GET  /health     200 "ok" once every model worker has loaded the model, else 503
+  GET  /info       model, methods, limits and configuration (no secrets)
+  GET  /metrics/   Prometheus metrics of every process of the service
+  GET  /docs, /openapi.json   FastAPI's
+
+The endpoint handler replaces LitServe's RegularRequestHandler in two ways: it waits for the
+worker at most until the request's deadline (LitServe's own `timeout` only covers the time a
+request waits in the queue) and answers 504 after it, and it turns a worker's per-request
+`Failure` into that request's error response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import pickle
+import time
+import uuid
+from dataclasses import asdict
+from importlib import metadata
+from typing import Any
+
+import litserve as ls
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import metrics
+from service.api import API_PATH, AuditAPI, Envelope, Failure
+from service.config import ENV_VARS, Settings, env_name, model_id_of
+from service.images import FORMATS
+from service.middleware import AuditMiddleware
+from service.schemas import (METHODS, ErrorBody, ExplainRequest, ExplainResponse, InfoResponse, RelianceRequest,
+                             RelianceResponse)
+
+TITLE = "MLLM Audit"
+DESCRIPTION = (
+    "Audits a multimodal LLM's answer: which image regions made the model say each answer token "
+    "(attribution masks), how much each token rests on the image versus the language prior "
+    "(visual reliance), and a hallucination-risk label per token and per answer.\n\n"
+    "Errors are JSON `{\"detail\": \"...\"}`: 400/413/415/422 for bad input, 401 without the API key "
+    "(when one is configured), 503 with `Retry-After` when saturated, 504 on timeout."
+)
+
+
+def version() -> str:
+    try:
+        return metadata.version("mllm-audit")
+    except metadata.PackageNotFoundError:
+        return "0.1.0"
+
+
+def _error(description: str) -> dict:
+    return {"model": ErrorBody, "description": description}
+
+
+AUDIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("Bad input: body not JSON, image not base64, or image data truncated or corrupt"),
+    401: _error("Missing or invalid API key (only when the service has one)"),
+    413: _error("Body larger than MLLM_AUDIT_MAX_PAYLOAD_BYTES or image over MLLM_AUDIT_MAX_IMAGE_PIXELS"),
+    415: _error("Not an image, an image format the service does not decode, or a body that is not JSON"),
+    422: _error("Valid JSON that cannot be audited: wrong types, missing fields, unknown method, "
+                "limits (tokens, regions, budget), target spans outside the answer"),
+    500: _error("Internal error while auditing (the log has the request id)"),
+    501: _error("The method is not available in this build"),
+    503: _error("Saturated (MLLM_AUDIT_MAX_QUEUE requests in flight): retry after Retry-After seconds"),
+    504: _error("Not answered within MLLM_AUDIT_REQUEST_TIMEOUT seconds"),
+}
+for _status in (503,):
+    AUDIT_ERRORS[_status]["headers"] = {"Retry-After": {"description": "seconds to wait before retrying",
+                                                        "schema": {"type": "string"}}}
+REQUEST_ID_HEADER = {"X-Request-ID": {"description": "the request id (the client's X-Request-ID when it sent "
+                                                     "one), also in the body", "schema": {"type": "string"}}}
+SECURITY = {"security": [{}, {"BearerAuth": []}, {"ApiKeyAuth": []}]}
+
+
+def model_block(settings: Settings) -> dict[str, Any]:
+    """Model id, family and revision from the model directory alone (no weights loaded)."""
+    from pathlib import Path
+
+    from models.families import family_of
+    from models.loading import REFERENCE_MODEL_DIR, check_model_dir
+
+    path = (Path(settings.model) if settings.model else REFERENCE_MODEL_DIR).expanduser().resolve()
+    config = check_model_dir(path)
+    revision_file = path / "REVISION"
+    return {"id": model_id_of(settings) or path.name, "family": family_of(config["model_type"]).name,
+            "revision": revision_file.read_text().strip() if revision_file.is_file() else None}
+
+
+def accelerator_of(device: str) -> tuple[str, Any]:
+    if device == "cpu":
+        return "cpu", "auto"
+    if device.startswith("cuda"):
+        return "cuda", 1 if ":" in device else "auto"
+    return "auto", "auto"
+
+
+class AuditHandler:
+    """Puts a validated request on the worker queue and waits for its answer until the deadline."""
+
+    def __init__(self, server: "AuditServer"):
+        self.server = server
+
+    async def handle(self, kind: str, body: RelianceRequest, request: Request) -> Response:
+        server, settings = self.server, self.server.settings
+        state = request.scope.setdefault("state", {})
+        request_id = state.get("request_id") or uuid.uuid4().hex
+        started = state.get("started") or time.monotonic()
+        deadline = started + settings.request_timeout
+        envelope = Envelope(kind, request_id, started, deadline, body.model_dump(mode="json"),
+                            frozenset(body.model_fields_set))
+        if settings.debug:
+            state.setdefault("log", {}).update(prompt=body.prompt, answer=body.answer)
+
+        uid = uuid.uuid4().hex
+        event = asyncio.Event()
+        server.response_buffer[uid] = ResponseBufferItem(event)  # registered before the worker can answer
+        try:
+            queue = server._get_request_queue(API_PATH)
+            queue.put((server.app.response_queue_id, uid, time.monotonic(), envelope))
+            try:
+                await asyncio.wait_for(event.wait(), timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise HTTPException(504, f"request timed out after {settings.request_timeout:g} s") from None
+            response, status = server.response_buffer[uid].response
+        finally:
+            server.response_buffer.pop(uid, None)
+
+        if status == LitAPIStatus.ERROR:
+            raise _worker_error(response)
+        if isinstance(response, Failure):
+            state.setdefault("log", {})["detail"] = response.detail
+            raise HTTPException(response.status, response.detail, headers=response.headers or None)
+        data, log_fields = response
+        state.setdefault("log", {}).update(log_fields)
+        return Response(content=data, media_type="application/json")
+
+
+def _worker_error(response) -> HTTPException:
+    """LitServe's own errors: 504 for a request that waited in the queue too long, else 500."""
+    if isinstance(response, bytes):
+        try:
+            response = pickle.loads(response)
+        except Exception:  # noqa: BLE001
+            response = None
+    if isinstance(response, StarletteHTTPException):
+        return HTTPException(response.status_code, str(response.detail))
+    return HTTPException(500, "internal error in the model worker; see the service logs")
+
+
+class AuditServer(ls.LitServer):
+    def __init__(self, settings: Settings, model: dict[str, Any] | None = None):
+        self.settings = settings
+        self.model = model or {"id": model_id_of(settings) or "model", "family": "unknown", "revision": None}
+        # In-flight requests of all API server processes: created here, shared by the forked ones.
+        self.inflight = mp.Value("i", 0)
+        accelerator, devices = accelerator_of(settings.device)
+        super().__init__(
+            AuditAPI(settings),
+            accelerator=accelerator,
+            devices=devices,
+            workers_per_device=settings.workers,
+            timeout=settings.request_timeout,
+            middlewares=[(AuditMiddleware, {"settings": settings, "inflight": self.inflight})],
+        )
+        app = self.app
+        app.title, app.version, app.description = TITLE, version(), DESCRIPTION
+        app.openapi = self._openapi
+        app.add_exception_handler(RequestValidationError, validation_error)
+        app.add_exception_handler(StarletteHTTPException, http_error)
+        app.add_exception_handler(Exception, internal_error)
+
+    # LitServer.__init__ calls this: the service's routes instead of LitServe's defaults.
+    def register_endpoints(self):
+        app: FastAPI = self.app
+        handler = AuditHandler(self)
+
+        @app.post("/v1/explain", response_model=ExplainResponse, responses=AUDIT_ERRORS, tags=["audit"],
+                  summary="Attribution masks, reliance and risk of answer tokens",
+                  response_description="The audit", openapi_extra=SECURITY)
+        async def explain(body: ExplainRequest, request: Request):
+            return await handler.handle("explain", body, request)
+
+        @app.post("/v1/reliance", response_model=RelianceResponse, responses=AUDIT_ERRORS, tags=["audit"],
+                  summary="Visual reliance and hallucination risk per answer token (cheap path)",
+                  response_description="The reliance audit", openapi_extra=SECURITY)
+        async def reliance(body: RelianceRequest, request: Request):
+            return await handler.handle("reliance", body, request)
+
+        for route in app.routes:  # the request id header on every documented audit response
+            if getattr(route, "path", None) in ("/v1/explain", "/v1/reliance"):
+                route.responses = {**route.responses, 200: {"headers": REQUEST_ID_HEADER}}
+
+        @app.get("/health", response_class=PlainTextResponse, tags=["service"],
+                 summary="200 once every model worker has loaded the model",
+                 responses={200: {"content": {"text/plain": {"schema": {"type": "string", "enum": ["ok"]}}}},
+                            401: _error("Missing or invalid API key (only with MLLM_AUDIT_PROTECT_HEALTH)"),
+                            503: {"description": "Still loading, or a worker failed",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}})
+        async def health():
+            if self.workers_ready():
+                return PlainTextResponse("ok")
+            return PlainTextResponse("not ready", status_code=503)
+
+        @app.get("/info", response_model=InfoResponse, tags=["service"], openapi_extra=SECURITY,
+                 summary="Model, methods, limits and configuration (no secrets)",
+                 responses={401: _error("Missing or invalid API key (only when the service has one)")})
+        async def info():
+            return self.info()
+
+        @app.get("/metrics/", include_in_schema=False)
+        async def prometheus_metrics():
+            data, content_type = metrics.render_latest()
+            return Response(content=data, media_type=content_type)
+
+    def workers_ready(self) -> bool:
+        status = getattr(self, "workers_setup_status", None)
+        return bool(status) and all(v == WorkerSetupStatus.READY for v in status.values())
+
+    def info(self) -> dict[str, Any]:
+        s = self.settings
+        config = {env_name(k): v for k, v in asdict(s).items() if k != "api_key"}
+        config[env_name("api_key")] = "(set)" if s.api_key else ""
+        return {
+            "service": {"name": "mllm-audit", "version": version()},
+            "model": self.model,
+            "methods": list(METHODS),
+            "endpoints": ["/v1/explain", "/v1/reliance"],
+            "limits": {"max_payload_bytes": s.max_payload_bytes, "max_image_pixels": s.max_image_pixels,
+                       "image_formats": list(FORMATS), "max_prompt_tokens": s.max_prompt_tokens,
+                       "max_answer_tokens": s.max_answer_tokens, "regions": {"min": 2, "max": s.max_regions},
+                       "max_forward_passes": s.max_forward_passes, "request_timeout_s": s.request_timeout,
+                       "max_queue": s.max_queue},
+            "batching": {"max_batch_size": s.max_batch_size, "batch_timeout_s": s.batch_timeout,
+                         "forward_batch_size": s.forward_batch_size, "workers": s.workers,
+                         "api_servers": s.api_servers},
+            "config": {name: config[name] for name in ENV_VARS},
+        }
+
+    def _openapi(self) -> dict[str, Any]:
+        app = self.app
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "BearerAuth": {"type": "http", "scheme": "bearer",
+                               "description": "the API key, when MLLM_AUDIT_API_KEY is set"},
+                "ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                               "description": "the API key, when MLLM_AUDIT_API_KEY is set"},
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    def serve(self) -> None:
+        s = self.settings
+        self.run(host=s.host, port=s.port, num_api_servers=s.api_servers, log_level=_uvicorn_level(s.log_level),
+                 generate_client_file=False, access_log=False)
+
+
+def _uvicorn_level(level: str) -> str:
+    return "warning" if level in ("info", "debug") else level
+
+
+# ------------------------------------------------------------------------------ error bodies
+
+
+def _location(loc) -> str:
+    # field names and list indices; pydantic's union-member tags ("literal['answer','tokens']") left out
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and "[" in p)]
+    return ".".join(parts) or "body"
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        request.scope.setdefault("state", {}).setdefault("log", {})["detail"] = "body is not valid JSON"
+        return JSONResponse({"detail": "request body is not valid JSON"}, status_code=400)
+    seen, parts = set(), []
+    for e in errors:  # messages only: the input values (a prompt, an image) stay out of the answer and logs
+        text = f"{_location(e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+        if text not in seen:
+            seen.add(text)
+            parts.append(text)
+    detail = "; ".join(parts[:10]) or "invalid request"
+    request.scope.setdefault("state", {}).setdefault("log", {})["detail"] = detail
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def build_server(settings: Settings, check_model: bool = True) -> AuditServer:
+    """The server for these settings; with check_model, a bad model directory fails here, early."""
+    model = model_block(settings) if check_model else None
+    return AuditServer(settings, model)

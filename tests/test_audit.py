@@ -1,0 +1,134 @@
+"""EAGLE and reliance through the Auditor on real models: the reference model and a tiny LLaVA."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import spearmanr
+
+from bench.faithfulness import run as run_faithfulness
+from explainers import eagle
+from explainers.audit import AuditInputError, Auditor, AuditRequest
+from explainers.engine import Job, run_jobs
+from explainers.regions import region_masks, rle_decode, superpixel_regions
+from models.loading import load_model
+from models.scorer import Scorer
+from tests.conftest import held_out_sample
+
+
+@pytest.fixture(scope="module")
+def auditor(reference_scorer):
+    return Auditor(reference_scorer, forward_batch_size=48)
+
+
+def test_engine_results_do_not_depend_on_the_forward_batch_size(reference_scorer):
+    a, b = held_out_sample("colour", 11), held_out_sample("shape", 12)
+    runs = []
+    for batch_size in (7, 64):
+        jobs = []
+        for s in (a, b):
+            audit = reference_scorer.prepare(s.prompt, s.truth, (96, 96))
+            masks = region_masks(superpixel_regions(s.scene.image, 12))
+            jobs.append(Job(audit, eagle.fast_search(s.scene.image, masks)))
+        stats = run_jobs(jobs, reference_scorer.log_probs, batch_size)
+        assert all(j.error is None for j in jobs)
+        assert stats.forward_passes == sum(j.forward_passes for j in jobs)
+        runs.append([(j.result.ranking, j.result.region_scores, j.forward_passes) for j in jobs])
+    for (rank1, score1, n1), (rank2, score2, n2) in zip(*runs):
+        assert rank1 == rank2 and n1 == n2
+        np.testing.assert_allclose(score1, score2, atol=1e-6)
+
+
+def test_explain_returns_the_contract_fields(auditor):
+    s = held_out_sample("caption", 21)
+    req = AuditRequest(s.scene.image, s.prompt, s.truth, targets="tokens", regions=10,
+                       max_forward_passes=400, heatmap_encoding="png", heatmap_size=(48, 32))
+    [out] = auditor.run([req])
+    assert not isinstance(out, Exception), out
+    tokens = out["tokens"]
+    assert [t["index"] for t in tokens] == list(range(len(tokens)))
+    for t in tokens:
+        assert s.truth[t["start"]:t["end"]] == t["text"]
+        assert abs(t["visual_reliance"] + t["language_reliance"] - 1) < 1e-9
+        assert t["risk_label"] in ("low", "medium", "high", "not_visual")
+    labels = {t["text"]: t["risk_label"] for t in tokens}
+    assert labels["a"] == "not_visual" and labels["."] == "not_visual"
+    assert len(out["attributions"]) == len(tokens)
+    assert out["stats"]["forward_passes"] <= 400 + 2 * len(tokens)
+    att = out["attributions"][0]
+    heat = Image.open(io.BytesIO(base64.b64decode(att["heatmap"]["data"])))
+    assert heat.size == (48, 32)
+    top = att["regions"][0]
+    mask = rle_decode(top["mask"])
+    assert mask.shape == (96, 96) and mask.any()
+    x0, y0, x1, y1 = top["bbox"]
+    ys, xs = np.nonzero(mask)
+    assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_span_targets_and_bad_requests(auditor):
+    s = held_out_sample("caption", 22)
+    word = s.truth.split()[1]  # a colour word
+    start = s.truth.index(word)
+    good = AuditRequest(s.scene.image, s.prompt, s.truth, targets=[(start, start + len(word))], regions=8)
+    bad_span = AuditRequest(s.scene.image, s.prompt, s.truth, targets=[(0, 999)], regions=8)
+    bad_method = AuditRequest(s.scene.image, s.prompt, s.truth, method="gradcam")
+    out = auditor.run([good, bad_span, bad_method])
+    assert out[0]["attributions"][0]["target"]["text"] == word
+    assert isinstance(out[1], AuditInputError) and "outside the answer" in str(out[1])
+    assert isinstance(out[2], AuditInputError) and "unknown method" in str(out[2])
+
+
+def test_reliance_path_matches_explain_fields_in_two_passes(auditor):
+    s = held_out_sample("colour", 23)
+    [cheap] = auditor.run([AuditRequest(s.scene.image, s.prompt, s.truth, with_attributions=False)])
+    assert cheap["stats"]["forward_passes"] == 2 and "attributions" not in cheap
+    [full] = auditor.run([AuditRequest(s.scene.image, s.prompt, s.truth, regions=8)])
+    for a, b in zip(cheap["tokens"], full["tokens"]):
+        assert set(a) == set(b)
+        assert a["p_full"] == pytest.approx(b["p_full"], abs=1e-6)
+        assert a["p_blank"] == pytest.approx(b["p_blank"], abs=1e-6)
+
+
+def test_tiny_random_llava_is_explained_end_to_end(tiny_llava_dir):
+    auditor = Auditor(Scorer(load_model(tiny_llava_dir)), forward_batch_size=16)
+    image = np.random.default_rng(1).integers(0, 255, size=(50, 80, 3), dtype=np.uint8)
+    [out] = auditor.run([AuditRequest(image, "Describe the image.", "a red circle.", regions=6)])
+    assert not isinstance(out, Exception), out
+    heat = np.array(out["attributions"][0]["heatmap"]["data"])
+    assert heat.shape == (50, 80) and np.isfinite(heat).all()
+
+
+def test_sanity_randomised_weights_change_the_attribution(reference, reference_scorer):
+    """Adebayo et al.: an attribution that survives weight randomisation explains nothing."""
+    randomised = copy.copy(reference)
+    randomised.model = copy.deepcopy(reference.model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in randomised.model.parameters():
+            p.normal_(0, 0.02)
+    random_scorer = Scorer(randomised)
+    correlations = []
+    for seed in range(4):
+        s = held_out_sample("colour", 30 + seed)
+        masks = region_masks(superpixel_regions(s.scene.image, 16))
+        scores = []
+        for scorer in (reference_scorer, random_scorer):
+            job = Job(scorer.prepare(s.prompt, s.truth, (96, 96)), eagle.fast_search(s.scene.image, masks))
+            run_jobs([job], scorer.log_probs, 64)
+            scores.append(job.result.region_scores)
+        correlations.append(spearmanr(*scores).statistic)
+    assert np.mean(correlations) < 0.3, correlations
+
+
+def test_faithfulness_targets_on_a_small_sample():
+    table = run_faithfulness(n=20, regions=32, methods=["eagle", "random"], batch_size=64, model_dir=None)
+    assert table["eagle"]["pointing_mask_objects"] >= 0.9, table
+    assert table["eagle"]["insertion_auc"] >= table["random"]["insertion_auc"] + 0.2, table
+    assert table["eagle"]["deletion_auc"] < table["random"]["deletion_auc"], table

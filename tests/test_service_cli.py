@@ -1,0 +1,63 @@
+"""`mllm-audit explain` and `reliance` run one audit in-process and print the JSON; `openapi`
+prints the contract; `env` lists the settings. Run as `python -m service.cli`, like the console
+script `mllm-audit` (pyproject's [project.scripts]) does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from models.reference import world
+from service.config import ENV_VARS
+from service.openapi import contract
+from service.schemas import ExplainResponse, RelianceResponse
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_explain_prints_json_and_writes_an_overlay(tmp_path):
+    scene = world.render_scene(np.random.default_rng(70_001))
+    obj = scene.objects[0]
+    image = tmp_path / "scene.png"
+    Image.fromarray(scene.image).save(image)
+    overlay = tmp_path / "overlay.png"
+    result = cli("explain", "--image", str(image), "--prompt", f"What color is the {obj.shape}?", "--answer",
+                 obj.colour, "--regions", "8", "--budget", "60", "--overlay", str(overlay), "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    body = ExplainResponse.model_validate(json.loads(result.stdout))
+    assert body.model.id == "mllm-audit-reference" and body.attributions[0].target.text == obj.colour
+    assert body.stats.forward_passes <= 60
+    with Image.open(overlay) as img:
+        assert img.size == (96, 96) and img.mode == "RGB"
+
+
+def test_reliance_errors_and_the_contract_commands(tmp_path):
+    scene = world.render_scene(np.random.default_rng(70_002))
+    image = tmp_path / "scene.jpg"
+    Image.fromarray(scene.image).save(image, quality=95)
+    result = cli("reliance", "--image", str(image), "--prompt", "Describe the image.", "--answer",
+                 "a red circle.", "--output", str(tmp_path / "out.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert RelianceResponse.model_validate_json((tmp_path / "out.json").read_text()).stats.forward_passes == 2
+
+    (tmp_path / "text.png").write_bytes(b"not an image")
+    bad = cli("reliance", "--image", str(tmp_path / "text.png"), "--prompt", "p", "--answer", "a")
+    assert bad.returncode == 1 and "415" in bad.stderr
+
+    assert yaml.safe_load(cli("openapi").stdout) == contract()
+    listed = cli("env").stdout
+    assert all(name in listed for name in ENV_VARS)

@@ -1,0 +1,414 @@
+"""End to end over HTTP: the real server (LitServe, worker processes, the bundled reference
+model) started as a subprocess on 127.0.0.1, called with httpx.
+
+Two servers are started once each:
+  `open_server`   no API key, one API server and one worker, batching on (8 requests, 0.25 s):
+                  audits, batching, the bad-input matrix, logs, the OpenAPI contract, schemathesis;
+  `locked_server` an API key, 2 API servers and 2 workers, a queue bound of 3 and a 4 s timeout:
+                  auth, metrics summed over processes, 503 with Retry-After, 504.
+Region counts and budgets stay small so the whole file runs in a couple of minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from explainers.regions import rle_decode
+from models.reference import world
+from service.openapi import CONTRACT, contract
+from service.process import ServerProcess
+from service.schemas import ExplainResponse, RelianceResponse
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "s3cret-key"
+LIMITS = {"MLLM_AUDIT_MAX_PAYLOAD_BYTES": "1000000", "MLLM_AUDIT_MAX_IMAGE_PIXELS": "1000000",
+          "MLLM_AUDIT_MAX_ANSWER_TOKENS": "24", "MLLM_AUDIT_MAX_REGIONS": "32", "MLLM_AUDIT_MAX_FORWARD_PASSES": "200"}
+
+
+# ------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("open_server")
+    env = {**LIMITS, "MLLM_AUDIT_MAX_BATCH_SIZE": "8", "MLLM_AUDIT_BATCH_TIMEOUT": "0.25",
+           "MLLM_AUDIT_METRICS_DIR": str(tmp / "metrics")}
+    with ServerProcess(env, log_path=tmp / "server.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def locked_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("locked_server")
+    env = {"MLLM_AUDIT_API_KEY": KEY, "MLLM_AUDIT_PROTECT_METRICS": "true", "MLLM_AUDIT_API_SERVERS": "2",
+           "MLLM_AUDIT_WORKERS": "2", "MLLM_AUDIT_MAX_QUEUE": "3", "MLLM_AUDIT_REQUEST_TIMEOUT": "4",
+           "MLLM_AUDIT_MAX_BATCH_SIZE": "4", "MLLM_AUDIT_BATCH_TIMEOUT": "0.05",
+           "MLLM_AUDIT_MAX_FORWARD_PASSES": "5000", "MLLM_AUDIT_MAX_REGIONS": "64"}
+    with ServerProcess(env, log_path=tmp / "server.log") as server:
+        yield server
+
+
+def png_b64(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def colour_question(seed: int) -> tuple[world.Scene, world.SceneObject, dict]:
+    scene = world.render_scene(np.random.default_rng(60_000 + seed))
+    obj = random.Random(seed).choice(scene.objects)
+    body = {"image": png_b64(scene.image), "prompt": f"What color is the {obj.shape}?", "answer": obj.colour}
+    return scene, obj, body
+
+
+def scrape(url: str, headers: dict | None = None) -> dict[tuple, float]:
+    """Samples of /metrics/ as {(name, sorted label items): value}."""
+    r = httpx.get(url + "/metrics/", headers=headers or {}, timeout=10)
+    assert r.status_code == 200, r.text
+    samples = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def total(samples: dict, name: str, **labels) -> float:
+    return sum(v for (n, items), v in samples.items()
+               if n == name and all(dict(items).get(k) == str(want) for k, want in labels.items()))
+
+
+# ------------------------------------------------------------------------------- the open server
+
+
+def test_health_info_docs_and_the_served_contract(open_server):
+    url = open_server.url
+    assert httpx.get(url + "/health").text == "ok"
+    info = httpx.get(url + "/info").json()
+    assert info["model"] == {"id": "mllm-audit-reference", "family": "llava", "revision": info["model"]["revision"]}
+    assert set(info["methods"]) >= {"eagle", "eagle_greedy", "tam", "msea", "arc", "msea+arc"}
+    assert info["limits"]["max_payload_bytes"] == 1_000_000 and info["limits"]["regions"]["max"] == 32
+    assert info["config"]["MLLM_AUDIT_API_KEY"] == ""
+    assert httpx.get(url + "/docs").status_code == 200
+    served = httpx.get(url + "/openapi.json").json()
+    assert served == contract(), f"{CONTRACT.name} differs from the served schema: regenerate it"
+
+
+def test_audits_of_a_known_scene(open_server):
+    scene, obj, body = colour_question(1)
+    c = httpx.Client(base_url=open_server.url, timeout=120)
+    r = c.post("/v1/reliance", json=body, headers={"X-Request-ID": "known-scene-1"})
+    assert r.status_code == 200, r.text
+    reliance = RelianceResponse.model_validate(r.json())
+    assert r.headers["x-request-id"] == reliance.request_id == "known-scene-1"
+    assert reliance.model.id == "mllm-audit-reference" and reliance.model.family == "llava"
+    assert "".join(t.text for t in reliance.tokens).strip() == obj.colour
+    assert reliance.stats.forward_passes == 2 and "attributions" not in r.json()
+
+    r = c.post("/v1/explain", json={**body, "image": "data:image/png;base64," + body["image"], "regions": 16,
+                                    "heatmap": {"encoding": "array"}})
+    assert r.status_code == 200, r.text
+    explain = ExplainResponse.model_validate(r.json())
+    assert explain.method.name == "eagle" and explain.method.params["regions"] == 16
+    attribution, = explain.attributions
+    assert attribution.target.text == obj.colour and attribution.forward_passes == explain.stats.forward_passes
+    assert 2 <= len(attribution.regions) <= 32 and [g.rank for g in attribution.regions] == sorted(
+        g.rank for g in attribution.regions)
+    heat = np.asarray(attribution.heatmap.data)
+    assert heat.shape == (96, 96) and 0 <= heat.min() and heat.max() <= 1
+    union = np.zeros((96, 96), dtype=int)
+    for region in attribution.regions:
+        mask = rle_decode(region.mask.model_dump())
+        x0, y0, x1, y1 = region.bbox
+        assert mask.shape == (96, 96) and mask.any() and not mask[:y0].any() and not mask[y1:].any()
+        assert not mask[:, :x0].any() and not mask[:, x1:].any()
+        union += mask
+    assert union.max() == 1  # regions do not overlap
+
+    png = c.post("/v1/explain", json={**body, "regions": 8, "heatmap": {"encoding": "png", "width": 48}}).json()
+    heatmap = png["attributions"][0]["heatmap"]
+    assert (heatmap["width"], heatmap["height"]) == (48, 48)
+    assert Image.open(io.BytesIO(base64.b64decode(heatmap["data"]))).size == (48, 48)
+
+
+def test_top_region_lies_on_the_named_object(open_server):
+    """Meaningful with the trained reference model: the region that makes the model say the
+    colour overlaps the object the question names."""
+    c = httpx.Client(base_url=open_server.url, timeout=120)
+    hits, asked = 0, 0
+    for seed in range(2, 5):
+        scene, obj, body = colour_question(seed)
+        tokens = c.post("/v1/reliance", json=body).json()["tokens"]
+        if min(t["p_full"] for t in tokens) < 0.5:
+            continue  # this model does not know the answer: nothing to localise
+        asked += 1
+        explain = c.post("/v1/explain", json={**body, "regions": 16, "heatmap": {"encoding": "none"}}).json()
+        top = rle_decode(explain["attributions"][0]["regions"][0]["mask"])
+        hits += bool((top & obj.mask).any())
+    if asked == 0:
+        pytest.skip("the bundled reference model answers none of the colour questions (untrained placeholder)")
+    assert hits == asked
+
+
+def test_concurrent_requests_are_batched_and_match_single_results(open_server):
+    url = open_server.url
+    bodies = [colour_question(seed)[2] for seed in range(10, 14)]
+    bad = {**bodies[0], "image": base64.b64encode(b"definitely not an image").decode()}
+    with httpx.Client(base_url=url, timeout=120) as c:
+        alone = [c.post("/v1/reliance", json=b).json() for b in bodies]
+    before = scrape(url)
+
+    def post(body):
+        with httpx.Client(base_url=url, timeout=120) as client:
+            return client.post("/v1/reliance", json=body)
+
+    with ThreadPoolExecutor(len(bodies) + 1) as pool:
+        responses = list(pool.map(post, [*bodies, bad]))
+    *good, rejected = responses
+    assert rejected.status_code == 415 and "not an image" in rejected.json()["detail"]
+    batched = [r.json() for r in good]
+    assert all(r.status_code == 200 for r in good)
+    assert max(b["stats"]["batch_size"] for b in batched) > 1, [b["stats"] for b in batched]
+    for single, together in zip(alone, batched):
+        assert [t["text"] for t in single["tokens"]] == [t["text"] for t in together["tokens"]]
+        for ts, tt in zip(single["tokens"], together["tokens"]):
+            assert tt["p_full"] == pytest.approx(ts["p_full"], abs=1e-5)
+            assert tt["p_blank"] == pytest.approx(ts["p_blank"], abs=1e-5)
+            assert tt["risk_label"] == ts["risk_label"]
+        assert together["summary"]["risk_label"] == single["summary"]["risk_label"]
+    after = scrape(url)
+    batches = total(after, "mllm_audit_batch_size_count") - total(before, "mllm_audit_batch_size_count")
+    requests = total(after, "mllm_audit_batch_size_sum") - total(before, "mllm_audit_batch_size_sum")
+    assert requests == len(bodies) + 1 and batches < requests  # batch-size metric above 1 on average
+
+    # explain requests share forward batches too, with the same answer as alone
+    pair = [{**b, "regions": 8, "heatmap": {"encoding": "none"}} for b in bodies[:2]]
+    with httpx.Client(base_url=url, timeout=120) as c:
+        single = [c.post("/v1/explain", json=b).json() for b in pair]
+    with ThreadPoolExecutor(2) as pool:
+        together = [r.json() for r in pool.map(lambda b: httpx.post(url + "/v1/explain", json=b, timeout=120), pair)]
+    for s, t in zip(single, together):
+        assert t["stats"]["forward_passes"] == s["stats"]["forward_passes"]
+        assert t["tokens"][0]["p_full"] == pytest.approx(s["tokens"][0]["p_full"], abs=1e-5)
+        assert t["attributions"][0]["insertion_auc"] == pytest.approx(s["attributions"][0]["insertion_auc"],
+                                                                      abs=1e-4)
+
+
+def _truncated_png() -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()[: len(buf.getvalue()) // 2]).decode()
+
+
+def _huge_png_header() -> str:
+    from tests.test_service_units import png_header_only
+
+    return base64.b64encode(png_header_only(50_000, 50_000)).decode()
+
+
+def _tiff() -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(buf, "TIFF")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+BASE = {"prompt": "What color is the circle?", "answer": "red"}
+BAD_INPUTS = {
+    "invalid base64": ("/v1/explain", {"image": "%%% not base64 %%%"}, 400, "base64"),
+    "non-image bytes": ("/v1/reliance", {"image": base64.b64encode(b"GIF? no, plain text").decode()}, 415, "image"),
+    "unsupported format": ("/v1/explain", {"image": _tiff()}, 415, "TIFF"),
+    "truncated png": ("/v1/explain", {"image": _truncated_png()}, 400, "truncated"),
+    "huge dimensions": ("/v1/explain", {"image": _huge_png_header()}, 413, "pixels"),
+    "empty answer": ("/v1/explain", {"answer": ""}, 422, "answer"),
+    "blank answer": ("/v1/reliance", {"answer": "   "}, 422, "empty"),
+    "over-long answer": ("/v1/reliance", {"answer": " ".join(["red"] * 40)}, 422, "limit is 24"),
+    "wrong type": ("/v1/explain", {"regions": "sixteen"}, 422, "regions"),
+    "wrong type prompt": ("/v1/reliance", {"prompt": 42}, 422, "prompt"),
+    "missing field": ("/v1/explain", {"prompt": None}, 422, "prompt"),
+    "unknown method": ("/v1/explain", {"method": "gradcam"}, 422, "method"),
+    "unknown field": ("/v1/reliance", {"method": "eagle"}, 422, "method"),
+    "too many regions": ("/v1/explain", {"regions": 33}, 422, "between 2 and 32"),
+    "too few regions": ("/v1/explain", {"regions": 1}, 422, "regions"),
+    "budget over the limit": ("/v1/explain", {"max_forward_passes": 201}, 422, "limit is 200"),
+    "budget too small": ("/v1/explain", {"max_forward_passes": 1}, 422, "max_forward_passes"),
+    "span outside the answer": ("/v1/explain", {"targets": [{"start": 0, "end": 10}]}, 422, "outside"),
+    "reversed span": ("/v1/explain", {"targets": [{"start": 2, "end": 1}]}, 422, "greater than"),
+    "unknown targets": ("/v1/explain", {"targets": "words"}, 422, "targets"),
+    "oversize payload": ("/v1/reliance", {"image": "A" * 1_100_000}, 413, "limit"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gets_its_status_and_a_json_detail(open_server, case):
+    path, change, status, words = BAD_INPUTS[case]
+    image = png_b64(world.render_scene(np.random.default_rng(5)).image)
+    body = {"image": image, **BASE, **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    r = httpx.post(open_server.url + path, json=body, timeout=60)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and words.lower() in detail.lower(), detail
+
+
+def test_malformed_bodies_and_the_server_stays_healthy(open_server):
+    url = open_server.url
+    r = httpx.post(url + "/v1/explain", content=b'{"image": ', headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["detail"]
+    r = httpx.post(url + "/v1/explain", content=b"image=abc", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+    r = httpx.post(url + "/v1/reliance", json=[1, 2, 3])
+    assert r.status_code == 422 and isinstance(r.json()["detail"], str)
+    assert httpx.get(url + "/nope").status_code == 404
+    assert httpx.get(url + "/health").status_code == 200
+    r = httpx.post(url + "/v1/reliance", json=colour_question(0)[2], timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def test_logs_are_json_lines_without_prompts_or_images(open_server):
+    marker = "What color is the square?"
+    _, _, body = colour_question(20)
+    body["prompt"] = marker
+    r = httpx.post(open_server.url + "/v1/reliance", json=body, headers={"X-Request-ID": "log-check-7"}, timeout=60)
+    assert r.status_code == 200
+    time.sleep(0.3)
+    lines = [json.loads(line) for line in open_server.log_text().splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("request_id") == "log-check-7"]
+    assert len(mine) == 1
+    line, = mine
+    assert line["event"] == "request" and line["endpoint"] == "/v1/reliance" and line["status"] == 200
+    for field in ("latency_ms", "queue_ms", "compute_ms", "forward_passes", "batch_size", "risk_label",
+                  "risk_score", "flagged_tokens", "timestamp", "level"):
+        assert field in line, field
+    text = open_server.log_text()
+    assert marker not in text and body["image"][:40] not in text
+    assert "iVBORw0KGgo" not in text  # no PNG in base64, ever
+    assert any(line.get("status") == 415 and line.get("detail") for line in lines)
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(open_server, tmp_path):
+    """Property-based run of openapi.yaml against the live server, bounded in examples and time.
+    Positive cases include the schema's example image, so real audits are checked too."""
+    st = Path(sys.executable).parent / "st"
+    checks = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
+              "response_schema_conformance,negative_data_rejection")
+    result = subprocess.run(
+        [str(st), "run", str(CONTRACT), "--url", open_server.url, "--checks", checks, "--max-examples", "8",
+         "--phases", "examples,coverage,fuzzing", "--seed", "7", "--workers", "2", "--no-shrink",
+         "--request-timeout", "60"],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert re.search(r"\d+ generated, \d+ passed", output), output[-3000:]
+    assert httpx.get(open_server.url + "/health").status_code == 200
+
+
+# ------------------------------------------------------------------------------- the locked server
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_api_key_is_required_where_configured(locked_server):
+    url = locked_server.url
+    body = colour_question(30)[2]
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}, {"Authorization": KEY}):
+        r = httpx.post(url + "/v1/reliance", json=body, headers=headers, timeout=60)
+        assert r.status_code == 401 and "API key" in r.json()["detail"]
+        assert r.headers["www-authenticate"] == "Bearer"
+    for headers in (AUTH, {"X-API-Key": KEY}):
+        assert httpx.post(url + "/v1/reliance", json=body, headers=headers, timeout=60).status_code == 200
+    assert httpx.get(url + "/health").status_code == 200  # probes carry no key
+    assert httpx.get(url + "/metrics/").status_code == 401  # MLLM_AUDIT_PROTECT_METRICS=true
+    assert httpx.get(url + "/metrics/", headers=AUTH).status_code == 200
+    assert httpx.get(url + "/info").status_code == 401
+    info = httpx.get(url + "/info", headers={"X-API-Key": KEY}).json()
+    assert info["config"]["MLLM_AUDIT_API_KEY"] == "(set)" and KEY not in json.dumps(info)
+    assert httpx.get(url + "/openapi.json").status_code == 200
+
+
+def test_metrics_add_up_over_api_servers_and_workers(locked_server):
+    url = locked_server.url
+    before = scrape(url, AUTH)
+    bodies = [colour_question(seed)[2] for seed in range(40, 48)]
+    jobs = [("/v1/reliance", b) for b in bodies[:6]] + [("/v1/explain", {**b, "regions": 8, "heatmap": {
+        "encoding": "none"}}) for b in bodies[6:]] + [("/v1/explain", {**bodies[0], "method": "nope"})]
+
+    def post(job):
+        path, body = job
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:  # a new connection each
+            return path, client.post(path, json=body)
+
+    results = []
+    for i in range(0, len(jobs), 3):  # three at a time: within the queue bound, spread over processes
+        with ThreadPoolExecutor(3) as pool:
+            results += list(pool.map(post, jobs[i:i + 3]))
+    ok = [r.json() for _, r in results if r.status_code == 200]
+    assert len(ok) == 8 and [r.status_code for _, r in results].count(422) == 1
+    after = scrape(url, AUTH)
+
+    def delta(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("mllm_audit_requests_total", endpoint="/v1/reliance", status="200") == 6
+    assert delta("mllm_audit_requests_total", endpoint="/v1/explain", status="200") == 2
+    assert delta("mllm_audit_requests_total", endpoint="/v1/explain", status="422") == 1
+    assert delta("mllm_audit_request_latency_seconds_count", endpoint="/v1/reliance") == 6
+    assert delta("mllm_audit_images_scored_total") == 8
+    assert delta("mllm_audit_answers_total") == 8
+    assert delta("mllm_audit_tokens_total") == sum(len(r["tokens"]) for r in ok)
+    assert delta("mllm_audit_forward_passes_total") == sum(r["stats"]["forward_passes"] for r in ok)
+    assert delta("mllm_audit_explanation_seconds_count", method="reliance") == 6
+    assert delta("mllm_audit_explanation_seconds_count", method="eagle") == 2
+    assert delta("mllm_audit_queue_wait_seconds_count") == 8  # the unknown method never reached a worker
+    assert total(after, "mllm_audit_model_info", model_id="mllm-audit-reference", family="llava") == 1
+
+    # the samples came from several processes: 2 API servers and 2 workers write their own files
+    lines = [json.loads(line) for line in locked_server.log_text().splitlines() if line.startswith("{")]
+    workers = {line["pid"] for line in lines if line.get("event") == "model_loaded"}
+    assert len(workers) == 2
+
+
+def test_saturation_is_answered_503_with_retry_after(locked_server):
+    url = locked_server.url
+    bodies = [{**colour_question(seed)[2], "regions": 16, "heatmap": {"encoding": "none"}} for seed in range(50, 58)]
+
+    def post(body):
+        return httpx.post(url + "/v1/explain", json=body, headers=AUTH, timeout=60)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(post, bodies))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503, 504} and 503 in statuses and 200 in statuses, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert int(r.headers["retry-after"]) >= 1 and "saturated" in r.json()["detail"]
+    assert httpx.get(url + "/health").status_code == 200
+
+
+def test_a_request_past_the_timeout_is_answered_504(locked_server):
+    url = locked_server.url
+    body = {**colour_question(60)[2], "method": "eagle_greedy", "regions": 64, "max_forward_passes": 5000,
+            "heatmap": {"encoding": "none"}}
+    started = time.monotonic()
+    r = httpx.post(url + "/v1/explain", json=body, headers=AUTH, timeout=60)
+    assert r.status_code == 504 and "timed out" in r.json()["detail"], r.text
+    assert time.monotonic() - started < 10
+    # the worker gave up on it too: a cheap request is answered well within the timeout
+    r = httpx.post(url + "/v1/reliance", json=colour_question(61)[2], headers=AUTH, timeout=60)
+    assert r.status_code == 200
