@@ -4,7 +4,7 @@ model) started as a subprocess on 127.0.0.1, called with httpx.
 Two servers are started once each:
   `open_server`   no API key, one API server and one worker, batching on (8 requests, 0.25 s):
                   audits, batching, the bad-input matrix, logs, the OpenAPI contract, schemathesis;
-  `locked_server` an API key, 2 API servers and 2 workers, a queue bound of 3 and a 4 s timeout:
+  `locked_server` an API key, 2 API servers and 2 workers, a queue bound of 3 and a 6 s timeout:
                   auth, metrics summed over processes, 503 with Retry-After, 504.
 Region counts and budgets stay small so the whole file runs in a couple of minutes on a CPU.
 """
@@ -56,7 +56,7 @@ def open_server(tmp_path_factory):
 def locked_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("locked_server")
     env = {"MLLM_AUDIT_API_KEY": KEY, "MLLM_AUDIT_PROTECT_METRICS": "true", "MLLM_AUDIT_API_SERVERS": "2",
-           "MLLM_AUDIT_WORKERS": "2", "MLLM_AUDIT_MAX_QUEUE": "3", "MLLM_AUDIT_REQUEST_TIMEOUT": "4",
+           "MLLM_AUDIT_WORKERS": "2", "MLLM_AUDIT_MAX_QUEUE": "3", "MLLM_AUDIT_REQUEST_TIMEOUT": "6",
            "MLLM_AUDIT_MAX_BATCH_SIZE": "4", "MLLM_AUDIT_BATCH_TIMEOUT": "0.05",
            "MLLM_AUDIT_MAX_FORWARD_PASSES": "5000", "MLLM_AUDIT_MAX_REGIONS": "64"}
     with ServerProcess(env, log_path=tmp / "server.log") as server:
@@ -386,7 +386,8 @@ def test_metrics_add_up_over_api_servers_and_workers(locked_server):
 
 def test_saturation_is_answered_503_with_retry_after(locked_server):
     url = locked_server.url
-    bodies = [{**colour_question(seed)[2], "regions": 16, "heatmap": {"encoding": "none"}} for seed in range(50, 58)]
+    bodies = [{**colour_question(seed)[2], "regions": 8, "max_forward_passes": 60, "heatmap": {"encoding": "none"}}
+              for seed in range(50, 58)]
 
     def post(body):
         return httpx.post(url + "/v1/explain", json=body, headers=AUTH, timeout=60)
@@ -408,7 +409,7 @@ def test_a_request_past_the_timeout_is_answered_504(locked_server):
     started = time.monotonic()
     r = httpx.post(url + "/v1/explain", json=body, headers=AUTH, timeout=60)
     assert r.status_code == 504 and "timed out" in r.json()["detail"], r.text
-    assert time.monotonic() - started < 10
+    assert 6 <= time.monotonic() - started < 12
     # the worker gave up on it too: a cheap request is answered well within the timeout
     r = httpx.post(url + "/v1/reliance", json=colour_question(61)[2], headers=AUTH, timeout=60)
     assert r.status_code == 200

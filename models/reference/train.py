@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
 from models.reference import world
 from models.reference.build import PATCH_SIZE, build_model, build_processor
 from models.sequence import build_sequence, pad_batch
@@ -52,11 +54,11 @@ def patch_labels(scene: world.Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray
 class Batches:
     """Random training batches; prompt tokenization is cached (prompts repeat)."""
 
-    def __init__(self, processor, seed: int):
+    def __init__(self, processor, seed: int, kind_weights: dict[str, float] = KIND_WEIGHTS):
         self.processor = processor
         self.np_rng = np.random.default_rng(seed)
         self.rng = random.Random(seed)
-        self.kinds, self.weights = list(KIND_WEIGHTS), list(KIND_WEIGHTS.values())
+        self.kinds, self.weights = list(kind_weights), list(kind_weights.values())
 
     def sample(self, biased: bool = True, kind: str | None = None) -> world.Sample:
         scene = world.render_scene(self.np_rng)
@@ -151,14 +153,19 @@ def teacher_forced_accuracy(model, batches: Batches, per_kind: int = 24) -> dict
     return acc
 
 
-def train(out: Path, minutes: float, vision_fraction: float, batch_size: int, lr: float, seed: int) -> None:
+def train(out: Path, minutes: float, vision_fraction: float, batch_size: int, lr: float, seed: int,
+          init: Path | None = None, aux_weight: float = 0.5, kind_weights: dict[str, float] | None = None) -> None:
     torch.manual_seed(seed)
-    processor = build_processor()
-    model = build_model(processor)
+    if init:  # continue training a saved model (its auxiliary heads were not saved: start them anew)
+        processor = AutoProcessor.from_pretrained(init, local_files_only=True)
+        model = LlavaForConditionalGeneration.from_pretrained(init, local_files_only=True)
+    else:
+        processor = build_processor()
+        model = build_model(processor)
     heads = AuxHeads(model.config.text_config.hidden_size)
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    batches = Batches(processor, seed)
+    batches = Batches(processor, seed, kind_weights or KIND_WEIGHTS)
     budget = minutes * 60
     start = time.monotonic()
     step, last_report = 0, start
@@ -171,7 +178,7 @@ def train(out: Path, minutes: float, vision_fraction: float, batch_size: int, lr
         with_language = frac >= vision_fraction
         batch = batches.tensors([batches.sample() for _ in range(batch_size)])
         aux, lm = losses(model, heads, batch, with_language)
-        loss = lm + 0.5 * aux if with_language else aux
+        loss = lm + aux_weight * aux if with_language else aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -199,11 +206,18 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=48)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", type=Path, default=None, help="continue from a saved model instead of a new one")
+    ap.add_argument("--aux-weight", type=float, default=0.5, help="weight of the auxiliary losses in phase 2")
+    ap.add_argument("--kind-weights", default=None, help='e.g. "colour=3,shape=1" (default: %s)' % KIND_WEIGHTS)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    train(args.out, args.minutes, args.vision_fraction, args.batch_size, args.lr, args.seed)
+    weights = dict(KIND_WEIGHTS)
+    if args.kind_weights:
+        weights.update({k: float(v) for k, v in (kv.split("=") for kv in args.kind_weights.split(","))})
+    train(args.out, args.minutes, args.vision_fraction, args.batch_size, args.lr, args.seed,
+          args.init, args.aux_weight, weights)
 
 
 if __name__ == "__main__":
