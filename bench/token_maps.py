@@ -2,9 +2,8 @@
 
     python -m bench.token_maps [--n 100] [--methods tam,msea,arc,msea+arc] [--json out.json]
 
-Samples: a third colour answers, a third shape answers (the answer is an object word about
-the queried object) and a third captions ("a red circle, a blue square and ..."), on scenes
-the model never saw, explaining the true answer. In a caption every colour and shape word
+Samples: the same held-out samples as bench/faithfulness.py (40% colour answers, 40% shape
+answers, 20% captions), explaining the true answer. In a caption every colour and shape word
 is an object word about the object it names, and "a" / "and" are function words.
 
 Per object word (one map per word, explained with the method's white-box forwards):
@@ -43,15 +42,13 @@ from models.reference.evaluate import held_out_samples
 from models.scorer import Scorer
 
 FUNCTION_WORDS = ("a", "an", "and", "the", "of", "is")
-BENCH_SEED = 30_000
 
 
-def token_map_samples(n: int, seed: int = BENCH_SEED) -> list[world.Sample]:
-    """n held-out samples: colour answers, shape answers and captions in equal shares."""
-    n_colour = n_shape = n // 3
-    n_caption = n - n_colour - n_shape
-    out = held_out_samples("colour", n_colour, seed) + held_out_samples("shape", n_shape, seed)
-    return out + held_out_samples("caption", n_caption, seed)
+def token_map_samples(n: int) -> list[world.Sample]:
+    """The same held-out samples as bench/faithfulness.py (colour and shape answers, captions)."""
+    from bench.faithfulness import bench_samples
+
+    return bench_samples(n)
 
 
 def word_targets(sample: world.Sample, audit) -> tuple[list[tuple[list[int], world.SceneObject]], list[list[int]]]:

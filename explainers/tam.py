@@ -99,7 +99,11 @@ def eci(target: np.ndarray, contexts: np.ndarray, relevances: np.ndarray,
 
 
 def grid_to_pixels(grid_map: np.ndarray, shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
-    """Bilinear upsampling of a grid map onto ``box`` (x0, y0, x1, y1) of an [h, w] canvas, 0 elsewhere.
+    """Nearest upsampling of a grid map onto ``box`` (x0, y0, x1, y1) of an [h, w] canvas, 0 elsewhere.
+
+    A token map knows nothing finer than a patch: nearest keeps each patch's value over the
+    patch. (Bilinear would put the peak at the patch centre, which can miss a thin object the
+    patch does show: on the reference model it took the pointing game from 50/50 to 34/50.)
 
     ``box`` is the part of the image the token grid covers (all of it unless the processor
     crops, see `model_view_box`).
@@ -110,7 +114,7 @@ def grid_to_pixels(grid_map: np.ndarray, shape: tuple[int, int], box: tuple[int,
     if x1 <= x0 or y1 <= y0:
         return out
     img = Image.fromarray(np.asarray(grid_map, dtype=np.float32), mode="F")
-    out[y0:y1, x0:x1] = np.asarray(img.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR))
+    out[y0:y1, x0:x1] = np.asarray(img.resize((x1 - x0, y1 - y0), Image.Resampling.NEAREST))
     return np.maximum(out, 0.0)
 
 

@@ -8,7 +8,7 @@
 - ``msea``: TAM on the multi-scale views of the image, averaged (explainers/msea.py).
 - ``msea+arc``: both.
 
-Every map is brought to the image's pixels (bilinear), scaled to [0, 1] by its maximum; a
+Every map is brought to the image's pixels (nearest, see tam.grid_to_pixels), scaled to [0, 1] by its maximum; a
 multi-token target is the mean of its tokens' maps, scaled again. ``peak`` is the
 target's raw activation peak (logit units, before that scaling): it lets maps of one
 answer be put on a common scale (the benchmark's Func-IoU does). ``context`` lists the

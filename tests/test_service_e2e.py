@@ -307,7 +307,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(open_server,
     checks = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
               "response_schema_conformance,negative_data_rejection")
     result = subprocess.run(
-        [str(st), "run", str(CONTRACT), "--url", open_server.url, "--checks", checks, "--max-examples", "8",
+        [str(st), "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run", str(CONTRACT),
+         "--url", open_server.url, "--checks", checks, "--max-examples", "8",
          "--phases", "examples,coverage,fuzzing", "--seed", "7", "--workers", "2", "--no-shrink",
          "--request-timeout", "60"],
         capture_output=True, text=True, timeout=240, cwd=tmp_path,

@@ -28,7 +28,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from models.reference import world
 from models.reference.build import PATCH_SIZE, build_model, build_processor
-from models.sequence import build_sequence, pad_batch
+from models.sequence import build_sequence, pad_batch, tokenize_answer
 
 GRID = world.IMAGE_SIZE // PATCH_SIZE
 KIND_WEIGHTS = {"colour": 1.0, "shape": 1.5, "position": 1.0, "count": 1.0, "existence": 1.0, "caption": 1.5}
@@ -117,11 +117,35 @@ def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return torch.stack(list(out.pooler_output))
 
 
-def losses(model, heads: AuxHeads, batch: dict[str, torch.Tensor], with_language: bool):
+def patch_word_ids(tokenizer) -> torch.Tensor:
+    """Token ids of " red" ... " orange", then " circle" ... " cross" (one token each)."""
+    ids = []
+    for word in list(COLOUR_IDS) + list(SHAPE_IDS):
+        tokens = tokenize_answer(tokenizer, word, " ").ids
+        assert len(tokens) == 1, f"{word!r} is not one token"
+        ids += tokens
+    return torch.tensor(ids)
+
+
+def patch_word_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], word_ids: torch.Tensor) -> torch.Tensor:
+    """At each image position, the LM head's logit of the colour and shape words of the object
+    under the patch is pushed up and every other such word's down (BCE). Real MLLMs' image
+    tokens read out as the words of what they show; this gives the tiny model that property,
+    which white-box maps such as TAM rely on."""
+    n_colours = len(COLOUR_IDS)
+    target = torch.zeros(*batch["patch_colour"].shape, len(word_ids))
+    colour, shape = batch["patch_colour"], batch["patch_shape"]
+    target[..., :n_colours] = F.one_hot(colour, n_colours + 1)[..., 1:].float()
+    target[..., n_colours:] = F.one_hot(shape, len(SHAPE_IDS) + 1)[..., 1:].float()
+    return F.binary_cross_entropy_with_logits(logits[..., word_ids], target)
+
+
+def losses(model, heads: AuxHeads, batch: dict[str, torch.Tensor], with_language: bool,
+           word_ids: torch.Tensor | None = None):
     feats = image_features(model, batch["pixel_values"])
     aux = heads.loss(feats, batch)
     if not with_language:
-        return aux, torch.zeros(())
+        return aux, torch.zeros(()), torch.zeros(())
     embeds = model.get_input_embeddings()(batch["input_ids"])
     is_image = batch["input_ids"] == model.config.image_token_index
     embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats.to(embeds.dtype))
@@ -131,7 +155,11 @@ def losses(model, heads: AuxHeads, batch: dict[str, torch.Tensor], with_language
     mid = out.hidden_states[BINDING_LAYER][is_image].view(feats.shape[0], feats.shape[1], -1)
     bind = F.binary_cross_entropy_with_logits(heads.binding(mid)[..., 0], batch["patch_is_target"], reduction="none")
     bind = (bind.mean(dim=1) * batch["has_target"]).sum() / batch["has_target"].sum().clamp(min=1)
-    return aux + bind, out.loss
+    words = torch.zeros(())
+    if word_ids is not None:
+        image_logits = out.logits[is_image].view(feats.shape[0], feats.shape[1], -1)
+        words = patch_word_loss(image_logits, batch, word_ids)
+    return aux + bind, out.loss, words
 
 
 @torch.no_grad()
@@ -154,7 +182,8 @@ def teacher_forced_accuracy(model, batches: Batches, per_kind: int = 24) -> dict
 
 
 def train(out: Path, minutes: float, vision_fraction: float, batch_size: int, lr: float, seed: int,
-          init: Path | None = None, aux_weight: float = 0.5, kind_weights: dict[str, float] | None = None) -> None:
+          init: Path | None = None, aux_weight: float = 0.5, kind_weights: dict[str, float] | None = None,
+          patch_words: bool = True) -> None:
     torch.manual_seed(seed)
     if init:  # continue training a saved model (its auxiliary heads were not saved: start them anew)
         processor = AutoProcessor.from_pretrained(init, local_files_only=True)
@@ -166,6 +195,7 @@ def train(out: Path, minutes: float, vision_fraction: float, batch_size: int, lr
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     batches = Batches(processor, seed, kind_weights or KIND_WEIGHTS)
+    word_ids = patch_word_ids(processor.tokenizer) if patch_words else None
     budget = minutes * 60
     start = time.monotonic()
     step, last_report = 0, start
@@ -177,8 +207,8 @@ def train(out: Path, minutes: float, vision_fraction: float, batch_size: int, lr
             g["lr"] = lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         with_language = frac >= vision_fraction
         batch = batches.tensors([batches.sample() for _ in range(batch_size)])
-        aux, lm = losses(model, heads, batch, with_language)
-        loss = lm + aux_weight * aux if with_language else aux
+        aux, lm, words = losses(model, heads, batch, with_language, word_ids)
+        loss = lm + words + aux_weight * aux if with_language else aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -186,7 +216,7 @@ def train(out: Path, minutes: float, vision_fraction: float, batch_size: int, lr
         step += 1
         if time.monotonic() - last_report > 120:
             last_report = time.monotonic()
-            msg = f"step {step} {elapsed / 60:.1f} min aux {aux.item():.3f} lm {lm.item():.3f}"
+            msg = f"step {step} {elapsed / 60:.1f} min aux {aux.item():.3f} lm {lm.item():.3f} words {words.item():.3f}"
             if with_language:
                 acc = teacher_forced_accuracy(model, batches)
                 msg += " " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
@@ -209,6 +239,7 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=None, help="continue from a saved model instead of a new one")
     ap.add_argument("--aux-weight", type=float, default=0.5, help="weight of the auxiliary losses in phase 2")
     ap.add_argument("--kind-weights", default=None, help='e.g. "colour=3,shape=1" (default: %s)' % KIND_WEIGHTS)
+    ap.add_argument("--no-patch-words", action="store_true", help="leave out the patch word loss")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = ap.parse_args()
     if args.threads:
@@ -217,7 +248,7 @@ def main() -> None:
     if args.kind_weights:
         weights.update({k: float(v) for k, v in (kv.split("=") for kv in args.kind_weights.split(","))})
     train(args.out, args.minutes, args.vision_fraction, args.batch_size, args.lr, args.seed,
-          args.init, args.aux_weight, weights)
+          args.init, args.aux_weight, weights, not args.no_patch_words)
 
 
 if __name__ == "__main__":
