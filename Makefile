@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install serve test bench eval train openapi load
+.PHONY: install serve test eval train openapi load reference-model
 
 install: $(VENV)/.installed
 
@@ -34,3 +34,9 @@ openapi: install
 # Load test over loopback: dynamic batching on vs off (bench/load.py --help for the knobs).
 load: install
 	$(PY) bench/load.py
+
+# The committed reference weights: two runs, 39.9 minutes on 2 CPU cores (see models/reference/train.py).
+reference-model: install
+	$(PY) -m models.reference.train --out /tmp/ref-base --minutes 36 --no-patch-words
+	$(PY) -m models.reference.train --init /tmp/ref-base --out models/reference/weights --minutes 3.9 \
+		--vision-fraction 0 --lr 5e-4 --aux-weight 0 --seed 2 --kind-weights colour=5,existence=1.5
