@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=8, help="MLLM_AUDIT_MAX_BATCH_SIZE of the 'on' mode")
     parser.add_argument("--batch-timeout", type=float, default=0.05, help="MLLM_AUDIT_BATCH_TIMEOUT of both modes")
     parser.add_argument("--model", default="", help="model directory (default: the bundled reference model)")
+    parser.add_argument("--cpu-threads", type=int, default=0, help="MLLM_AUDIT_CPU_THREADS of both modes")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode, batch in (("batching on", args.max_batch_size), ("batching off", 1)):
             env = {"MLLM_AUDIT_MAX_BATCH_SIZE": str(batch), "MLLM_AUDIT_BATCH_TIMEOUT": str(args.batch_timeout),
                    "MLLM_AUDIT_WORKERS": "1", "MLLM_AUDIT_API_SERVERS": "1", "MLLM_AUDIT_LOG_LEVEL": "warning",
-                   "MLLM_AUDIT_MAX_QUEUE": str(max(64, args.clients * 2)), "MLLM_AUDIT_MODEL": args.model}
+                   "MLLM_AUDIT_MAX_QUEUE": str(max(64, args.clients * 2)), "MLLM_AUDIT_MODEL": args.model,
+                   "MLLM_AUDIT_CPU_THREADS": str(args.cpu_threads)}
             print(f"starting the server ({mode}: max_batch_size={batch}) ...", file=sys.stderr)
             with ServerProcess(env) as server:
                 for endpoint in endpoints:

@@ -88,8 +88,8 @@ class AuditAPI(ls.LitAPI):
         log = logs.get("mllm_audit.worker")
         Image.MAX_IMAGE_PIXELS = s.max_image_pixels
         chosen = s.device if s.device != "auto" else str(device)
-        if chosen.startswith("cpu") and s.workers > 1:  # workers share the cores instead of fighting over them
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // s.workers))
+        if chosen.startswith("cpu"):  # workers share the cores instead of fighting over them
+            torch.set_num_threads(cpu_threads(s))
         started = time.monotonic()
         loaded = load_model(s.model or None, device=chosen, dtype=s.dtype, trust_remote_code=s.trust_remote_code,
                             model_id=model_id_of(s))
@@ -102,6 +102,7 @@ class AuditAPI(ls.LitAPI):
                                                      revision=loaded.revision or "").set(1)
         log.info("model_loaded", model_id=loaded.model_id, family=loaded.family.name, revision=loaded.revision,
                  device=str(loaded.device), dtype=str(loaded.dtype).removeprefix("torch."),
+                 threads=torch.get_num_threads(),
                  seconds=round(time.monotonic() - started, 2))
 
     def _warm_up(self, log) -> None:
@@ -218,6 +219,13 @@ class AuditAPI(ls.LitAPI):
                "risk_label": summary.get("risk_label"), "risk_score": _round(summary.get("risk_score")),
                "flagged_tokens": summary.get("flagged_tokens"), "tokens": len(output.get("tokens", []))}
         return data, log
+
+
+def cpu_threads(settings: Settings) -> int:
+    if settings.cpu_threads:
+        return settings.cpu_threads
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, usable // settings.workers)
 
 
 def heatmap_size(options: dict, width: int, height: int, max_pixels: int) -> tuple[int, int] | None:

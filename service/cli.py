@@ -23,11 +23,12 @@ from service.config import ENV_VARS, Settings, env_name
 
 # Settings every subcommand may take as flags; the rest are environment variables only.
 SERVE_FLAGS = ("model", "model_id", "device", "dtype", "host", "port", "api_servers", "workers", "max_batch_size",
-               "batch_timeout", "forward_batch_size", "request_timeout", "max_queue", "max_payload_bytes",
-               "max_image_pixels", "max_prompt_tokens", "max_answer_tokens", "max_regions", "max_forward_passes",
-               "risk_medium", "risk_high", "api_key", "protect_health", "protect_metrics", "log_level", "debug",
-               "metrics_dir", "trust_remote_code")
-MODEL_FLAGS = ("model", "model_id", "device", "dtype", "trust_remote_code", "forward_batch_size", "max_regions",
+               "batch_timeout", "forward_batch_size", "cpu_threads", "request_timeout", "max_queue",
+               "max_payload_bytes", "max_image_pixels", "max_prompt_tokens", "max_answer_tokens", "max_regions",
+               "max_forward_passes", "risk_medium", "risk_high", "api_key", "protect_health", "protect_metrics",
+               "log_level", "debug", "metrics_dir", "trust_remote_code")
+MODEL_FLAGS = ("model", "model_id", "device", "dtype", "trust_remote_code", "forward_batch_size", "cpu_threads",
+               "max_regions",
                "max_forward_passes", "max_image_pixels", "max_prompt_tokens", "max_answer_tokens", "risk_medium",
                "risk_high")
 

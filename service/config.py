@@ -31,6 +31,8 @@ class Settings:
     max_batch_size: int = _describe(8, "requests batched together by LitServe")
     batch_timeout: float = _describe(0.05, "seconds LitServe waits to fill a batch")
     forward_batch_size: int = _describe(32, "images per model forward pass (shared across batched requests)")
+    cpu_threads: int = _describe(0, "torch threads per worker on CPU (0: the usable cores / workers); set it to "
+                                    "the pod's CPU limit, since more threads than cores is many times slower")
     request_timeout: float = _describe(300.0, "seconds before a request is answered 504")
     max_queue: int = _describe(64, "requests waiting or running before new ones get 503")
     max_payload_bytes: int = _describe(10_000_000, "largest request body (413 above)")
@@ -70,6 +72,8 @@ class Settings:
                 raise ValueError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.risk_medium <= self.risk_high <= 1:
             raise ValueError(f"need 0 <= {env_name('risk_medium')} <= {env_name('risk_high')} <= 1")
+        if self.cpu_threads < 0:
+            raise ValueError(f"{env_name('cpu_threads')} must be 0 (automatic) or more, got {self.cpu_threads}")
         if self.batch_timeout < 0 or self.request_timeout <= 0:
             raise ValueError("batch and request timeouts must be positive")
 

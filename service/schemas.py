@@ -27,11 +27,13 @@ MAX_HEATMAP_SIDE = 8192
 MAX_TARGET_SPANS = 64
 
 # A 32x32 grey PNG with a red square: the example in /docs and the schema (schemathesis sends it).
-EXAMPLE_IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAPklEQVR42mOsqKhgoCVgYqAxGLVg1ALKAQsuiZQNG0gyaE5AwGgcjFo"
-                 "wasGoBaMWDMP6AFf5PhoHoxYMQwsAEkMF6BJwl5QAAAAASUVORK5CYII=")
+EXAMPLE_IMAGE = (
+    "iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAPklEQVR42mOsqKhgoCVgYqAxGLVg1ALKAQsuiZQNG0gyaE5A"
+    "wGgcjFowasGoBaMWDMP6AFf5PhoHoxYMQwsAEkMF6BJwl5QAAAAASUVORK5CYII="
+)
 RELIANCE_EXAMPLE = {"image": EXAMPLE_IMAGE, "prompt": "What color is the square?", "answer": "red"}
-EXPLAIN_EXAMPLE = {**RELIANCE_EXAMPLE, "targets": "answer", "method": "eagle", "regions": 6,
-                   "max_forward_passes": 40, "heatmap": {"encoding": "none"}}
+EXPLAIN_EXAMPLE = {**RELIANCE_EXAMPLE, "targets": "answer", "method": "eagle", "regions": 4,
+                   "max_forward_passes": 16, "heatmap": {"encoding": "none"}}
 
 
 def _valid_text(value: str) -> str:

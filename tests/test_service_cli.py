@@ -36,7 +36,8 @@ def test_explain_prints_json_and_writes_an_overlay(tmp_path):
     Image.fromarray(scene.image).save(image)
     overlay = tmp_path / "overlay.png"
     result = cli("explain", "--image", str(image), "--prompt", f"What color is the {obj.shape}?", "--answer",
-                 obj.colour, "--regions", "8", "--budget", "60", "--overlay", str(overlay), "--device", "cpu")
+                 obj.colour, "--regions", "8", "--budget", "60", "--overlay", str(overlay), "--device", "cpu",
+                 "--cpu-threads", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     body = ExplainResponse.model_validate(json.loads(result.stdout))
     assert body.model.id == "mllm-audit-reference" and body.attributions[0].target.text == obj.colour
@@ -50,7 +51,7 @@ def test_reliance_errors_and_the_contract_commands(tmp_path):
     image = tmp_path / "scene.jpg"
     Image.fromarray(scene.image).save(image, quality=95)
     result = cli("reliance", "--image", str(image), "--prompt", "Describe the image.", "--answer",
-                 "a red circle.", "--output", str(tmp_path / "out.json"))
+                 "a red circle.", "--output", str(tmp_path / "out.json"), "--cpu-threads", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert RelianceResponse.model_validate_json((tmp_path / "out.json").read_text()).stats.forward_passes == 2
 
