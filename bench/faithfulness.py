@@ -1,6 +1,7 @@
 """Faithfulness and localisation of attributions on held-out reference-world samples.
 
-    python -m bench.faithfulness [--n 100] [--regions 64] [--methods eagle,eagle_greedy,random,centre]
+    python -m bench.faithfulness [--n 100] [--regions 64]
+        [--methods eagle,eagle_greedy,random,centre,tam,msea,arc,msea+arc]
 
 Samples: object words (answers to colour and shape questions, target = the answer) and
 whole captions (target = the caption), on scenes the model never saw. Every method's
@@ -8,6 +9,9 @@ heatmap is scored on the same axis: pixels ranked by the heatmap, 64 equal-area 
 black baseline (insertion AUC higher is better, deletion lower). EAGLE's own region-order
 AUCs are printed too. Pointing game (mask and box) uses the object the question is about
 (any object for captions), hit when the map's maximum is reached inside it.
+
+The white-box token maps (tam, msea, arc, msea+arc) are scored on the same samples and axes
+by bench/token_maps.py, per word (with TAM's Obj-IoU / Func-IoU / F1-IoU); see its docstring.
 """
 
 from __future__ import annotations
@@ -20,33 +24,15 @@ import numpy as np
 
 from explainers import eagle
 from explainers.engine import Job, run_jobs
-from explainers.metrics import box_mask, pixel_ranking_curves, pointing_game
+from explainers.metrics import pixel_ranking_curves, pointing_game
 from explainers.regions import region_masks, superpixel_regions
 from models.loading import load_model
-from models.reference import world
-from models.reference.evaluate import held_out_samples
 from models.scorer import Scorer
 
+from bench import token_maps
+from bench.samples import bench_samples, target_masks
+
 BASELINES = ("random", "centre")
-
-
-def bench_samples(n: int) -> list[world.Sample]:
-    """n samples: 40% colour, 40% shape (object words), 20% captions, all held out."""
-    n_obj = round(n * 0.4)
-    out = held_out_samples("colour", n_obj, seed=20_000) + held_out_samples("shape", n_obj, seed=20_000)
-    out += held_out_samples("caption", n - 2 * n_obj, seed=20_000)
-    for s in out:
-        s.answer = s.truth  # explain the correct answer
-    return out
-
-
-def target_masks(sample: world.Sample) -> tuple[np.ndarray, np.ndarray]:
-    """(mask, box mask) of what the answer is about: the queried object, or every object."""
-    objs = [sample.target] if sample.target is not None else sample.scene.objects
-    shape = sample.scene.image.shape[:2]
-    mask = np.any([o.mask for o in objs], axis=0)
-    boxes = np.any([box_mask(o.bbox, shape) for o in objs], axis=0)
-    return mask, boxes
 
 
 def baseline_heatmap(kind: str, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -128,22 +114,39 @@ def print_table(table: dict) -> None:
                                        for c in cols) + " |")
 
 
+BLACK_BOX = ("eagle", "eagle_greedy", *BASELINES)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--regions", type=int, default=64)
-    ap.add_argument("--methods", default="eagle,eagle_greedy,random,centre")
+    ap.add_argument("--methods", default=",".join(BLACK_BOX + token_maps.METHODS))
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--model", default=None, help="model directory (default: the bundled reference model)")
+    ap.add_argument("--json", default=None, help="also write the tables as JSON here")
     args = ap.parse_args()
-    start = time.perf_counter()
-    table = run(args.n, args.regions, args.methods.split(","), args.batch_size, args.model)
-    print(f"\n{args.n} samples, {args.regions} regions, {time.perf_counter() - start:.0f} s in all\n")
-    print_table(table)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = set(methods) - set(BLACK_BOX) - set(token_maps.METHODS)
+    if unknown:
+        ap.error(f"unknown methods {sorted(unknown)}; use {', '.join(BLACK_BOX + token_maps.METHODS)}")
+    black = [m for m in methods if m in BLACK_BOX]
+    white = [m for m in methods if m in token_maps.METHODS]
+    tables = {}
+    if black:
+        start = time.perf_counter()
+        tables["region_methods"] = run(args.n, args.regions, black, args.batch_size, args.model)
+        print(f"\n{args.n} samples, {args.regions} regions, {time.perf_counter() - start:.0f} s\n")
+        print_table(tables["region_methods"])
+    if white:
+        start = time.perf_counter()
+        tables["token_maps"] = token_maps.evaluate_token_maps(load_model(args.model), bench_samples(args.n), white,
+                                                              progress=True)
+        print(f"\n{args.n} samples, white-box token maps, {time.perf_counter() - start:.0f} s\n")
+        token_maps.print_table(tables["token_maps"])
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(table, fh, indent=2)
+            json.dump(tables, fh, indent=2)
 
 
 if __name__ == "__main__":

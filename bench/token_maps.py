@@ -38,17 +38,11 @@ from explainers.tam import words_of_tokens
 from explainers.token_maps import METHODS, target_heatmaps
 from models.loading import load_model
 from models.reference import world
-from models.reference.evaluate import held_out_samples
 from models.scorer import Scorer
 
+from bench.samples import bench_samples
+
 FUNCTION_WORDS = ("a", "an", "and", "the", "of", "is")
-
-
-def token_map_samples(n: int) -> list[world.Sample]:
-    """The same held-out samples as bench/faithfulness.py (colour and shape answers, captions)."""
-    from bench.faithfulness import bench_samples
-
-    return bench_samples(n)
 
 
 def word_targets(sample: world.Sample, audit) -> tuple[list[tuple[list[int], world.SceneObject]], list[list[int]]]:
@@ -181,7 +175,7 @@ def print_table(table: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=100, help="held-out samples (a third each colour, shape, caption)")
+    ap.add_argument("--n", type=int, default=100, help="held-out samples (40%% colour, 40%% shape answers, 20%% captions)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--batch-size", type=int, default=32, help="forward batch for the insertion / deletion images")
     ap.add_argument("--steps", type=int, default=64)
@@ -193,7 +187,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown methods {sorted(unknown)}; use {', '.join(METHODS)}")
     start = time.perf_counter()
-    table = evaluate_token_maps(load_model(args.model), token_map_samples(args.n), methods, args.batch_size,
+    table = evaluate_token_maps(load_model(args.model), bench_samples(args.n), methods, args.batch_size,
                                 args.steps, progress=True)
     print(f"\n{args.n} samples, {time.perf_counter() - start:.0f} s in all\n")
     print_table(table)

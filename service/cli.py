@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("openapi", help="print the OpenAPI document (YAML) the service serves")
     env = sub.add_parser("env", help="list the MLLM_AUDIT_* environment variables")
-    env.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/service.md")
+    env.add_argument("--markdown", action="store_true", help="as the Markdown table of the README")
     return parser
 
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def env_table() -> str:
-    """The settings as a Markdown table (docs/service.md holds this output; a test keeps it current)."""
+    """The settings as a Markdown table (the README holds this output; a test keeps it current)."""
     rows = ["| variable | flag | default | meaning |", "| --- | --- | --- | --- |"]
     for name, (default, doc) in ENV_VARS.items():
         field_name = name.removeprefix("MLLM_AUDIT_").lower()

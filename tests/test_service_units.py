@@ -433,8 +433,8 @@ def test_mixed_batch_on_the_reference_model_matches_single_requests(reference_sc
             assert ta.risk_label == tb.risk_label
 
 
-def test_docs_hold_the_current_settings_table():
+def test_readme_holds_the_current_settings_table():
     from pathlib import Path
 
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text()
-    assert cli.env_table() in docs, "docs/service.md is stale: paste `mllm-audit env --markdown`"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert cli.env_table() in readme, "the README's settings table is stale: paste `mllm-audit env --markdown`"
