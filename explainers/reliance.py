@@ -134,6 +134,7 @@ class TokenReliance:
     language_reliance: float
     risk_score: float
     risk_label: str  # low | medium | high | not_visual
+    eagle_reliance: float | None = None  # I_t, when an insertion curve exists
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -153,6 +154,7 @@ def assess_tokens(texts: Sequence[str], p_full: np.ndarray, p_blank: np.ndarray,
     if len(texts) != pf.size or pf.shape != pb.shape:
         raise ValueError(f"{len(texts)} texts, p_full {pf.shape}, p_blank {pb.shape}: sizes differ")
     vis = visual_reliance(pf, pb, areas, insertion, contrast_weight)
+    eagle = reliance_score(areas, insertion) if insertion is not None and areas is not None else None
     out = []
     for t, text in enumerate(texts):
         lang = 1.0 - float(vis[t])
@@ -161,7 +163,8 @@ def assess_tokens(texts: Sequence[str], p_full: np.ndarray, p_blank: np.ndarray,
             label = risk_label(risk, risk_medium, risk_high)
         else:
             risk, label = 0.0, NOT_VISUAL
-        out.append(TokenReliance(t, text, float(pf[t]), float(pb[t]), float(vis[t]), lang, risk, label))
+        out.append(TokenReliance(t, text, float(pf[t]), float(pb[t]), float(vis[t]), lang, risk, label,
+                                 None if eagle is None else float(eagle[t])))
     return out
 
 

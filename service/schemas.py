@@ -137,6 +137,9 @@ class TokenResult(_Response):
     language_reliance: float
     risk_score: float
     risk_label: RiskLabel
+    eagle_reliance: float | None = Field(
+        default=None, description="EAGLE's I_t = AUC(c_t) - min c_t over the token's insertion curve c_t "
+                                  "(eagle methods on /v1/explain only)")
 
 
 class Summary(_Response):
@@ -182,12 +185,26 @@ class Heatmap(_Response):
     data: str | list[list[float]] = Field(description="base64 PNG, or rows of floats in [0, 1]")
 
 
+class ContextToken(_Response):
+    index: int = Field(description="answer-token index (source answer) or sequence position (source prompt)")
+    source: Literal["prompt", "answer"]
+    text: str
+    score: float = Field(description="TAM's textual relevance share, or ARC's rank-biased-overlap coherence")
+
+
 class Attribution(_Response):
     target: Target
-    regions: list[Region]
+    regions: list[Region] = Field(description="ranked regions (EAGLE); empty for white-box maps")
     heatmap: Heatmap | None = None
     insertion_auc: float | None = None
     deletion_auc: float | None = None
+    insertion_curve: list[list[float]] = Field(
+        default_factory=list, description="[[share of the image shown, mean target probability], ...]")
+    deletion_curve: list[list[float]] = Field(
+        default_factory=list, description="[[share of the image removed, mean target probability], ...]")
+    search_complete: bool = Field(default=True, description="false when the forward-pass budget cut the search")
+    context: list[ContextToken] | None = Field(
+        default=None, description="white-box methods: the prompt and earlier answer tokens most relevant to the target")
     forward_passes: int
 
 

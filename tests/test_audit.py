@@ -70,6 +70,11 @@ def test_explain_returns_the_contract_fields(auditor):
     x0, y0, x1, y1 = top["bbox"]
     ys, xs = np.nonzero(mask)
     assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    # the curves come back, and token 0's EAGLE reliance I_t is read off its own insertion curve
+    areas, probs = np.array(att["insertion_curve"]).T
+    assert areas[0] == 0 and areas[-1] == 1 and np.all(np.diff(areas) > 0)
+    assert len(att["deletion_curve"]) >= 2 and att["search_complete"] in (True, False)
+    assert tokens[0]["eagle_reliance"] == pytest.approx(np.trapezoid(probs, areas) - probs.min(), abs=1e-4)
 
 
 def test_span_targets_and_bad_requests(auditor):
@@ -89,6 +94,7 @@ def test_reliance_path_matches_explain_fields_in_two_passes(auditor):
     s = held_out_sample("colour", 23)
     [cheap] = auditor.run([AuditRequest(s.scene.image, s.prompt, s.truth, with_attributions=False)])
     assert cheap["stats"]["forward_passes"] == 2 and "attributions" not in cheap
+    assert all(t["eagle_reliance"] is None for t in cheap["tokens"])
     [full] = auditor.run([AuditRequest(s.scene.image, s.prompt, s.truth, regions=8)])
     for a, b in zip(cheap["tokens"], full["tokens"]):
         assert set(a) == set(b)

@@ -242,3 +242,30 @@ def test_qwen_checkpoint_names_the_stock_processor(tiny_qwen_dir):
     else:
         assert type(processor).__bases__[0].__name__ == stock and getattr(processor, "video_processor", None) is None
     assert processor.image_token == "<|image_pad|>" and type(processor.image_processor).__name__.startswith("Qwen2VL")
+
+
+def check_white_box_maps(path) -> None:
+    """Every token-map method runs: maps of the image's shape, in [0, 1], on the family's own grid."""
+    from explainers.audit import Auditor, AuditRequest
+    from explainers.token_maps import target_heatmaps
+
+    scorer = Scorer(load_model(path, device="cpu"))
+    image = random_images(1, (70, 40), seed=4)[0]
+    audit = scorer.prepare(PROMPT, ANSWER, (70, 40))
+    for method in ("tam", "msea+arc"):  # msea+arc runs every part of msea and of arc
+        maps = target_heatmaps(scorer, audit, image, method, [[0], list(range(audit.n_tokens))])
+        for m in maps:
+            assert m["heatmap"].shape == (40, 70) and np.isfinite(m["heatmap"]).all()
+            assert 0 <= m["heatmap"].min() and m["heatmap"].max() <= 1
+    [out] = Auditor(scorer).run([AuditRequest(image, PROMPT, ANSWER, method="msea+arc", targets=[(2, 6)])])
+    assert not isinstance(out, Exception), out
+    [att] = out["attributions"]
+    assert att["target"]["text"] == ANSWER[2:6] and att["forward_passes"] > 15 and isinstance(att["context"], list)
+
+
+def test_white_box_maps_on_qwen(tiny_qwen_dir):
+    check_white_box_maps(tiny_qwen_dir)  # the token grid depends on the image size
+
+
+def test_white_box_maps_on_idefics3(tiny_idefics3_dir):
+    check_white_box_maps(tiny_idefics3_dir)  # the token grid is a layout of tiles
