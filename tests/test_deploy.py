@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import helm_python as helm
@@ -252,6 +253,29 @@ def test_dockerfile_environment_names_the_service_settings():
     assert pyproject()["tool"]["setuptools"]["package-data"]["models.reference"] == ["weights/*"]
     assert service_env["MLLM_AUDIT_MODEL"] == "/opt/venv/lib/python3.11/site-packages/models/reference/weights"
     Settings.from_env(service_env)  # the values parse
+
+
+def test_the_image_install_step_packages_the_app_and_the_reference_weights(tmp_path):
+    """The image runs a plain (non-editable) `pip install .` of what it COPYs: build that wheel
+    from exactly those inputs and check it holds the code, the weights and the console script."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("service", "explainers", "models"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                             "--wheel-dir", str(tmp_path / "dist"), str(src)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [wheel] = (tmp_path / "dist").glob("mllm_audit-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    weights = {p.name for p in (REPO / "models" / "reference" / "weights").iterdir()}
+    assert {f"models/reference/weights/{name}" for name in weights} <= names
+    assert {"service/cli.py", "service/api.py", "explainers/eagle.py", "models/scorer.py"} <= names
+    assert "mllm-audit = service.cli:main" in entry_points
 
 
 def test_dockerignore_keeps_the_build_inputs():
