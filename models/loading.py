@@ -39,16 +39,25 @@ def choose_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def model_id_for(path: Path, configured: str | None = None) -> str:
+    """The id to report: the configured one, the bundled model's name, else the directory's name."""
+    if configured:
+        return configured
+    return REFERENCE_MODEL_ID if path.resolve() == REFERENCE_MODEL_DIR else path.name
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
 def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(names)}")
-    return names[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def check_model_dir(path: Path) -> dict:
@@ -100,7 +109,7 @@ def load_model(path: str | os.PathLike | None = None, device: str = "auto", dtyp
         processor=processor,
         family=family,
         path=path,
-        model_id=model_id or (REFERENCE_MODEL_ID if path == REFERENCE_MODEL_DIR else path.name),
+        model_id=model_id_for(path, model_id),
         revision=revision,
         device=dev,
         dtype=dt,

@@ -27,7 +27,7 @@ import numpy as np
 from litserve.loops.simple_loops import BatchedLoop
 
 from service import logs, metrics
-from service.config import Settings, model_id_of
+from service.config import Settings
 from service.images import ImageError, decode_image
 
 API_PATH = "/v1/explain"  # LitServe's name for the queue; service.server routes both endpoints to it
@@ -87,12 +87,13 @@ class AuditAPI(ls.LitAPI):
             logs.configure(s.log_level)
         log = logs.get("mllm_audit.worker")
         Image.MAX_IMAGE_PIXELS = s.max_image_pixels
-        chosen = s.device if s.device != "auto" else str(device)
+        # LitServe hands each worker its own device for "auto" and "cuda" (see accelerator_of)
+        chosen = str(device) if s.device in ("auto", "cuda") else s.device
         if chosen.startswith("cpu"):  # workers share the cores instead of fighting over them
             torch.set_num_threads(cpu_threads(s))
         started = time.monotonic()
         loaded = load_model(s.model or None, device=chosen, dtype=s.dtype, trust_remote_code=s.trust_remote_code,
-                            model_id=model_id_of(s))
+                            model_id=s.model_id or None)
         self.auditor = Auditor(Scorer(loaded), forward_batch_size=s.forward_batch_size, risk_medium=s.risk_medium,
                                risk_high=s.risk_high, max_prompt_tokens=s.max_prompt_tokens,
                                max_answer_tokens=s.max_answer_tokens, max_regions=s.max_regions)
@@ -120,8 +121,6 @@ class AuditAPI(ls.LitAPI):
         metrics.registry_metrics().queue_wait.observe(queue_s)
         try:
             return Decoded(request, self.audit_request(request), queue_s)
-        except ImageError as exc:
-            return Failure(exc.status, exc.detail)
         except Exception as exc:  # noqa: BLE001 - one request's problem stays its own
             return failure_of(exc, request.request_id)
 

@@ -23,7 +23,8 @@ def presented_key(headers: dict[str, str]) -> str | None:
 def key_matches(presented: str | None, expected: str) -> bool:
     if presented is None:
         return False
-    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
+    # headers arrive decoded as latin-1 (one char per byte): back to the bytes the client sent
+    return hmac.compare_digest(presented.encode("latin-1", "replace"), expected.encode("utf-8"))
 
 
 def needs_key(path: str, settings: Settings) -> bool:

@@ -21,16 +21,11 @@ from pathlib import Path
 
 from service.config import ENV_VARS, Settings, env_name
 
-# Settings every subcommand may take as flags; the rest are environment variables only.
-SERVE_FLAGS = ("model", "model_id", "device", "dtype", "host", "port", "api_servers", "workers", "max_batch_size",
-               "batch_timeout", "forward_batch_size", "cpu_threads", "request_timeout", "max_queue",
-               "max_payload_bytes", "max_image_pixels", "max_prompt_tokens", "max_answer_tokens", "max_regions",
-               "max_forward_passes", "risk_medium", "risk_high", "api_key", "protect_health", "protect_metrics",
-               "log_level", "debug", "metrics_dir", "trust_remote_code")
+# Every setting is a `serve` flag; `explain` and `reliance` take those about the model and the limits.
+SERVE_FLAGS = tuple(f.name for f in fields(Settings))
 MODEL_FLAGS = ("model", "model_id", "device", "dtype", "trust_remote_code", "forward_batch_size", "cpu_threads",
-               "max_regions",
-               "max_forward_passes", "max_image_pixels", "max_prompt_tokens", "max_answer_tokens", "risk_medium",
-               "risk_high")
+               "max_regions", "max_forward_passes", "max_image_pixels", "max_prompt_tokens", "max_answer_tokens",
+               "risk_medium", "risk_high", "log_level")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
@@ -67,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
             from service.schemas import METHODS
 
             p.add_argument("--method", default="eagle", choices=METHODS)
-            p.add_argument("--regions", type=int, default=64)
+            p.add_argument("--regions", type=int, default=None, help="superpixels (default 64, capped at the limit)")
             p.add_argument("--targets", default="answer",
                            help='"answer", "tokens", or spans as START:END[,START:END...] (answer characters)')
             p.add_argument("--budget", dest="budget", type=int, default=None, help="max forward passes")
@@ -114,7 +109,7 @@ def env_table() -> str:
     rows = ["| variable | flag | default | meaning |", "| --- | --- | --- | --- |"]
     for name, (default, doc) in ENV_VARS.items():
         field_name = name.removeprefix("MLLM_AUDIT_").lower()
-        flag = f"`--{field_name.replace('_', '-')}`" if field_name in SERVE_FLAGS else ""
+        flag = f"`--{field_name.replace('_', '-')}`"
         shown = "`\"\"`" if default == "" else f"`{str(default).lower() if isinstance(default, bool) else default}`"
         rows.append(f"| `{name}` | {flag} | {shown} | {doc.replace('|', '/')} |")
     return "\n".join(rows) + "\n"
@@ -160,6 +155,7 @@ def serve(settings: Settings) -> int:
 def audit_one(args: argparse.Namespace, settings: Settings) -> int:
     """One audit in this process: no server, same code path as a worker."""
     import base64
+    import math
     import time
 
     from service.api import AuditAPI, Envelope, Failure
@@ -169,8 +165,10 @@ def audit_one(args: argparse.Namespace, settings: Settings) -> int:
     body = {"image": base64.b64encode(args.image.read_bytes()).decode(), "prompt": args.prompt,
             "answer": args.answer}
     if args.command == "explain":
-        body.update(method=args.method, regions=args.regions, targets=_parse_targets(args.targets),
-                    max_forward_passes=args.budget, heatmap={"encoding": args.heatmap})
+        body.update(method=args.method, targets=_parse_targets(args.targets), max_forward_passes=args.budget,
+                    heatmap={"encoding": args.heatmap})
+        if args.regions is not None:  # given, it is checked against the limit as a request's would be
+            body["regions"] = args.regions
     from service.schemas import ExplainRequest, RelianceRequest
 
     model = ExplainRequest if args.command == "explain" else RelianceRequest
@@ -188,11 +186,17 @@ def audit_one(args: argparse.Namespace, settings: Settings) -> int:
     except ImageError as exc:
         print(f"mllm-audit: error {exc.status}: {exc.detail}", file=sys.stderr)
         return 1
+    from models.loading import ModelLoadError, choose_device
+
     api = AuditAPI(settings)
     api.configure_logs = False
-    api.setup(settings.device if settings.device != "auto" else _auto_device())
-    now = time.monotonic()
-    envelope = Envelope(args.command, "cli", now, now + settings.request_timeout, validated.model_dump(mode="json"))
+    try:
+        api.setup(str(choose_device(settings.device)))
+    except ModelLoadError as exc:
+        raise ValueError(str(exc)) from None
+    # in-process there is no client to time out: no deadline
+    envelope = Envelope(args.command, "cli", time.monotonic(), math.inf, validated.model_dump(mode="json"),
+                        frozenset(validated.model_fields_set))
     decoded = api.decode_request(envelope)
     output = api.encode_response(api.predict([decoded])[0])
     if isinstance(output, Failure):
@@ -209,12 +213,6 @@ def audit_one(args: argparse.Namespace, settings: Settings) -> int:
         write_overlay(decoded.request.image, result, args.overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     return 0
-
-
-def _auto_device() -> str:
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def _parse_targets(text: str):

@@ -7,9 +7,12 @@ upper case with the `MLLM_AUDIT_` prefix. `ENV_VARS` lists them for docs and the
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 
 PREFIX = "MLLM_AUDIT_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # models.loading.DTYPES
 
 
 def _describe(default, doc: str):
@@ -76,16 +79,13 @@ class Settings:
             raise ValueError(f"{env_name('cpu_threads')} must be 0 (automatic) or more, got {self.cpu_threads}")
         if self.batch_timeout < 0 or self.request_timeout <= 0:
             raise ValueError("batch and request timeouts must be positive")
-
-
-REFERENCE_MODEL_ID = "mllm-audit-reference"
-
-
-def model_id_of(settings: Settings) -> str | None:
-    """The id to report: the configured one, the bundled reference model's name, else None (the directory's)."""
-    if settings.model_id:
-        return settings.model_id
-    return None if settings.model else REFERENCE_MODEL_ID
+        # checked here, so a typo stops `serve` at once instead of failing in every worker later
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"{env_name('device')} must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"{env_name('dtype')} must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"{env_name('log_level')} must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
 
 def env_name(field_name: str) -> str:

@@ -40,7 +40,6 @@ class ServerProcess:
         self.health_headers = health_headers or {}
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="mllm-audit-server-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
-        self.health_statuses: list[int] = []  # every /health answer while waiting (they are counted in metrics)
 
     def start(self) -> "ServerProcess":
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -55,7 +54,6 @@ class ServerProcess:
                 raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 status = httpx.get(self.url + "/health", headers=self.health_headers, timeout=2).status_code
-                self.health_statuses.append(status)
                 if status == 200:
                     return self
             except httpx.TransportError:

@@ -211,13 +211,13 @@ class Attribution(_Response):
 class RelianceResponse(_Response):
     request_id: str
     model: ModelBlock
+    method: MethodBlock
     tokens: list[TokenResult]
     summary: Summary
     stats: Stats
 
 
 class ExplainResponse(RelianceResponse):
-    method: MethodBlock
     attributions: list[Attribution]
 
 

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import metrics
 from service.api import API_PATH, AuditAPI, Envelope, Failure
-from service.config import ENV_VARS, Settings, env_name, model_id_of
+from service.config import ENV_VARS, Settings, env_name
 from service.images import FORMATS
 from service.middleware import AuditMiddleware
 from service.schemas import (METHODS, ErrorBody, ExplainRequest, ExplainResponse, InfoResponse, RelianceRequest,
@@ -66,7 +66,7 @@ AUDIT_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("Bad input: body not JSON, image not base64, or image data truncated or corrupt"),
     401: _error("Missing or invalid API key (only when the service has one)"),
     413: _error("Body larger than MLLM_AUDIT_MAX_PAYLOAD_BYTES or image over MLLM_AUDIT_MAX_IMAGE_PIXELS"),
-    415: _error("Not an image, an image format the service does not decode, or a body that is not JSON"),
+    415: _error("Content-Type not JSON, bytes that are not an image, or an image format the service does not decode"),
     422: _error("Valid JSON that cannot be audited: wrong types, missing fields, unknown method, "
                 "limits (tokens, regions, budget), target spans outside the answer"),
     500: _error("Internal error while auditing (the log has the request id)"),
@@ -87,12 +87,12 @@ def model_block(settings: Settings) -> dict[str, Any]:
     from pathlib import Path
 
     from models.families import family_of
-    from models.loading import REFERENCE_MODEL_DIR, check_model_dir
+    from models.loading import REFERENCE_MODEL_DIR, check_model_dir, model_id_for
 
     path = (Path(settings.model) if settings.model else REFERENCE_MODEL_DIR).expanduser().resolve()
     config = check_model_dir(path)
     revision_file = path / "REVISION"
-    return {"id": model_id_of(settings) or path.name, "family": family_of(config["model_type"]).name,
+    return {"id": model_id_for(path, settings.model_id), "family": family_of(config["model_type"]).name,
             "revision": revision_file.read_text().strip() if revision_file.is_file() else None}
 
 
@@ -160,7 +160,7 @@ def _worker_error(response) -> HTTPException:
 class AuditServer(ls.LitServer):
     def __init__(self, settings: Settings, model: dict[str, Any] | None = None):
         self.settings = settings
-        self.model = model or {"id": model_id_of(settings) or "model", "family": "unknown", "revision": None}
+        self.model = model or {"id": settings.model_id or "model", "family": "unknown", "revision": None}
         # In-flight requests of all API server processes: created here, shared by the forked ones.
         self.inflight = mp.Value("i", 0)
         accelerator, devices = accelerator_of(settings.device)

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from service.config import ENV_VARS, Settings
+from service.metrics import registry_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -44,14 +45,18 @@ CUSTOM_KINDS = {"ServiceMonitor"}
 CHART_MANAGED_ENV = {"MLLM_AUDIT_HOST", "MLLM_AUDIT_PORT", "MLLM_AUDIT_MODEL", "MLLM_AUDIT_METRICS_DIR",
                      "MLLM_AUDIT_API_KEY"}
 
-# The service's Prometheus metrics (prefix mllm_audit_) and the series each one exports.
-COUNTERS = {"requests_total", "forward_passes_total", "images_scored_total", "tokens_total", "answers_total"}
-HISTOGRAMS = {"request_latency_seconds", "queue_wait_seconds", "batch_size", "explanation_seconds"}
-GAUGES = {"model_info"}
-EXPORTED_SERIES = (
-    {f"mllm_audit_{name}" for name in COUNTERS | GAUGES}
-    | {f"mllm_audit_{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
-)
+
+
+def exported_series() -> set[str]:
+    """Every series name the service's Prometheus metrics export (read off service.metrics)."""
+    names = set()
+    for metric in vars(registry_metrics()).values():
+        for family in getattr(metric, "describe", lambda: [])():
+            names |= {family.name + suffix for suffix in SERIES_SUFFIXES[family.type]}
+    return names
+
+
+SERIES_SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -323,6 +328,10 @@ def test_default_render_has_the_expected_objects(default_render):
     kinds = sorted(doc["kind"] for doc in manifests(default_render))
     assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
     assert one(default_render, "Deployment")["spec"]["replicas"] == 1
+    assert one(default_render, "PodDisruptionBudget")["spec"] == {
+        "maxUnavailable": 1, "selector": one(default_render, "Deployment")["spec"]["selector"]}
+    no_disruption = render({"podDisruptionBudget": {"maxUnavailable": 0}})
+    assert one(no_disruption, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 0  # not turned into 1
 
 
 def test_gpu_render_has_gpu_hpa_and_servicemonitor(gpu_render):
@@ -480,7 +489,9 @@ def test_dashboard_queries_only_exported_metrics():
     dashboard = json.loads(DASHBOARD.read_text())
     queries = dashboard_queries(dashboard)
     used = {name for query in queries for name in re.findall(r"\bmllm_audit_[a-z_]+", query)}
-    assert used <= EXPORTED_SERIES, used - EXPORTED_SERIES
+    exported = exported_series()
+    assert len(exported) == 5 + 1 + 4 * 3, exported  # counters, the gauge, histograms' series
+    assert used <= exported, used - exported
     # The panels the dashboard promises: hallucination rate by risk label (answers and tokens),
     # latency p50/p95, queue wait, batch size and forward passes per second.
     for needed in ("mllm_audit_answers_total", "mllm_audit_tokens_total", "mllm_audit_request_latency_seconds_bucket",

@@ -58,7 +58,14 @@ def test_reliance_errors_and_the_contract_commands(tmp_path):
     (tmp_path / "text.png").write_bytes(b"not an image")
     bad = cli("reliance", "--image", str(tmp_path / "text.png"), "--prompt", "p", "--answer", "a")
     assert bad.returncode == 1 and "415" in bad.stderr
+    # a region count over the limit is refused as a request's would be, not silently capped
+    over = cli("explain", "--image", str(image), "--prompt", "p", "--answer", "a", "--regions", "9",
+               "--max-regions", "8", "--cpu-threads", "1")
+    assert over.returncode == 1 and "422" in over.stderr and "regions" in over.stderr
+    # a bad model directory is one line naming it, not a traceback
+    missing = cli("reliance", "--image", str(image), "--prompt", "p", "--answer", "a", "--model", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and str(tmp_path / "nope") in missing.stderr and "Traceback" not in missing.stderr
 
     assert yaml.safe_load(cli("openapi").stdout) == contract()
-    listed = cli("env").stdout
+    listed = cli("env").stdout  # the command runs and lists every setting
     assert all(name in listed for name in ENV_VARS)

@@ -149,8 +149,8 @@ def test_audits_of_a_known_scene(open_server):
 
 
 def test_top_region_lies_on_the_named_object(open_server):
-    """Meaningful with the trained reference model: the region that makes the model say the
-    colour overlaps the object the question names."""
+    """The region that makes the trained reference model say the colour overlaps the object the
+    question names (scenes whose answer the model knows; it knows ~99.6% of them)."""
     c = httpx.Client(base_url=open_server.url, timeout=120)
     hits, asked = 0, 0
     for seed in range(2, 4):
@@ -162,9 +162,7 @@ def test_top_region_lies_on_the_named_object(open_server):
         explain = c.post("/v1/explain", json={**body, "regions": 16, "heatmap": {"encoding": "none"}}).json()
         top = rle_decode(explain["attributions"][0]["regions"][0]["mask"])
         hits += bool((top & obj.mask).any())
-    if asked == 0:
-        pytest.skip("the bundled reference model answers none of the colour questions (untrained placeholder)")
-    assert hits == asked
+    assert asked >= 1 and hits == asked
 
 
 def test_concurrent_requests_are_batched_and_match_single_results(open_server):

@@ -161,9 +161,37 @@ def test_cli_rejects_bad_settings_with_a_message(capsys):
     assert "MLLM_AUDIT_MAX_BATCH_SIZE" in capsys.readouterr().err
     assert cli.main(["serve", "--model", "/nonexistent/model"]) == 2
     assert "/nonexistent/model" in capsys.readouterr().err
+    for flag, value in (("--device", "gpu"), ("--dtype", "half"), ("--log-level", "warn")):
+        assert cli.main(["serve", flag, value]) == 2
+        assert f"got {value!r}" in capsys.readouterr().err
+
+
+def test_checked_setting_names_are_the_ones_the_code_knows():
+    from models.loading import DTYPES
+    from service.config import DTYPE_NAMES, LOG_LEVELS
+    from service.logs import LEVELS
+
+    assert set(DTYPE_NAMES) == {"auto", *DTYPES} and set(LOG_LEVELS) == set(LEVELS)
+
+
+def test_the_bundled_model_has_one_id_whichever_way_it_is_named(tmp_path):
+    from models.loading import REFERENCE_MODEL_DIR, REFERENCE_MODEL_ID, model_id_for
+    from service.server import model_block
+
+    by_default = model_block(Settings())
+    by_path = model_block(Settings(model=str(REFERENCE_MODEL_DIR)))
+    assert by_default["id"] == by_path["id"] == REFERENCE_MODEL_ID == model_id_for(REFERENCE_MODEL_DIR)
+    assert model_block(Settings(model=str(REFERENCE_MODEL_DIR), model_id="mine"))["id"] == "mine"
+    assert model_id_for(tmp_path / "llava-1.5-7b-hf") == "llava-1.5-7b-hf"
 
 
 # ----------------------------------------------------------------------------------- auth
+
+
+def test_a_non_ascii_api_key_matches_the_bytes_the_client_sent():
+    key = "clé-секрет"
+    as_received = key.encode("utf-8").decode("latin-1")  # how the ASGI headers arrive
+    assert auth.key_matches(as_received, key) and not auth.key_matches(as_received[:-1], key)
 
 
 def test_api_key_sources_and_open_paths():
