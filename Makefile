@@ -7,11 +7,15 @@ PYTHON ?= python3
 
 install: $(VENV)/.installed
 
-# torch first, pinned: the CPU build on this disk, so no dependency can pull a CUDA build.
+# torch first, pinned to the CPU build (+cpu: from local wheels where pip has them, else from
+# PyTorch's CPU index), so no dependency can pull a CUDA build. Where that index is out of reach
+# pip warns and retries a few seconds, then uses what it has.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet --extra-index-url $(TORCH_INDEX) torch==2.13.0+cpu
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 

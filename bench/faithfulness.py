@@ -76,6 +76,8 @@ def run(n: int, regions: int, methods: list[str], batch_size: int, model_dir: st
             seconds = time.perf_counter() - start
             curve_job = Job(audit, pixel_ranking_curves(s.scene.image, heat, tokens))
             run_jobs([curve_job], scorer.log_probs, batch_size)
+            if curve_job.error:
+                raise curve_job.error
             ins, dele, _ = curve_job.result
             rows[m].append({"kind": s.kind, "insertion_auc": ins, "deletion_auc": dele,
                             "pointing_mask": pointing_game(heat, mask), "pointing_box": pointing_game(heat, boxes),

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from explainers.audit import Auditor, AuditRequest
+from explainers.reliance import LABEL_ORDER
 from models.loading import load_model
 from models.reference import world
 from models.reference.evaluate import generate_answers, held_out_samples
@@ -51,7 +52,7 @@ def object_risks(result: dict, answer: str) -> list[tuple[str, float, str]]:
         pos = answer.index(w, pos)
         spans.append((w, pos, pos + len(w)))
         pos += len(w)
-    order = {"not_visual": -1, "low": 0, "medium": 1, "high": 2}
+    order = LABEL_ORDER
     for (a, s0, _), (b, _, e1) in zip(spans, spans[1:]):
         if a in world.COLOURS and b in world.SHAPES:
             mine = [t for t in tokens if t["start"] < e1 and t["end"] > s0]
@@ -83,6 +84,8 @@ def main() -> None:
                            for s, a in zip(captions, answers)])
     risks, labels, names = [], [], []
     for s, a, r in zip(captions, answers, results):
+        if isinstance(r, Exception):  # e.g. an empty generated answer: nothing to score
+            continue
         present = {o.name for o in s.scene.objects}
         for name, risk, label in object_risks(r, a):
             risks.append(risk)
@@ -94,6 +97,8 @@ def main() -> None:
     answers = generate_answers(loaded, questions)
     yes = [(s, a) for s, a in zip(questions, answers) if a == "yes"]
     results = auditor.run([AuditRequest(s.scene.image, s.prompt, a, with_attributions=False) for s, a in yes])
+    kept = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
+    yes, results = [yes[i] for i in kept], [results[i] for i in kept]
     risks = np.array([r["tokens"][0]["risk_score"] for r in results])
     labels = np.array([int(s.truth == "no") for s, _ in yes])
     names = np.array([r["tokens"][0]["risk_label"] for r in results])

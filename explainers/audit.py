@@ -31,6 +31,7 @@ from explainers.regions import region_bbox, region_masks, rle_encode, superpixel
 
 METHODS = ("eagle", "eagle_greedy", "tam", "msea", "arc", "msea+arc")
 WHITE_BOX = ("tam", "msea", "arc", "msea+arc")
+CURVE_STEPS = 64  # equal-area steps of a heatmap's insertion / deletion curves
 FAST_SEARCH = {"s": 6, "p": 4, "u": 15}
 
 
@@ -164,17 +165,30 @@ class Auditor:
             work.jobs.append(Job(audit, reliance.blank_contrast(image)))
         if not req.with_attributions:
             return work
+        n_targets = len(work.targets)
         if req.method in WHITE_BOX:
+            from explainers.msea import make_views
             from explainers.token_maps import target_heatmaps
 
+            # the budget covers everything: contrast (2), the views, each target's pixel-ranking curves
+            views = len(make_views(image)) if req.method.startswith("msea") else 1
+            cost = 2 + views + n_targets * 2 * CURVE_STEPS
+            if req.max_forward_passes is not None and cost > req.max_forward_passes:
+                raise AuditInputError(f"{req.method} with {n_targets} targets needs {cost} forward passes "
+                                      f"(maps and insertion/deletion curves); max_forward_passes is "
+                                      f"{req.max_forward_passes}: ask for fewer targets or a larger budget")
             work.maps = target_heatmaps(self.scorer, audit, image, req.method,
                                         [t.token_indices for t in work.targets])
             for target, m in zip(work.targets, work.maps):
-                work.jobs.append(Job(audit, pixel_ranking_curves(image, m["heatmap"], target.token_indices)))
+                work.jobs.append(Job(audit, pixel_ranking_curves(image, m["heatmap"], target.token_indices,
+                                                                 steps=CURVE_STEPS)))
             return work
         work.labels = superpixel_regions(image, req.regions)
         masks = region_masks(work.labels)
-        budget = None if req.max_forward_passes is None else max(2, req.max_forward_passes // len(work.targets))
+        budget = None if req.max_forward_passes is None else req.max_forward_passes // n_targets
+        if budget is not None and budget < 2:  # each target's search scores at least the full and blank images
+            raise AuditInputError(f"max_forward_passes {req.max_forward_passes} is too small for {n_targets} "
+                                  f"targets: each needs at least 2")
         for target in work.targets:
             if req.method == "eagle_greedy":
                 search = eagle.greedy_search(image, masks, target.token_indices, max_forward_passes=budget)
@@ -197,7 +211,7 @@ class Auditor:
                 continue
             regions.append({"rank": rank, "region_id": int(region), "score": round(float(result.region_scores[region]), 6),
                             "bbox": region_bbox(mask), "mask": rle_encode(mask)})
-        heat = eagle.heatmap_from_regions(work.labels, result.region_scores)
+        heat = eagle.heatmap_from_regions(work.labels, result.region_scores, size)  # flat regions at any size
         return {
             "target": {"start": target.start, "end": target.end, "text": target.text,
                        "token_indices": target.token_indices},

@@ -1,6 +1,6 @@
 """EAGLE: rank image regions by greedy subset selection on a black-box objective.
 
-Model-agnostic (METHODS.md section 1). Each search is a generator that follows the engine
+Model-agnostic (shared METHODS.md section 1). Each search is a generator that follows the engine
 protocol (explainers/engine.py):
 
 * it yields a non-empty ``list`` of H x W x 3 uint8 images to score,
@@ -197,24 +197,17 @@ def _start(ev: _SubsetScores, token_indices: Sequence[int] | None):
 # ---------------------------------------------------------------- from ranking to result
 
 def scores_from_gains(ranking: Sequence[int], gains: np.ndarray) -> np.ndarray:
-    """Heatmap value per region id from the marginal gains along the ranking (METHODS.md §1.5).
+    """Heatmap value per region id from the marginal gains along the ranking (shared METHODS.md §1.5).
 
-    Rank k gets sum_{j>k} |gain_j| / sum_{j>1} |gain_j| (top 1, last 0), then min-max
-    normalised. When every later gain is zero the ranking is all we know, so the values
-    fall back to a linear ramp over the ranks (top 1, last 0).
+    Rank k gets sum_{j>k} |gain_j| / sum_{j>1} |gain_j|: the share of the gains still to
+    come (top 1, last 0). When every later gain is zero the ranking is all we know, so the
+    values fall back to a linear ramp over the ranks (top 1, last 0).
     """
     k = len(ranking)
     absg = np.abs(np.asarray(gains, dtype=np.float64))
     from_here = np.cumsum(absg[::-1])[::-1]  # from_here[i] = sum of |gain| at ranks i+1..K
     after = np.concatenate((from_here[1:], [0.0]))  # sum over ranks strictly after rank i+1
-    if k == 1:
-        by_rank = np.ones(1)
-    elif after[0] <= 0:
-        by_rank = np.linspace(1.0, 0.0, k)
-    else:
-        by_rank = after / after[0]
-        lo, hi = by_rank.min(), by_rank.max()
-        by_rank = (by_rank - lo) / (hi - lo) if hi > lo else np.ones(k)
+    by_rank = np.linspace(1.0, 0.0, k) if after[0] <= 0 else after / after[0]
     out = np.zeros(k, dtype=np.float64)
     out[list(ranking)] = by_rank
     return out
@@ -330,7 +323,7 @@ def fast_search(image: np.ndarray, masks: np.ndarray, token_indices: Sequence[in
                 s: int = 6, p: int = 4, u: int = 15, max_forward_passes: int | None = None) -> Search:
     """EAGLE's faster search: lazy top-down greedy plus a bottom-up ranking that meets it.
 
-    Our reading of METHODS.md §1 step 4 (the paper gives the idea, not every detail):
+    Our reading of shared METHODS.md §1 step 4 (the paper gives the idea, not every detail):
 
     * State: ``selected`` (ranked from the top), ``tail`` (ranked from the bottom, worst
       first), ``remaining`` (the middle), and for each region an *estimate*: its

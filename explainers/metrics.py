@@ -1,4 +1,4 @@
-"""Faithfulness and localisation metrics (METHODS.md section 5).
+"""Faithfulness and localisation metrics (shared METHODS.md section 5).
 
 Insertion / deletion: the mean target-token probability as the attributed pixels are
 revealed on the baseline (insertion, higher is better) or removed from the image

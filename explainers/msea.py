@@ -1,4 +1,4 @@
-"""MSEA, Multi-Scale Explanation Aggregation (METHODS.md section 3, visual branch).
+"""MSEA, Multi-Scale Explanation Aggregation (shared METHODS.md section 3, visual branch).
 
 The base token map is computed on the image shown at several scales, every map is brought
 back to the image's pixels, and the maps are averaged: at a larger scale an object spans
@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from explainers.masking import baseline_image
 
 DEFAULT_SCALES = (0.75, 1.0, 1.5, 2.0)
 
@@ -71,8 +73,7 @@ def make_views(image: np.ndarray, scales=DEFAULT_SCALES) -> list[View]:
         elif s < 1:
             sw, sh = max(1, round(w * s)), max(1, round(h * s))
             x0, y0 = (w - sw) // 2, (h - sh) // 2
-            fill = np.round(image.reshape(-1, 3).mean(axis=0)).astype(np.uint8)
-            canvas = np.broadcast_to(fill, image.shape).copy()
+            canvas = baseline_image(image, "mean")
             canvas[y0:y0 + sh, x0:x0 + sw] = _resize(image, (sw, sh))
             views.append(View(canvas, s, full, (x0, y0, x0 + sw, y0 + sh)))
         else:

@@ -1,7 +1,7 @@
 """Split an image into superpixel regions, and describe regions compactly for the API.
 
 EAGLE ranks regions, not pixels: the image is sparsified into about N superpixels
-(METHODS.md section 1, step 1). We use scikit-image's SLIC in its zero-parameter
+(shared METHODS.md section 1, step 1). We use scikit-image's SLIC in its zero-parameter
 form (SLICO, `slic_zero=True`), the same family as the OpenCV SLICO of the reference code.
 
 Masks go over the wire as run-length encodings in ROW-MAJOR order (unlike COCO, which

@@ -1,6 +1,6 @@
 """Per-token visual reliance, language reliance and hallucination risk.
 
-Signals (METHODS.md sections 1.6 and 4), all from teacher-forced token probabilities:
+Signals (shared METHODS.md sections 1.6 and 4), all from teacher-forced token probabilities:
 
 * visual contrast (VCD-style, bounded): how much of the token's probability the image
   adds over a content-free baseline, ``contrast_t = clip((p_full - p_blank) / p_full, 0, 1)``.
@@ -81,8 +81,6 @@ def is_visual_claim(token_text: str) -> bool:
     if not core:
         return False
     word = core.lower()
-    if word.isdigit():
-        return True
     return word not in FUNCTION_WORDS and word not in META_WORDS
 
 

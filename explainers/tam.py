@@ -1,4 +1,4 @@
-"""TAM, the Token Activation Map (METHODS.md section 2): one white-box forward, no backward.
+"""TAM, the Token Activation Map (shared METHODS.md section 2): one white-box forward, no backward.
 
 For answer token t with token id c, the activation at an earlier position j is the logit of c
 read at j, clipped at zero: ``a_j = ReLU(h_j . w_c)`` (h_j the last decoder layer's hidden

@@ -1,4 +1,4 @@
-"""White-box token maps for an audit: TAM, MSEA, ARC and MSEA+ARC (METHODS.md sections 2 and 3).
+"""White-box token maps for an audit: TAM, MSEA, ARC and MSEA+ARC (shared METHODS.md sections 2 and 3).
 
     target_heatmaps(scorer, audit, image, method, targets) -> [{"heatmap", "context", "forward_passes", "peak"}]
 

@@ -45,11 +45,9 @@ class Audit:
 
 @dataclass
 class WhiteBoxOutput:
-    """Per pair: logits at every position and the last decoder layer's hidden states."""
+    """Per pair: the logits at every position (TAM reads token activations off them)."""
 
     logits: torch.Tensor  # [seq, vocab]
-    hidden: torch.Tensor  # [seq, hidden]
-    input_ids: torch.Tensor  # [seq]
 
 
 def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
@@ -81,7 +79,7 @@ class Scorer:
             layout = None  # no known grid (an unknown family): fine for black-box methods, white-box raises
         return Audit(prompt, answer, size, seq, layout)
 
-    def _forward(self, pairs: list[tuple[Audit, np.ndarray]], hidden: bool = False):
+    def _forward(self, pairs: list[tuple[Audit, np.ndarray]]):
         ids, mask = pad_batch([a.sequence.input_ids for a, _ in pairs], self.pad_id)
         images = [to_pil(img) for _, img in pairs]
         for (audit, _), image in zip(pairs, images):
@@ -89,16 +87,14 @@ class Scorer:
         inputs = self.loaded.family.model_inputs(self.model, self.processor, images, ids)
         dev, dt = self.loaded.device, self.loaded.dtype
         inputs = {k: (v.to(dev, dt) if v.is_floating_point() else v.to(dev)) for k, v in inputs.items()}
-        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=hidden,
-                         use_cache=False, **inputs)
-        return ids, out, inputs
+        return self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, **inputs)
 
     @torch.inference_mode()
     def log_probs(self, pairs: list[tuple[Audit, np.ndarray]]) -> list[np.ndarray]:
         """Log-probability of every answer token, one float64 array `[answer_tokens]` per pair."""
         if not pairs:
             return []
-        _, out, _ = self._forward(pairs)
+        out = self._forward(pairs)
         results = []
         for row, (audit, _) in enumerate(pairs):
             start, n = audit.sequence.answer_start, audit.n_tokens
@@ -110,14 +106,10 @@ class Scorer:
 
     @torch.inference_mode()
     def white_box(self, pairs: list[tuple[Audit, np.ndarray]]) -> list[WhiteBoxOutput]:
-        """Full-vocabulary logits and last-layer hidden states, for white-box token maps."""
-        ids, out, _ = self._forward(pairs, hidden=True)
-        last = out.hidden_states[-1]
-        results = []
-        for row, (audit, _) in enumerate(pairs):
-            n = len(audit.sequence.input_ids)
-            results.append(WhiteBoxOutput(out.logits[row, :n].float().cpu(), last[row, :n].float().cpu(), ids[row, :n]))
-        return results
+        """Full-vocabulary logits at every real position, for white-box token maps."""
+        out = self._forward(pairs)
+        return [WhiteBoxOutput(out.logits[row, :len(audit.sequence.input_ids)].float().cpu())
+                for row, (audit, _) in enumerate(pairs)]
 
     def _check_size(self, audit: Audit, image: Image.Image) -> None:
         if image.size != audit.image_size and self.loaded.family.size_dependent:

@@ -60,7 +60,7 @@ def test_explain_returns_the_contract_fields(auditor):
     labels = {t["text"]: t["risk_label"] for t in tokens}
     assert labels["a"] == "not_visual" and labels["."] == "not_visual"
     assert len(out["attributions"]) == len(tokens)
-    assert out["stats"]["forward_passes"] <= 400 + 2 * len(tokens)
+    assert out["stats"]["forward_passes"] <= 400  # the request's budget covers every target
     att = out["attributions"][0]
     heat = Image.open(io.BytesIO(base64.b64decode(att["heatmap"]["data"])))
     assert heat.size == (48, 32)
@@ -84,10 +84,15 @@ def test_span_targets_and_bad_requests(auditor):
     good = AuditRequest(s.scene.image, s.prompt, s.truth, targets=[(start, start + len(word))], regions=8)
     bad_span = AuditRequest(s.scene.image, s.prompt, s.truth, targets=[(0, 999)], regions=8)
     bad_method = AuditRequest(s.scene.image, s.prompt, s.truth, method="gradcam")
-    out = auditor.run([good, bad_span, bad_method])
+    n = len(auditor.scorer.prepare(s.prompt, s.truth, (96, 96)).tokens.ids)
+    poor = AuditRequest(s.scene.image, s.prompt, s.truth, targets="tokens", max_forward_passes=2 * n - 1)
+    poor_tam = AuditRequest(s.scene.image, s.prompt, s.truth, method="tam", max_forward_passes=2 + 1 + 127)
+    out = auditor.run([good, bad_span, bad_method, poor, poor_tam])
     assert out[0]["attributions"][0]["target"]["text"] == word
     assert isinstance(out[1], AuditInputError) and "outside the answer" in str(out[1])
     assert isinstance(out[2], AuditInputError) and "unknown method" in str(out[2])
+    assert isinstance(out[3], AuditInputError) and "each needs at least 2" in str(out[3])
+    assert isinstance(out[4], AuditInputError) and "needs 131 forward passes" in str(out[4])
 
 
 def test_reliance_path_matches_explain_fields_in_two_passes(auditor):

@@ -141,7 +141,7 @@ class _RednessScorer:
             grid = red.reshape(self.GRID, patch, self.GRID, patch).mean(axis=(1, 3))
             logits = torch.zeros(len(audit.sequence.input_ids), 5)
             logits[1:1 + self.GRID ** 2, 1] = torch.from_numpy(grid.ravel() / 255)
-            outs.append(WhiteBoxOutput(logits, torch.zeros(len(logits), 2), torch.tensor(audit.sequence.input_ids)))
+            outs.append(WhiteBoxOutput(logits))
         return outs
 
 
