@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from explainers import eagle, reliance
-from explainers.engine import Job, run_jobs
+from explainers.engine import EngineStats, Job, run_jobs
+from explainers.masking import BASELINES
 from explainers.metrics import pixel_ranking_curves
 from explainers.regions import region_bbox, region_masks, rle_encode, superpixel_regions
 
@@ -39,18 +40,30 @@ class AuditInputError(ValueError):
     """The request is well-formed JSON but cannot be audited (HTTP 422)."""
 
 
+@dataclass(frozen=True)
+class TokenSpan:
+    """Answer tokens [start, end) as one target (indices as /v1/reliance returns them)."""
+
+    start: int
+    end: int
+
+
 @dataclass
 class AuditRequest:
     image: np.ndarray  # H x W x 3 uint8
     prompt: str
     answer: str
     method: str = "eagle"
-    targets: str | list[tuple[int, int]] = "answer"  # "answer", "tokens" or [start, end) char spans
+    # "answer", "tokens", or a list of targets: (start, end) character spans or TokenSpans
+    targets: str | list[tuple[int, int] | TokenSpan] = "answer"
     regions: int = 64
     max_forward_passes: int | None = None
     heatmap_encoding: str = "array"  # "png", "array" or "none"
     heatmap_size: tuple[int, int] | None = None  # (width, height); default the image size
     with_attributions: bool = True  # False: the cheap reliance path (/v1/reliance)
+    baseline: str = "black"  # EAGLE: what removed regions become (black, blur or mean colour)
+    lambda1: float = 1.0  # EAGLE: weight of insight, p_t(keep S)
+    lambda2: float = 1.0  # EAGLE: weight of necessity, 1 - p_t(remove S)
 
 
 @dataclass
@@ -69,7 +82,8 @@ class _Work:
     audit: object
     image: np.ndarray  # the working image (downscaled when large)
     targets: list[_Target]
-    jobs: list[Job] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)  # every job of the request, `contrast` included
+    contrast: Job | None = None  # p_full and p_blank (black), when no explainer job yields them
     labels: np.ndarray | None = None  # superpixel label map of the working image
     maps: list[dict] | None = None  # white-box heatmaps per target
 
@@ -126,6 +140,10 @@ class Auditor:
             raise AuditInputError("max_forward_passes must be at least 2 (the full and the blank image)")
         if req.heatmap_encoding not in ("png", "array", "none"):
             raise AuditInputError(f"unknown heatmap encoding {req.heatmap_encoding!r}")
+        if req.baseline not in BASELINES:
+            raise AuditInputError(f"unknown baseline {req.baseline!r}; use one of {', '.join(BASELINES)}")
+        if min(req.lambda1, req.lambda2) < 0 or req.lambda1 + req.lambda2 <= 0:
+            raise AuditInputError("lambda1 and lambda2 must be non-negative and not both 0")
         tokenizer = self.scorer.processor.tokenizer
         n_prompt = len(tokenizer(req.prompt, add_special_tokens=False)["input_ids"])
         if n_prompt > self.max_prompt_tokens:
@@ -136,7 +154,12 @@ class Auditor:
         if isinstance(req.targets, str) and req.targets not in ("answer", "tokens"):
             raise AuditInputError(f"targets must be 'answer', 'tokens' or a list of spans, got {req.targets!r}")
         if not isinstance(req.targets, str):
-            for start, end in req.targets:
+            for target in req.targets:
+                if isinstance(target, TokenSpan):
+                    if not 0 <= target.start < target.end:
+                        raise AuditInputError(f"token span [{target.start}, {target.end}) is empty or negative")
+                    continue  # its upper end is checked against the answer's tokens in _targets
+                start, end = target
                 if not 0 <= start < end <= len(req.answer):
                     raise AuditInputError(f"target span [{start}, {end}) is outside the answer (0..{len(req.answer)})")
 
@@ -148,10 +171,18 @@ class Auditor:
         if req.targets == "tokens":
             return [_Target(s, e, t, [i]) for i, ((s, e), t) in enumerate(zip(tokens.spans, tokens.texts))]
         out = []
-        for start, end in req.targets:
-            idx = [i for i, (s, e) in enumerate(tokens.spans) if s < end and e > start]
-            if not idx:
-                raise AuditInputError(f"target span [{start}, {end}) covers no answer token")
+        for target in req.targets:
+            if isinstance(target, TokenSpan):
+                if target.end > len(tokens.ids):
+                    raise AuditInputError(f"token span [{target.start}, {target.end}) is outside the answer's "
+                                          f"{len(tokens.ids)} tokens")
+                idx = list(range(target.start, target.end))
+                start, end = tokens.spans[idx[0]][0], tokens.spans[idx[-1]][1]
+            else:
+                start, end = target
+                idx = [i for i, (s, e) in enumerate(tokens.spans) if s < end and e > start]
+                if not idx:
+                    raise AuditInputError(f"target span [{start}, {end}) covers no answer token")
             out.append(_Target(start, end, req.answer[start:end], idx))
         return out
 
@@ -161,8 +192,10 @@ class Auditor:
         image = working_image(req.image, self.work_side)
         audit = self.scorer.prepare(req.prompt, req.answer, (image.shape[1], image.shape[0]))
         work = _Work(req, audit, image, self._targets(req, audit))
-        if not req.with_attributions or req.method in WHITE_BOX:
-            work.jobs.append(Job(audit, reliance.blank_contrast(image)))
+        if not req.with_attributions or req.method in WHITE_BOX or req.baseline != "black":
+            # p_full and p_blank (black) for reliance; EAGLE's own first yield has them when its baseline is black
+            work.contrast = Job(audit, reliance.blank_contrast(image))
+            work.jobs.append(work.contrast)
         if not req.with_attributions:
             return work
         n_targets = len(work.targets)
@@ -181,7 +214,7 @@ class Auditor:
                                         [t.token_indices for t in work.targets])
             for target, m in zip(work.targets, work.maps):
                 work.jobs.append(Job(audit, pixel_ranking_curves(image, m["heatmap"], target.token_indices,
-                                                                 steps=CURVE_STEPS)))
+                                                                 baseline=req.baseline, steps=CURVE_STEPS)))
             return work
         work.labels = superpixel_regions(image, req.regions)
         masks = region_masks(work.labels)
@@ -189,12 +222,12 @@ class Auditor:
         if budget is not None and budget < 2:  # each target's search scores at least the full and blank images
             raise AuditInputError(f"max_forward_passes {req.max_forward_passes} is too small for {n_targets} "
                                   f"targets: each needs at least 2")
+        options = {"baseline": req.baseline, "lam1": req.lambda1, "lam2": req.lambda2, "max_forward_passes": budget}
         for target in work.targets:
             if req.method == "eagle_greedy":
-                search = eagle.greedy_search(image, masks, target.token_indices, max_forward_passes=budget)
+                search = eagle.greedy_search(image, masks, target.token_indices, **options)
             else:
-                search = eagle.fast_search(image, masks, target.token_indices, max_forward_passes=budget,
-                                           **FAST_SEARCH)
+                search = eagle.fast_search(image, masks, target.token_indices, **options, **FAST_SEARCH)
             work.jobs.append(Job(audit, search))
         return work
 
@@ -251,41 +284,41 @@ class Auditor:
         if failed:
             raise failed[0]
         tokens = work.audit.tokens
+        claims = reliance.visual_claims(req.answer, tokens.spans)
+        explainer_jobs = [j for j in work.jobs if j is not work.contrast]
         attributions = []
-        if req.with_attributions and req.method in WHITE_BOX:
-            p_full, p_blank = work.jobs[0].result
-            assessed = reliance.assess_tokens(tokens.texts, p_full, p_blank, **self.risk)
-            for target, maps, job in zip(work.targets, work.maps, work.jobs[1:]):
-                attributions.append(self._white_box_attribution(work, target, maps, job))
-        elif req.with_attributions:
-            results = [j.result for j in work.jobs]
+        if req.with_attributions and req.method not in WHITE_BOX:
+            results = [j.result for j in explainer_jobs]
+            first = results[0]
+            p_full, p_blank = work.contrast.result if work.contrast else (first.p_full, first.p_blank)
             # each token's insertion curve comes from the ranking of the first target that holds it
             owner = {t: r for target, r in reversed(list(zip(work.targets, results))) for t in target.token_indices}
-            first = results[0]
-            curve = np.stack([owner.get(t, first).insertion[:, t] for t in range(len(tokens.ids))], axis=1)
-            areas = np.stack([owner.get(t, first).areas for t in range(len(tokens.ids))], axis=1)
             assessed = [
-                reliance.assess_tokens([tokens.texts[t]], first.p_full[[t]], first.p_blank[[t]],
-                                       areas[:, t], curve[:, [t]], **self.risk)[0]
+                reliance.assess_tokens([tokens.texts[t]], p_full[[t]], p_blank[[t]], owner.get(t, first).areas,
+                                       owner.get(t, first).insertion[:, [t]], visual=[claims[t]], **self.risk)[0]
                 for t in range(len(tokens.ids))
             ]
             attributions = [self._eagle_attribution(work, tg, r) for tg, r in zip(work.targets, results)]
         else:
-            p_full, p_blank = work.jobs[0].result
-            assessed = reliance.assess_tokens(tokens.texts, p_full, p_blank, **self.risk)
+            p_full, p_blank = work.contrast.result
+            assessed = reliance.assess_tokens(tokens.texts, p_full, p_blank, visual=claims, **self.risk)
+            if req.with_attributions:
+                attributions = [self._white_box_attribution(work, target, maps, job)
+                                for target, maps, job in zip(work.targets, work.maps, explainer_jobs)]
+        token_context = {t: c for maps in work.maps or [] for t, c in maps["token_context"].items()}
         token_rows = []
         for t, a in enumerate(assessed):
             row = a.as_dict()
             row["index"] = t
             row["start"], row["end"] = tokens.spans[t]
+            if t in token_context:
+                row["context"] = token_context[t]
             token_rows.append(row)
         out = {
             "method": {"name": req.method if req.with_attributions else "reliance", "params": self._params(req)},
             "tokens": token_rows,
             "summary": reliance.summarize(assessed),
-            # white-box forwards are shared by all targets of a request: counted once
-            "stats": {"forward_passes": sum(j.forward_passes for j in work.jobs)
-                      + (work.maps[0].get("forward_passes", 0) if work.maps else 0),
+            "stats": {"forward_passes": sum(j.forward_passes for j in work.jobs) + _map_passes(work),
                       "model_calls": model_calls, "compute_ms": round(compute_ms, 2)},
         }
         if req.with_attributions:
@@ -296,8 +329,9 @@ class Auditor:
         params: dict = {"baseline": "black"}
         if not req.with_attributions:
             return params
+        params["baseline"] = req.baseline
         if req.method.startswith("eagle"):
-            params.update({"regions": req.regions, "lambda1": 1.0, "lambda2": 1.0,
+            params.update({"regions": req.regions, "lambda1": req.lambda1, "lambda2": req.lambda2,
                            "max_forward_passes": req.max_forward_passes})
             if req.method == "eagle":
                 params.update(FAST_SEARCH)
@@ -316,8 +350,17 @@ class Auditor:
                 works.append(self._plan(req))
             except Exception as exc:  # noqa: BLE001 - one bad request stays one bad request
                 works.append(exc)
-        jobs = [j for w in works if isinstance(w, _Work) for j in w.jobs]
-        stats = run_jobs(jobs, self.scorer.log_probs, self.forward_batch_size, on_round=on_progress)
+        planned = [w for w in works if isinstance(w, _Work)]
+        jobs = [j for w in planned for j in w.jobs]
+        # white-box maps ran while planning, outside the engine: their forwards count too
+        maps = EngineStats(sum(_map_passes(w) for w in planned),
+                           sum(w.maps[0]["model_calls"] for w in planned if w.maps))
+        progress = on_progress and (lambda s: on_progress(EngineStats(s.forward_passes + maps.forward_passes,
+                                                                      s.model_calls + maps.model_calls)))
+        if progress and maps.forward_passes:
+            progress(EngineStats())
+        stats = run_jobs(jobs, self.scorer.log_probs, self.forward_batch_size, on_round=progress)
+        model_calls = stats.model_calls + maps.model_calls
         compute_ms = (time.perf_counter() - start) * 1000
         results: list[dict | Exception] = []
         for work in works:
@@ -325,10 +368,15 @@ class Auditor:
                 results.append(work)
                 continue
             try:
-                results.append(self._finish(work, stats.model_calls, compute_ms))
+                results.append(self._finish(work, model_calls, compute_ms))
             except Exception as exc:  # noqa: BLE001
                 results.append(exc)
         return results
+
+
+def _map_passes(work: _Work) -> int:
+    """White-box forwards of a request: shared by all its targets, counted once."""
+    return work.maps[0]["forward_passes"] if work.maps else 0
 
 
 def _curve(areas: np.ndarray, probs: np.ndarray, token_indices: list[int]) -> list[list[float]]:

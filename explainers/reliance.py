@@ -19,11 +19,14 @@ image, so it is risky when it rests on the language prior AND that prior is stro
 image actively argues against (p_full < p_blank) has contrast 0, so its risk is the
 prior strength. Labels: low < risk_medium (0.35) <= medium < risk_high (0.65) <= high.
 Function words and punctuation get ``not_visual`` and risk 0: they make no claim about
-the image. A content word is never excused for being insensitive to the image.
+the image. The rule reads whole words of the answer, not tokens: a piece of a longer word
+("is" in "island") claims what the word claims. A content word is never excused for being
+insensitive to the image.
 """
 
 from __future__ import annotations
 
+import re
 import string
 import unicodedata
 from collections.abc import Generator, Sequence
@@ -84,6 +87,24 @@ def is_visual_claim(token_text: str) -> bool:
     return word not in FUNCTION_WORDS and word not in META_WORDS
 
 
+_WORD = re.compile(r"\w+|[^\w\s]")  # a word, or one punctuation mark / symbol
+
+
+def visual_claims(answer: str, spans: Sequence[tuple[int, int]]) -> list[bool]:
+    """Per token (character spans of ``answer``): does the word it belongs to claim something?
+
+    A token is judged by the words of the answer it overlaps, so the pieces of a word
+    split by the tokenizer share that word's verdict; a token that spans several words
+    is a visual claim when any of them is.
+    """
+    words = [(m.start(), m.end(), is_visual_claim(m.group())) for m in _WORD.finditer(answer)]
+    out = []
+    for start, end in spans:
+        overlapped = [visual for s, e, visual in words if s < end and e > start]
+        out.append(any(overlapped))
+    return out
+
+
 def visual_contrast(p_full: np.ndarray, p_blank: np.ndarray) -> np.ndarray:
     """Share of each token's probability that the image adds: clip((pf - pb) / pf, 0, 1)."""
     pf = np.asarray(p_full, dtype=np.float64)
@@ -141,11 +162,14 @@ class TokenReliance:
 def assess_tokens(texts: Sequence[str], p_full: np.ndarray, p_blank: np.ndarray,
                   areas: np.ndarray | None = None, insertion: np.ndarray | None = None,
                   risk_medium: float = 0.35, risk_high: float = 0.65,
-                  contrast_weight: float = 0.5, prior_exponent: float = 0.5) -> list[TokenReliance]:
+                  contrast_weight: float = 0.5, prior_exponent: float = 0.5,
+                  visual: Sequence[bool] | None = None) -> list[TokenReliance]:
     """Reliance and risk for every answer token (probabilities, not log-probs).
 
     ``areas`` / ``insertion`` ([n_points, T]) are an EAGLE insertion curve when the
     explain path has one; without them the cheap contrast-only formula is used.
+    ``visual`` says which tokens make a visual claim (``visual_claims`` of the answer);
+    without it each token's own text is judged.
     """
     pf = np.asarray(p_full, dtype=np.float64)
     pb = np.asarray(p_blank, dtype=np.float64)
@@ -153,10 +177,12 @@ def assess_tokens(texts: Sequence[str], p_full: np.ndarray, p_blank: np.ndarray,
         raise ValueError(f"{len(texts)} texts, p_full {pf.shape}, p_blank {pb.shape}: sizes differ")
     vis = visual_reliance(pf, pb, areas, insertion, contrast_weight)
     eagle = reliance_score(areas, insertion) if insertion is not None and areas is not None else None
+    if visual is None:
+        visual = [is_visual_claim(text) for text in texts]
     out = []
     for t, text in enumerate(texts):
         lang = 1.0 - float(vis[t])
-        if is_visual_claim(text):
+        if visual[t]:
             risk = lang * float(np.clip(pb[t], 0.0, 1.0)) ** prior_exponent
             label = risk_label(risk, risk_medium, risk_high)
         else:

@@ -1,6 +1,7 @@
 """White-box token maps for an audit: TAM, MSEA, ARC and MSEA+ARC (shared METHODS.md sections 2 and 3).
 
-    target_heatmaps(scorer, audit, image, method, targets) -> [{"heatmap", "context", "forward_passes", "peak"}]
+    target_heatmaps(scorer, audit, image, method, targets)
+        -> [{"heatmap", "context", "token_context", "forward_passes", "model_calls", "peak"}]
 
 - ``tam``: one white-box forward; per answer token, the logit lens of its class at the image
   tokens, with TAM's estimated causal inference and rank Gaussian filter (explainers/tam.py).
@@ -15,8 +16,9 @@ answer be put on a common scale (the benchmark's Func-IoU does). ``context`` lis
 prompt and earlier answer tokens most relevant to the target (at most `context_top`, score > 0):
 ``index`` is the answer-token index for ``source == "answer"`` and the sequence position
 for ``source == "prompt"``; ``score`` is TAM's textual relevance share r_j / sum r, or
-for the ARC methods the RBO coherence rho_j in [0, 1]. ``forward_passes`` counts the
-white-box forwards of the call; they are shared by all its targets.
+for the ARC methods the RBO coherence rho_j in [0, 1]. ``token_context`` is the same list
+for each token of the target on its own. ``forward_passes`` (images) and ``model_calls``
+count the white-box forwards of the call; they are shared by all its targets.
 
 The scorer is duck-typed (models.scorer.Scorer): ``white_box(pairs)``,
 ``image_token_positions(audit)``, ``image_grid(audit, image)`` and ``processor``.
@@ -132,7 +134,9 @@ def target_heatmaps(scorer, audit, image: np.ndarray, method: str, targets: list
         results.append({
             "heatmap": heat,
             "context": _context(layout, context_maps, list(target), params.context_top),
+            "token_context": {t: _context(layout, context_maps, [t], params.context_top) for t in target},
             "forward_passes": len(views),
+            "model_calls": -(-len(views) // step),
             "peak": float(np.mean([token_peak[t] for t in target])),
         })
     return results

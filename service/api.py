@@ -126,7 +126,7 @@ class AuditAPI(ls.LitAPI):
 
     def audit_request(self, envelope: Envelope):
         """The explainers' AuditRequest of a validated body; raises ImageError / AuditInputError."""
-        from explainers.audit import AuditInputError, AuditRequest
+        from explainers.audit import AuditInputError, AuditRequest, TokenSpan
 
         s, body = self.settings, envelope.body
         image = decode_image(body["image"], s.max_image_pixels)
@@ -136,7 +136,8 @@ class AuditAPI(ls.LitAPI):
         else:
             targets = body["targets"]
             if not isinstance(targets, str):
-                targets = [(int(t["start"]), int(t["end"])) for t in targets]
+                targets = [TokenSpan(t["token_start"], t["token_end"]) if "token_start" in t else (t["start"], t["end"])
+                           for t in targets]
             budget = body.get("max_forward_passes")
             if budget is not None and budget > s.max_forward_passes:
                 raise AuditInputError(f"max_forward_passes is {budget}; the limit is {s.max_forward_passes}")
@@ -149,7 +150,8 @@ class AuditAPI(ls.LitAPI):
                                max_forward_passes=s.max_forward_passes if budget is None else int(budget),
                                heatmap_encoding=heatmap.get("encoding", "array"),
                                heatmap_size=heatmap_size(heatmap, image.shape[1], image.shape[0],
-                                                         s.max_image_pixels))
+                                                         s.max_image_pixels),
+                               baseline=body["baseline"], lambda1=body["lambda1"], lambda2=body["lambda2"])
         self.auditor.check(req)
         return req
 

@@ -79,7 +79,7 @@ def registry_metrics():
         tokens = Counter(PREFIX + "tokens_total", "Audited answer tokens by risk label", ["risk_label"])
         answers = Counter(PREFIX + "answers_total", "Audited answers by summary risk label", ["risk_label"])
         model_info = Gauge(PREFIX + "model_info", "The model served (value 1)", ["model_id", "family", "revision"],
-                           multiprocess_mode="max")
+                           multiprocess_mode="livemax")  # a dead worker's model drops out
 
     return Metrics
 

@@ -2,7 +2,7 @@
 
 In order, for each HTTP request:
   1. request id: X-Request-ID when the client sent a sane one, else a new one; echoed in the
-     response header (and, by the audit endpoints, in the body);
+     response header and in the body of every audit response and every JSON error;
   2. API key (service.auth), 401 without it;
   3. for the audit endpoints: Content-Type (415), body size (413, from Content-Length and while
      reading), then the queue bound: past MLLM_AUDIT_MAX_QUEUE requests in flight across all
@@ -147,8 +147,7 @@ class AuditMiddleware:
 
     @staticmethod
     async def _error(scope, receive, send, status: int, detail: str, headers: dict | None = None):
-        scope["state"].setdefault("log", {})["detail"] = detail
-        await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
+        await error_response(scope, status, detail, headers)(scope, receive, send)
 
     # ------------------------------------------------------------------ metrics and the log line
     def _account(self, scope, path: str, status: int, seconds: float, state: dict) -> None:
@@ -170,6 +169,14 @@ class AuditMiddleware:
             self.log.error("request", **fields)
         else:
             self.log.info("request", **fields)
+
+
+def error_response(scope, status: int, detail: str, headers: dict | None = None) -> JSONResponse:
+    """The service's JSON error, `{"detail", "request_id"}`; the detail also goes to the log line."""
+    state = scope.setdefault("state", {})
+    state.setdefault("log", {})["detail"] = detail
+    return JSONResponse({"detail": detail, "request_id": state.get("request_id")}, status_code=status,
+                        headers=headers)
 
 
 def _replay(body: bytes, receive):

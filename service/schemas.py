@@ -69,7 +69,20 @@ class Span(_Request):
         return self
 
 
-SpanList = Annotated[list[Span], Field(min_length=1, max_length=MAX_TARGET_SPANS)]
+class TokenSpan(_Request):
+    """Answer tokens [token_start, token_end), indexed as the response's `tokens` (and /v1/reliance's)."""
+
+    token_start: int = Field(ge=0, description="first answer token of the target")
+    token_end: int = Field(ge=1, description="one past the last answer token of the target")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TokenSpan":
+        if self.token_end <= self.token_start:
+            raise ValueError(f"token_end ({self.token_end}) must be greater than token_start ({self.token_start})")
+        return self
+
+
+SpanList = Annotated[list[Span | TokenSpan], Field(min_length=1, max_length=MAX_TARGET_SPANS)]
 
 
 class HeatmapOptions(_Request):
@@ -100,7 +113,8 @@ class ExplainRequest(RelianceRequest):
 
     targets: Literal["answer", "tokens"] | SpanList = Field(
         "answer", description='"answer": one attribution for the whole answer; "tokens": one per answer token; '
-                              "or a list of character spans of the answer")
+                              "or a list of targets, each a character span {start, end} of the answer or a "
+                              "token span {token_start, token_end}; a span covering several tokens is one target")
     method: Method = Field("eagle", description="eagle (our best search), eagle_greedy (the published greedy), "
                                                 "tam, msea, arc, msea+arc (white-box maps)")
     regions: int = Field(64, ge=2, le=MAX_REGIONS_SCHEMA,
@@ -110,6 +124,12 @@ class ExplainRequest(RelianceRequest):
         None, ge=2, le=MAX_FORWARD_PASSES_SCHEMA,
         description="budget of images run through the model for this request (null: the service's limit)")
     heatmap: HeatmapOptions = Field(default_factory=HeatmapOptions)
+    baseline: Literal["black", "blur", "mean"] = Field(
+        "black", description="what removed image regions become in the masked images (insertion / deletion "
+                             "and EAGLE's search); p_blank is always the black image")
+    lambda1: float = Field(1.0, ge=0, le=1000, description="EAGLE: weight of insight (sufficiency), p_t(keep S)")
+    lambda2: float = Field(1.0, ge=0, le=1000,
+                           description="EAGLE: weight of necessity, 1 - p_t(remove S); not both 0")
 
 
 # --------------------------------------------------------------------------------- responses
@@ -126,6 +146,13 @@ class MethodBlock(_Response):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class ContextToken(_Response):
+    index: int = Field(description="answer-token index (source answer) or sequence position (source prompt)")
+    source: Literal["prompt", "answer"]
+    text: str
+    score: float = Field(description="TAM's textual relevance share, or ARC's rank-biased-overlap coherence")
+
+
 class TokenResult(_Response):
     index: int
     text: str
@@ -140,6 +167,9 @@ class TokenResult(_Response):
     eagle_reliance: float | None = Field(
         default=None, description="EAGLE's I_t = AUC(c_t) - min c_t over the token's insertion curve c_t "
                                   "(eagle methods on /v1/explain only)")
+    context: list[ContextToken] | None = Field(
+        default=None, description="white-box methods: the prompt and earlier answer tokens most relevant to "
+                                  "this token, with scores (tokens inside a target only)")
 
 
 class Summary(_Response):
@@ -185,13 +215,6 @@ class Heatmap(_Response):
     data: str | list[list[float]] = Field(description="base64 PNG, or rows of floats in [0, 1]")
 
 
-class ContextToken(_Response):
-    index: int = Field(description="answer-token index (source answer) or sequence position (source prompt)")
-    source: Literal["prompt", "answer"]
-    text: str
-    score: float = Field(description="TAM's textual relevance share, or ARC's rank-biased-overlap coherence")
-
-
 class Attribution(_Response):
     target: Target
     regions: list[Region] = Field(description="ranked regions (EAGLE); empty for white-box maps")
@@ -223,6 +246,7 @@ class ExplainResponse(RelianceResponse):
 
 class ErrorBody(BaseModel):
     detail: str = Field(description="what was wrong, in words")
+    request_id: str | None = Field(None, description="the request id, also in the X-Request-ID header")
 
 
 class InfoResponse(_Response):

@@ -37,7 +37,7 @@ from service import metrics
 from service.api import API_PATH, AuditAPI, Envelope, Failure
 from service.config import ENV_VARS, Settings, env_name
 from service.images import FORMATS
-from service.middleware import AuditMiddleware
+from service.middleware import AuditMiddleware, error_response
 from service.schemas import (METHODS, ErrorBody, ExplainRequest, ExplainResponse, InfoResponse, RelianceRequest,
                              RelianceResponse)
 
@@ -46,7 +46,7 @@ DESCRIPTION = (
     "Audits a multimodal LLM's answer: which image regions made the model say each answer token "
     "(attribution masks), how much each token rests on the image versus the language prior "
     "(visual reliance), and a hallucination-risk label per token and per answer.\n\n"
-    "Errors are JSON `{\"detail\": \"...\"}`: 400/413/415/422 for bad input, 401 without the API key "
+    "Errors are JSON `{\"detail\": \"...\", \"request_id\": \"...\"}`: 400/413/415/422 for bad input, 401 without the API key "
     "(when one is configured), 503 with `Retry-After` when saturated, 504 on timeout."
 )
 
@@ -137,8 +137,7 @@ class AuditHandler:
 
         if status == LitAPIStatus.ERROR:
             raise _worker_error(response)
-        if isinstance(response, Failure):
-            state.setdefault("log", {})["detail"] = response.detail
+        if isinstance(response, Failure):  # http_error answers it and logs the detail
             raise HTTPException(response.status, response.detail, headers=response.headers or None)
         data, log_fields = response
         state.setdefault("log", {}).update(log_fields)
@@ -284,26 +283,23 @@ def _location(loc) -> str:
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
-        request.scope.setdefault("state", {}).setdefault("log", {})["detail"] = "body is not valid JSON"
-        return JSONResponse({"detail": "request body is not valid JSON"}, status_code=400)
+        return error_response(request.scope, 400, "request body is not valid JSON")
     seen, parts = set(), []
     for e in errors:  # messages only: the input values (a prompt, an image) stay out of the answer and logs
         text = f"{_location(e.get('loc', ()))}: {e.get('msg', 'invalid')}"
         if text not in seen:
             seen.add(text)
             parts.append(text)
-    detail = "; ".join(parts[:10]) or "invalid request"
-    request.scope.setdefault("state", {}).setdefault("log", {})["detail"] = detail
-    return JSONResponse({"detail": detail}, status_code=422)
+    return error_response(request.scope, 422, "; ".join(parts[:10]) or "invalid request")
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return error_response(request.scope, exc.status_code, detail, getattr(exc, "headers", None))
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
+    return error_response(request.scope, 500, "internal server error")
 
 
 def build_server(settings: Settings, check_model: bool = True) -> AuditServer:

@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 from bench.faithfulness import run as run_faithfulness
 from explainers import eagle
-from explainers.audit import AuditInputError, Auditor, AuditRequest
+from explainers.audit import AuditInputError, Auditor, AuditRequest, TokenSpan
 from explainers.engine import Job, run_jobs
 from explainers.regions import region_masks, rle_decode, superpixel_regions
 from models.loading import load_model
@@ -143,3 +143,33 @@ def test_faithfulness_targets_on_a_small_sample():
     assert table["eagle"]["pointing_mask_objects"] >= 0.9, table
     assert table["eagle"]["insertion_auc"] >= table["random"]["insertion_auc"] + 0.2, table
     assert table["eagle"]["deletion_auc"] < table["random"]["deletion_auc"], table
+
+
+def test_token_span_targets_baseline_and_weights(auditor):
+    s = held_out_sample("caption", 24)
+    audit = auditor.scorer.prepare(s.prompt, s.truth, (96, 96))
+    spans = audit.tokens.spans
+    # a multi-token target, given as token indices and as the characters it covers, is one target
+    as_tokens = AuditRequest(s.scene.image, s.prompt, s.truth, targets=[TokenSpan(1, 3)], regions=8)
+    as_chars = AuditRequest(s.scene.image, s.prompt, s.truth, targets=[(spans[1][0], spans[2][1])], regions=8)
+    blur = AuditRequest(s.scene.image, s.prompt, s.truth, regions=8, baseline="blur", lambda1=1.0, lambda2=0.0)
+    too_far = AuditRequest(s.scene.image, s.prompt, s.truth, targets=[TokenSpan(0, len(spans) + 1)], regions=8)
+    out = auditor.run([as_tokens, as_chars, blur, too_far])
+    by_tokens, by_chars = out[0]["attributions"][0], out[1]["attributions"][0]
+    assert by_tokens["target"] == by_chars["target"]
+    assert by_tokens["target"]["token_indices"] == [1, 2]
+    assert [r["bbox"] for r in by_tokens["regions"]] == [r["bbox"] for r in by_chars["regions"]]
+    # another baseline changes the masked images, so the curves, but p_blank stays the black image's
+    params = out[2]["method"]["params"]
+    assert (params["baseline"], params["lambda1"], params["lambda2"]) == ("blur", 1.0, 0.0)
+    for a, b in zip(out[2]["tokens"], out[1]["tokens"]):
+        assert a["p_blank"] == pytest.approx(b["p_blank"], abs=1e-6)
+    blurred_start = out[2]["attributions"][0]["insertion_curve"][0][1]  # the whole answer on the blurred image
+    black_start = np.mean([t["p_blank"] for t in out[2]["tokens"]])
+    assert abs(blurred_start - black_start) > 1e-4
+    assert out[2]["stats"]["forward_passes"] == out[2]["attributions"][0]["forward_passes"] + 2
+    assert isinstance(out[3], AuditInputError) and "outside the answer" in str(out[3])
+    with pytest.raises(AuditInputError, match="baseline"):
+        auditor.check(AuditRequest(s.scene.image, s.prompt, s.truth, baseline="white"))
+    with pytest.raises(AuditInputError, match="lambda"):
+        auditor.check(AuditRequest(s.scene.image, s.prompt, s.truth, lambda1=0.0, lambda2=0.0))

@@ -5,7 +5,8 @@
   library) for the default values and for ci/gpu-hpa-servicemonitor-values.yaml, and every
   rendered manifest validates against the Kubernetes API schemas (kubernetes-validate,
   strict: unknown fields fail);
-- the rendered port, probes and environment agree with the service (service.config);
+- the rendered port, probes and environment agree with the service (service.config, and the
+  routes service.server's app registers), and the CPU threads with the CPU resources;
 - the Grafana dashboard parses and queries only metrics the service exports.
 """
 
@@ -36,7 +37,9 @@ CHART = REPO / "helm" / "mllm-audit"
 GPU_VALUES = CHART / "ci" / "gpu-hpa-servicemonitor-values.yaml"
 DASHBOARD = CHART / "dashboards" / "mllm-audit.json"
 
-KUBE_VERSION = "1.33"
+# The current Kubernetes release: the newest kubernetes-validate (pinned in pyproject.toml) ships
+# schemas for. Lint and validation both use it; move it on when that pin moves.
+KUBE_VERSION = "1.37"
 PORT = 8000
 HEALTH_PATH = "/health"
 # Kinds that are not part of Kubernetes itself, so kubernetes-validate has no schema for them.
@@ -146,6 +149,12 @@ def dockerfile_env(stage_index: int = -1) -> dict[str, str]:
     return stages[stage_index]
 
 
+def cpu_cores(quantity: str | int | float) -> float:
+    """A Kubernetes CPU quantity ("500m", "2", 2) in cores."""
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
 def pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
@@ -161,6 +170,16 @@ def pinned(requirement_name: str) -> str:
 @pytest.fixture(scope="module")
 def default_render() -> dict[str, list[dict]]:
     return render()
+
+
+@pytest.fixture(scope="module")
+def get_routes() -> set[str]:
+    """Paths the service's FastAPI app serves to GET, read off the app itself. Building the
+    server (as service.openapi does) starts no worker and loads no model."""
+    from service.server import build_server
+
+    app = build_server(Settings(), check_model=False).app
+    return {route.path for route in app.routes if "GET" in (getattr(route, "methods", None) or ())}
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +353,7 @@ def test_default_render_has_the_expected_objects(default_render):
     assert one(no_disruption, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 0  # not turned into 1
 
 
-def test_gpu_render_has_gpu_hpa_and_servicemonitor(gpu_render):
+def test_gpu_render_has_gpu_hpa_and_servicemonitor(gpu_render, get_routes):
     kinds = {doc["kind"] for doc in manifests(gpu_render)}
     assert {"HorizontalPodAutoscaler", "ServiceMonitor", "PodDisruptionBudget"} <= kinds
     container = server_container(gpu_render)
@@ -353,6 +372,7 @@ def test_gpu_render_has_gpu_hpa_and_servicemonitor(gpu_render):
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     endpoint, = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics/" and endpoint["port"] == "http"
+    assert endpoint["path"] in get_routes
     assert monitor["spec"]["selector"]["matchLabels"] == one(gpu_render, "Service")["spec"]["selector"]
 
     api_key = next(e for e in container["env"] if e["name"] == "MLLM_AUDIT_API_KEY")
@@ -361,9 +381,10 @@ def test_gpu_render_has_gpu_hpa_and_servicemonitor(gpu_render):
 
 
 @pytest.mark.parametrize("case", ["default", "gpu-hpa-servicemonitor"])
-def test_port_and_probes_match_the_service(case, default_render, gpu_render):
+def test_port_and_probes_match_the_service(case, default_render, gpu_render, get_routes):
     rendered = default_render if case == "default" else gpu_render
     container = server_container(rendered)
+    assert HEALTH_PATH in get_routes  # the Dockerfile's HEALTHCHECK probes it too
     assert container["ports"] == [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": HEALTH_PATH, "port": "http"}, probe
@@ -372,6 +393,21 @@ def test_port_and_probes_match_the_service(case, default_render, gpu_render):
     service = one(rendered, "Service")
     assert service["spec"]["ports"] == [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]
     assert service["spec"]["selector"].items() <= one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("case", ["default", "gpu-hpa-servicemonitor"])
+def test_cpu_threads_match_the_cpu_resources(case, default_render, gpu_render):
+    """Unset, MLLM_AUDIT_CPU_THREADS counts the node's cores, not the pod's CPU: far too many
+    threads on a large node. Threads x workers must be the CPU limit (or, without one, the request)."""
+    rendered = default_render if case == "default" else gpu_render
+    settings = Settings.from_env(app_config_map(rendered)["data"])
+    resources = server_container(rendered)["resources"]
+    request, limit = resources["requests"]["cpu"], resources.get("limits", {}).get("cpu")
+    # values files deep-merge into the defaults: a default CPU limit below a raised request is
+    # rejected by the API server (kubernetes-validate does not compare the two)
+    assert limit is None or cpu_cores(request) <= cpu_cores(limit), (request, limit)
+    cpu = limit or request
+    assert settings.cpu_threads * settings.workers == cpu_cores(cpu), (settings.cpu_threads, settings.workers, cpu)
 
 
 @pytest.mark.parametrize("case", ["default", "gpu-hpa-servicemonitor", *MODEL_SOURCES])

@@ -10,7 +10,7 @@ from explainers.masking import baseline_image, compose
 from explainers.metrics import auc, insertion_deletion_from_ranking, pixel_ranking_curves, pointing_game
 from explainers.regions import region_bbox, region_masks, rle_decode, rle_encode, superpixel_regions
 from explainers.reliance import (NOT_VISUAL, assess_tokens, blank_contrast, is_visual_claim, reliance_score,
-                                 summarize, visual_reliance)
+                                 summarize, visual_claims, visual_reliance)
 from tests.test_eagle import drive, make_audit
 
 
@@ -231,3 +231,15 @@ def test_blank_contrast_generator():
     assert n == 3 and yields == 1
     assert p_full == pytest.approx(audit.bias + audit.weights.sum(axis=1))
     assert np.all(p_blank < p_full)
+
+
+def test_word_pieces_share_their_words_verdict():
+    # "an island." as a tokenizer might split it: "an" | " is" | "land" | "."
+    answer, spans = "an island.", [(0, 2), (2, 5), (5, 9), (9, 10)]
+    assert visual_claims(answer, spans) == [False, True, True, False]
+    # a token spanning a function word and a content word claims what the content word claims
+    assert visual_claims("it's red", [(0, 2), (2, 4), (4, 8)]) == [False, False, True]
+    assert visual_claims("a dog", [(0, 5)]) == [True]
+    tokens = assess_tokens(["an", " is", "land", "."], np.full(4, 0.5), np.full(4, 0.5),
+                           visual=visual_claims(answer, spans))
+    assert [t.risk_label for t in tokens] == ["not_visual", "high", "high", "not_visual"]

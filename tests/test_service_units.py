@@ -27,7 +27,8 @@ from service.api import AuditAPI, Decoded, Envelope, Failure
 from service.config import ENV_VARS, Settings
 from service.images import ImageError, decode_base64, decode_image
 from service.middleware import AuditMiddleware, request_id_from
-from service.schemas import EXPLAIN_EXAMPLE, ExplainRequest, ExplainResponse, RelianceRequest, RelianceResponse
+from service.schemas import (EXPLAIN_EXAMPLE, ExplainRequest, ExplainResponse, HeatmapOptions, RelianceRequest,
+                             RelianceResponse)
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -317,9 +318,12 @@ def stub_api(**settings) -> AuditAPI:
 
 
 def envelope(answer: str, image: str | None = None, kind: str = "reliance", timeout: float = 30.0) -> Envelope:
+    """What the API server puts on the queue: the validated body with every default filled in."""
     now = time.monotonic()
     image = image if image is not None else b64(encode(Image.fromarray(SCENE)))
-    return Envelope(kind, f"id-{answer}", now, now + timeout, {"image": image, "prompt": "What?", "answer": answer})
+    model = ExplainRequest if kind == "explain" else RelianceRequest
+    body = model.model_construct(image=image, prompt="What?", answer=answer)
+    return Envelope(kind, f"id-{answer}", now, now + timeout, body.model_dump(mode="json"))
 
 
 def test_bad_requests_stay_their_own_inside_a_batch():
@@ -431,9 +435,8 @@ def test_mixed_batch_on_the_reference_model_matches_single_requests(reference_sc
     image = b64(encode(Image.fromarray(scene.image)))
     now = time.monotonic()
     body = {"image": image, "prompt": f"What color is the {obj.shape}?", "answer": obj.colour}
-    explain = Envelope("explain", "e", now, now + 60, {**body, "targets": "answer", "method": "eagle",
-                                                         "regions": 8, "max_forward_passes": None,
-                                                         "heatmap": {"encoding": "none"}})
+    explain = Envelope("explain", "e", now, now + 60, ExplainRequest.model_construct(
+        **body, regions=8, heatmap=HeatmapOptions(encoding="none")).model_dump(mode="json"))
     reliance = Envelope("reliance", "r", now, now + 60, dict(body))
     outside = Envelope("explain", "o", now, now + 60, {**explain.body, "targets": [{"start": 0, "end": 99}]})
 

@@ -176,13 +176,17 @@ def test_all_methods_on_a_tiny_random_llava_with_a_non_square_image(tiny_llava_d
             assert heat.shape == (50, 80) and heat.dtype == np.float32
             assert np.all(np.isfinite(heat)) and heat.min() >= 0 and heat.max() <= 1
             assert m["forward_passes"] == (15 if method.startswith("msea") else 1)
+            assert m["model_calls"] == (2 if method.startswith("msea") else 1)  # 8 views per call
             assert isinstance(m["context"], list) and len(m["context"]) <= 10
             for c in m["context"]:
                 assert {"index", "source", "text", "score"} <= set(c) and np.isfinite(c["score"])
         if not method.startswith("msea"):  # one view: the model never saw the sides of the centre crop
             assert maps[2]["heatmap"][:, :10].max() == 0 and maps[2]["heatmap"][:, -10:].max() == 0
-        # later targets see earlier answer tokens as context
+        # later targets see earlier answer tokens as context; each token on its own sees those before it
         assert all(c["index"] < 1 for c in maps[1]["context"] if c["source"] == "answer")
+        assert set(maps[2]["token_context"]) == set(range(n))
+        for t, context in maps[2]["token_context"].items():
+            assert all(c["index"] < t for c in context if c["source"] == "answer")
     with pytest.raises(ValueError):
         target_heatmaps(scorer, audit, image, "tam", [[n]])
 
@@ -196,5 +200,6 @@ def test_tam_of_a_colour_answer_points_at_the_named_object(reference_scorer):
         image = sample.scene.image
         heat = target_heatmaps(reference_scorer, audit, image, "tam", [list(range(audit.n_tokens))])[0]["heatmap"]
         assert heat.shape == image.shape[:2] and np.all(np.isfinite(heat))
+        assert heat.max() > 0  # an all-zero map would "point" everywhere
         hits += pointing_game(heat, sample.target.mask)
     assert hits / n >= 0.8, f"pointing game {hits}/{n}"
