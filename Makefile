@@ -1,21 +1,24 @@
 # `make serve` and `make test` create .venv on first use; `make install` only does that.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTHON ?= python3
+# the project needs Python 3.11 (requires-python): python3.11 where it is installed, else python3
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 
 .PHONY: install serve test eval train openapi load reference-model
 
 install: $(VENV)/.installed
 
 # torch first, pinned to the CPU build (+cpu: from local wheels where pip has them, else from
-# PyTorch's CPU index), so no dependency can pull a CUDA build. Where that index is out of reach
-# pip warns and retries a few seconds, then uses what it has.
+# PyTorch's CPU index), so no dependency can pull a CUDA build. --no-deps: only torch itself is
+# looked up on that index (where it is out of reach pip warns and retries a few seconds); its
+# dependencies come from PyPI with the project's.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "make install: $(PYTHON) is Python %d.%d; this project needs 3.11 (make PYTHON=/path/to/python3.11)" % sys.version_info[:2])'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --extra-index-url $(TORCH_INDEX) torch==2.13.0+cpu
+	$(PY) -m pip install --quiet --no-deps --extra-index-url $(TORCH_INDEX) torch==2.13.0+cpu
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 

@@ -104,6 +104,10 @@ class Scorer:
             results.append(lp.double().cpu().numpy())
         return results
 
+    def score_images(self, audit: Audit, images: list[np.ndarray]) -> np.ndarray:
+        """One audit against a batch of images: log-probabilities `[images, answer_tokens]`."""
+        return np.stack(self.log_probs([(audit, image) for image in images]))
+
     @torch.inference_mode()
     def white_box(self, pairs: list[tuple[Audit, np.ndarray]]) -> list[WhiteBoxOutput]:
         """Full-vocabulary logits at every real position, for white-box token maps."""

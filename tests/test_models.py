@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.loading import REFERENCE_MODEL_DIR, ModelLoadError, load_model
+from models.loading import REFERENCE_MODEL_DIR, ModelLoadError, choose_device, choose_dtype, load_model
 from models.scorer import Scorer, to_pil
 from models.sequence import generation_prompt
 from tests.conftest import held_out_sample
@@ -73,7 +73,7 @@ def test_tiny_random_llava_scores_like_a_plain_forward(tiny_llava_dir):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, size=(40, 70, 3), dtype=np.uint8) for _ in range(3)]
     audit = scorer.prepare("Describe the image.", "a blue square.", (70, 40))
-    scores = np.stack(scorer.log_probs([(audit, img) for img in images]))
+    scores = scorer.score_images(audit, images)
     assert scores.shape == (3, audit.n_tokens) and np.isfinite(scores).all() and (scores <= 0).all()
     # an independent path: the processor on the whole text, one image, no padding
     proc = loaded.processor
@@ -86,6 +86,23 @@ def test_tiny_random_llava_scores_like_a_plain_forward(tiny_llava_dir):
     expected = torch.log_softmax(logits[-n - 1:-1], -1).gather(1, ids[-n:, None])[:, 0].numpy()
     np.testing.assert_allclose(scores[1], expected, atol=1e-5)
     assert scorer.image_grid(audit, images[0]) == (4, 4)
+
+
+def test_device_and_dtype_are_chosen_automatically_and_overridable(tiny_llava_dir, monkeypatch):
+    assert choose_dtype("auto", torch.device("cpu")) == torch.float32
+    assert choose_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert choose_dtype("auto", torch.device("cuda")) == torch.float16  # GPUs without bf16 get fp16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert choose_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        choose_dtype("int8", torch.device("cpu"))
+    loaded = load_model(tiny_llava_dir, device="cpu", dtype="bfloat16")
+    assert loaded.dtype == torch.bfloat16 and next(loaded.model.parameters()).dtype == torch.bfloat16
+    audit = Scorer(loaded).prepare("Describe the image.", "a red circle.", (56, 56))
+    scores = Scorer(loaded).score_images(audit, [np.zeros((56, 56, 3), dtype=np.uint8)])
+    assert scores.shape == (1, audit.n_tokens) and np.isfinite(scores).all()
 
 
 def test_missing_or_malformed_model_dirs_fail_with_the_path(tmp_path, tiny_llava_dir):

@@ -425,7 +425,7 @@ def test_metrics_add_up_over_api_servers_and_workers(locked_server):
     lines = [json.loads(line) for line in locked_server.log_text().splitlines() if line.startswith("{")]
     workers = {line["pid"] for line in lines if line.get("event") == "model_loaded"}
     assert len(workers) == 2
-    # each connection goes to either API server, so over this test's connections both answer (1 in 2^8 not)
+    # the kernel spreads the connections of this file's tests over both API servers
     api_servers = {line["pid"] for line in lines if line.get("event") == "request"}
     assert len(api_servers) == 2 and not api_servers & workers, api_servers
 
