@@ -150,7 +150,7 @@ class AuditAPI(ls.LitAPI):
                                max_forward_passes=s.max_forward_passes if budget is None else int(budget),
                                heatmap_encoding=heatmap.get("encoding", "array"),
                                heatmap_size=heatmap_size(heatmap, image.shape[1], image.shape[0],
-                                                         s.max_image_pixels),
+                                                         s.max_heatmap_pixels),
                                baseline=body["baseline"], lambda1=body["lambda1"], lambda2=body["lambda2"])
         self.auditor.check(req)
         return req
@@ -230,12 +230,20 @@ def cpu_threads(settings: Settings) -> int:
 
 
 def heatmap_size(options: dict, width: int, height: int, max_pixels: int) -> tuple[int, int] | None:
-    """(width, height) asked for; one side given keeps the image's aspect ratio."""
+    """(width, height) asked for; one side given keeps the image's aspect ratio.
+
+    None (the image's size) by default, unless the image has more than `max_pixels` pixels:
+    then the largest size of its aspect ratio within the limit (a 12 MP photo's heatmap as
+    JSON floats would be ~80 MB).
+    """
     from explainers.audit import AuditInputError
 
     w, h = options.get("width"), options.get("height")
     if w is None and h is None:
-        return None
+        if width * height <= max_pixels:
+            return None
+        scale = math.sqrt(max_pixels / (width * height))
+        return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
     if w is None:
         w = max(1, round(h * width / height))
     if h is None:

@@ -40,6 +40,9 @@ class Settings:
     max_queue: int = _describe(64, "requests waiting or running before new ones get 503")
     max_payload_bytes: int = _describe(10_000_000, "largest request body (413 above)")
     max_image_pixels: int = _describe(16_000_000, "largest decoded image, width x height (413 above)")
+    max_heatmap_pixels: int = _describe(4_194_304, "largest heatmap in a response, width x height: a larger "
+                                                   "one asked for is 422; the default (the image's size) is "
+                                                   "scaled down to fit")
     max_prompt_tokens: int = _describe(512, "longest prompt in tokens (422 above)")
     max_answer_tokens: int = _describe(256, "longest answer in tokens (422 above)")
     max_regions: int = _describe(256, "largest region count a request may ask for")
@@ -68,7 +71,7 @@ class Settings:
 
     def validate(self) -> None:
         positive = ("port", "api_servers", "workers", "max_batch_size", "forward_batch_size", "max_queue",
-                    "max_payload_bytes", "max_image_pixels", "max_prompt_tokens", "max_answer_tokens",
+                    "max_payload_bytes", "max_image_pixels", "max_heatmap_pixels", "max_prompt_tokens", "max_answer_tokens",
                     "max_regions", "max_forward_passes")
         for name in positive:
             if getattr(self, name) < 1:

@@ -235,6 +235,7 @@ class AuditServer(ls.LitServer):
             "methods": list(METHODS),
             "endpoints": ["/v1/explain", "/v1/reliance"],
             "limits": {"max_payload_bytes": s.max_payload_bytes, "max_image_pixels": s.max_image_pixels,
+                       "max_heatmap_pixels": s.max_heatmap_pixels,
                        "image_formats": list(FORMATS), "max_prompt_tokens": s.max_prompt_tokens,
                        "max_answer_tokens": s.max_answer_tokens, "regions": {"min": 2, "max": s.max_regions},
                        "max_forward_passes": s.max_forward_passes, "request_timeout_s": s.request_timeout,

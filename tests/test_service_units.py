@@ -365,6 +365,14 @@ def test_explain_limits_from_the_settings_are_422():
     env.body.update(heatmap={"encoding": "array", "width": 64, "height": None})
     decoded = api.decode_request(env)
     assert decoded.request.heatmap_size == (64, 48) and decoded.request.max_forward_passes == 100
+    # by default the heatmap has the image's size, scaled down to fit the limit
+    env.body.update(heatmap={"encoding": "array", "width": None, "height": None})
+    assert api.decode_request(env).request.heatmap_size is None
+    small = stub_api(max_heatmap_pixels=300, max_forward_passes=100)
+    assert small.decode_request(env).request.heatmap_size == (20, 15)  # the 32x24 scene in 300 pixels
+    env.body.update(heatmap={"encoding": "array", "width": 21, "height": None})
+    failure = small.decode_request(env)
+    assert isinstance(failure, Failure) and failure.status == 422 and "300" in failure.detail
     api = stub_api(max_regions=16)
     env.body.update(regions=64)  # the default, not asked for: capped at the service's limit
     assert api.decode_request(env).request.regions == 16
