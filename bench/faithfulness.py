@@ -7,7 +7,7 @@ Samples: object words (answers to colour and shape questions, target = the answe
 whole captions (target = the caption), on scenes the model never saw. Every method's
 heatmap is scored on the same axis: pixels ranked by the heatmap, 64 equal-area steps,
 black baseline (insertion AUC higher is better, deletion lower). EAGLE's own region-order
-AUCs are printed too. Pointing game (mask and box) uses the object the question is about
+AUCs go to the --json file only. Pointing game (mask and box) uses the object the question is about
 (any object for captions), hit when the map's maximum is reached inside it.
 
 The white-box token maps (tam, msea, arc, msea+arc) are scored on the same samples and axes
