@@ -355,11 +355,15 @@ class Auditor:
         # white-box maps ran while planning, outside the engine: their forwards count too
         maps = EngineStats(sum(_map_passes(w) for w in planned),
                            sum(w.maps[0]["model_calls"] for w in planned if w.maps))
-        progress = on_progress and (lambda s: on_progress(EngineStats(s.forward_passes + maps.forward_passes,
-                                                                      s.model_calls + maps.model_calls)))
-        if progress and maps.forward_passes:
-            progress(EngineStats())
-        stats = run_jobs(jobs, self.scorer.log_probs, self.forward_batch_size, on_round=progress)
+
+        def progress(engine: EngineStats) -> None:
+            on_progress(EngineStats(engine.forward_passes + maps.forward_passes,
+                                    engine.model_calls + maps.model_calls))
+
+        if on_progress and maps.forward_passes:
+            progress(EngineStats())  # report the maps (and check the deadline) before the engine starts
+        stats = run_jobs(jobs, self.scorer.log_probs, self.forward_batch_size,
+                         on_round=progress if on_progress else None)
         model_calls = stats.model_calls + maps.model_calls
         compute_ms = (time.perf_counter() - start) * 1000
         results: list[dict | Exception] = []

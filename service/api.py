@@ -136,8 +136,8 @@ class AuditAPI(ls.LitAPI):
         else:
             targets = body["targets"]
             if not isinstance(targets, str):
-                targets = [TokenSpan(t["token_start"], t["token_end"]) if "token_start" in t else (t["start"], t["end"])
-                           for t in targets]
+                targets = [TokenSpan(t["token_start"], t["token_end"]) if "token_start" in t
+                           else (t["start"], t["end"]) for t in targets]
             budget = body.get("max_forward_passes")
             if budget is not None and budget > s.max_forward_passes:
                 raise AuditInputError(f"max_forward_passes is {budget}; the limit is {s.max_forward_passes}")

@@ -71,8 +71,8 @@ class Settings:
 
     def validate(self) -> None:
         positive = ("port", "api_servers", "workers", "max_batch_size", "forward_batch_size", "max_queue",
-                    "max_payload_bytes", "max_image_pixels", "max_heatmap_pixels", "max_prompt_tokens", "max_answer_tokens",
-                    "max_regions", "max_forward_passes")
+                    "max_payload_bytes", "max_image_pixels", "max_heatmap_pixels", "max_prompt_tokens",
+                    "max_answer_tokens", "max_regions", "max_forward_passes")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")

@@ -46,8 +46,8 @@ DESCRIPTION = (
     "Audits a multimodal LLM's answer: which image regions made the model say each answer token "
     "(attribution masks), how much each token rests on the image versus the language prior "
     "(visual reliance), and a hallucination-risk label per token and per answer.\n\n"
-    "Errors are JSON `{\"detail\": \"...\", \"request_id\": \"...\"}`: 400/413/415/422 for bad input, 401 without the API key "
-    "(when one is configured), 503 with `Retry-After` when saturated, 504 on timeout."
+    "Errors are JSON `{\"detail\": \"...\", \"request_id\": \"...\"}`: 400/413/415/422 for bad input, "
+    "401 without the API key (when one is configured), 503 with `Retry-After` when saturated, 504 on timeout."
 )
 
 

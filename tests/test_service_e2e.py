@@ -37,7 +37,8 @@ from service.schemas import ExplainResponse, RelianceResponse
 REPO = Path(__file__).resolve().parents[1]
 KEY = "s3cret-key"
 LIMITS = {"MLLM_AUDIT_MAX_PAYLOAD_BYTES": "1000000", "MLLM_AUDIT_MAX_IMAGE_PIXELS": "1000000",
-          "MLLM_AUDIT_MAX_PROMPT_TOKENS": "64", "MLLM_AUDIT_MAX_ANSWER_TOKENS": "24", "MLLM_AUDIT_MAX_REGIONS": "32", "MLLM_AUDIT_MAX_FORWARD_PASSES": "200"}
+          "MLLM_AUDIT_MAX_PROMPT_TOKENS": "64", "MLLM_AUDIT_MAX_ANSWER_TOKENS": "24", "MLLM_AUDIT_MAX_REGIONS": "32",
+          "MLLM_AUDIT_MAX_FORWARD_PASSES": "200"}
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -301,8 +302,8 @@ def test_white_box_maps_over_http(open_server):
         assert all(c.index < t.index for t in targeted for c in t.context if c.source == "answer")
         if method == "msea+arc":  # ARC keeps coherent earlier answer words ("the <shape> is") as context
             assert any(c.source == "answer" for t in targeted for c in t.context)
-        counted = total(scrape(url), "mllm_audit_forward_passes_total") - total(before, "mllm_audit_forward_passes_total")
-        assert counted == explain.stats.forward_passes
+        counted = total(scrape(url), "mllm_audit_forward_passes_total")
+        assert counted - total(before, "mllm_audit_forward_passes_total") == explain.stats.forward_passes
         if method == "tam":  # the map's peak is on the object whose colour is named
             assert (heat * obj.mask).max() == heat.max()
 
