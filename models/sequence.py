@@ -1,8 +1,9 @@
 """Teacher-forced sequences: chat-templated prompt with the image, then the given answer.
 
 One function builds the token sequence for training and for scoring, so the scorer reads
-the model exactly as it was trained to be read. The answer is tokenized on its own and
-appended after the generation prompt; every answer token keeps its character span.
+the model exactly as it was trained to be read. The answer's tokens are those the tokenizer
+gives it after the generation prompt, appended to the processor's prompt tokens; every answer
+token keeps its character span.
 """
 
 from __future__ import annotations
@@ -38,12 +39,27 @@ def answer_separator(prompt_text: str) -> str:
     return "" if not prompt_text or prompt_text[-1].isspace() else " "
 
 
-def tokenize_answer(tokenizer, answer: str, separator: str) -> AnswerTokens:
-    enc = tokenizer(separator + answer, add_special_tokens=False, return_offsets_mapping=True)
-    shift = len(separator)
+def tokenize_answer(tokenizer, answer: str, prompt_text: str) -> AnswerTokens:
+    """The answer's tokens as they follow `prompt_text`, with their character spans in the answer.
+
+    Prompt and answer are tokenized as one text and the prompt's own tokens dropped, so the
+    tokenizer's word-start convention (GPT-2's "Ġ", SentencePiece's "▁") comes out as the model
+    generates it: the answer tokenized alone after a space gets a stray "▁" token from Llama's
+    legacy tokenizer (LLaVA-1.5). Where a token merges across the boundary (the prompt's tokens
+    are then not a prefix of the whole), the answer is tokenized alone after the separator.
+    """
+    separator = answer_separator(prompt_text)
+    head = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
+    enc = tokenizer(prompt_text + separator + answer, add_special_tokens=False, return_offsets_mapping=True)
+    shift = len(prompt_text) + len(separator)
+    if enc["input_ids"][:len(head)] != head:
+        enc, head, shift = tokenizer(separator + answer, add_special_tokens=False,
+                                     return_offsets_mapping=True), [], len(separator)
     ids, spans, texts = [], [], []
-    for tid, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
-        start, end = max(start - shift, 0), max(end - shift, 0)
+    for tid, (start, end) in zip(enc["input_ids"][len(head):], enc["offset_mapping"][len(head):]):
+        start, end = min(max(start - shift, 0), len(answer)), min(max(end - shift, 0), len(answer))
+        while start < end and answer[start].isspace():  # a span names the token's text, not the space before it
+            start += 1
         ids.append(int(tid))
         spans.append((start, end))
         texts.append(answer[start:end])
@@ -58,7 +74,7 @@ def build_sequence(processor, prompt: str, answer: str, image_size: tuple[int, i
     text = generation_prompt(processor, prompt)
     probe = Image.new("RGB", image_size or (224, 224))
     prompt_ids = processor(text=text, images=probe, return_tensors="pt")["input_ids"][0].tolist()
-    tokens = tokenize_answer(processor.tokenizer, answer, answer_separator(text))
+    tokens = tokenize_answer(processor.tokenizer, answer, text)
     ids = prompt_ids + tokens.ids
     if add_eos:
         ids = ids + [processor.tokenizer.eos_token_id]

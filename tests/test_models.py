@@ -11,7 +11,7 @@ import torch
 
 from models.loading import REFERENCE_MODEL_DIR, ModelLoadError, choose_device, choose_dtype, load_model
 from models.scorer import Scorer, to_pil
-from models.sequence import generation_prompt
+from models.sequence import generation_prompt, tokenize_answer
 from tests.conftest import held_out_sample
 
 
@@ -121,3 +121,35 @@ def test_missing_or_malformed_model_dirs_fail_with_the_path(tmp_path, tiny_llava
         f.unlink()
     with pytest.raises(ModelLoadError, match="safetensors"):
         load_model(broken)
+
+
+def llama_legacy_tokenizer():
+    """A SentencePiece-style BPE tokenizer used as Llama-2's tokenizer.json uses it (LLaVA-1.5):
+    no pre-tokenizer, a normalizer that prepends "▁" and turns spaces into "▁"."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = ["USER: <image>\nWhat color is the circle? ASSISTANT: red", "a red circle and a blue square."] * 20
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")  # no merges across words
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>",
+                                                                                       "<image>"]))
+    tok.pre_tokenizer = None
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def test_answer_tokens_are_those_that_follow_the_prompt_with_sentencepiece_spaces():
+    tok = llama_legacy_tokenizer()
+    prompt = "USER: <image>\nWhat color is the circle? ASSISTANT:"
+    answer = "red circle and a blue square."
+    tokens = tokenize_answer(tok, answer, prompt)
+    whole = tok(prompt + " " + answer, add_special_tokens=False)["input_ids"]
+    assert tokens.ids == whole[-len(tokens.ids):]  # what the model reads after the prompt, no stray "▁"
+    assert tok.convert_ids_to_tokens(tokens.ids)[0] == "▁red"
+    assert tokens.texts[:2] == ["red", "circle"] and tokens.spans[:2] == [(0, 3), (4, 10)]
+    assert all(answer[s:e] == t and t and not t[0].isspace() for (s, e), t in zip(tokens.spans, tokens.texts))
+    # the same answer tokenized alone after a space: Llama's legacy tokenizer adds a "▁" of its own
+    alone = tok(" " + answer, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(alone)[0] == "▁" and alone[1:] == tokens.ids

@@ -38,7 +38,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from models.reference import world
 from models.reference.build import PATCH_SIZE, build_model, build_processor
-from models.sequence import build_sequence, pad_batch, tokenize_answer
+from models.sequence import build_sequence, pad_batch
 
 GRID = world.IMAGE_SIZE // PATCH_SIZE
 KIND_WEIGHTS = {"colour": 1.0, "shape": 1.5, "position": 1.0, "count": 1.0, "existence": 1.0, "caption": 1.5}
@@ -131,7 +131,7 @@ def patch_word_ids(tokenizer) -> torch.Tensor:
     """Token ids of " red" ... " orange", then " circle" ... " cross" (one token each)."""
     ids = []
     for word in list(COLOUR_IDS) + list(SHAPE_IDS):
-        tokens = tokenize_answer(tokenizer, word, " ").ids
+        tokens = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
         assert len(tokens) == 1, f"{word!r} is not one token"
         ids += tokens
     return torch.tensor(ids)
