@@ -4,8 +4,8 @@ model) started as a subprocess on 127.0.0.1, called with httpx.
 Two servers are started once each:
   `open_server`   no API key, one API server and one worker, batching on (8 requests, 0.25 s):
                   audits, batching, the bad-input matrix, logs, the OpenAPI contract, schemathesis;
-  `locked_server` an API key, 2 API servers and 2 workers, a queue bound of 3 and a 6 s timeout:
-                  auth, metrics summed over processes, 503 with Retry-After, 504.
+  `locked_server` an API key, 2 API servers and 2 workers, a queue bound of 3, a 6 s timeout and
+                  debug logs: auth, metrics summed over processes, 503 with Retry-After, 504.
 Region counts and budgets stay small so the whole file runs in a couple of minutes on a CPU.
 """
 
@@ -62,7 +62,7 @@ def locked_server(tmp_path_factory):
     env = {"MLLM_AUDIT_API_KEY": KEY, "MLLM_AUDIT_PROTECT_METRICS": "true", "MLLM_AUDIT_API_SERVERS": "2",
            "MLLM_AUDIT_WORKERS": "2", "MLLM_AUDIT_MAX_QUEUE": "3", "MLLM_AUDIT_REQUEST_TIMEOUT": "6",
            "MLLM_AUDIT_MAX_BATCH_SIZE": "4", "MLLM_AUDIT_BATCH_TIMEOUT": "0.05",
-           "MLLM_AUDIT_MAX_FORWARD_PASSES": "5000", "MLLM_AUDIT_MAX_REGIONS": "64"}
+           "MLLM_AUDIT_MAX_FORWARD_PASSES": "5000", "MLLM_AUDIT_MAX_REGIONS": "64", "MLLM_AUDIT_DEBUG": "true"}
     with ServerProcess(env, log_path=tmp / "server.log") as server:
         yield server
 
@@ -351,7 +351,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(open_server,
               "response_schema_conformance,negative_data_rejection")
     result = subprocess.run(
         [str(st), "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run", str(CONTRACT),
-         "--url", open_server.url, "--checks", checks, "--max-examples", "5",
+         "--url", open_server.url, "--checks", checks, "--max-examples", "15",
          "--phases", "examples,coverage,fuzzing", "--seed", "7", "--workers", "2", "--no-shrink",
          "--request-timeout", "60"],
         capture_output=True, text=True, timeout=240, cwd=tmp_path,
@@ -429,6 +429,10 @@ def test_metrics_add_up_over_api_servers_and_workers(locked_server):
     # the kernel spreads the connections of this file's tests over both API servers
     api_servers = {line["pid"] for line in lines if line.get("event") == "request"}
     assert len(api_servers) == 2 and not api_servers & workers, api_servers
+    # debug on: the log lines name the prompt and answer, never the image
+    logged = {(line.get("prompt"), line.get("answer")) for line in lines if line.get("status") == 200}
+    assert all((b["prompt"], b["answer"]) in logged for b in bodies)
+    assert bodies[0]["image"][:40] not in locked_server.log_text()
 
 
 def test_saturation_is_answered_503_with_retry_after(locked_server):
