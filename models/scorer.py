@@ -55,9 +55,11 @@ def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
 
 
 class Scorer:
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, backend=None):
+        """`backend` runs the model's forward instead of torch (models.onnx_backend.OnnxLlava)."""
         self.loaded = loaded
         self.model = loaded.model
+        self.run_model = backend or loaded.model
         self.processor = loaded.processor
         self.pad_id = self._pad_id()
 
@@ -87,7 +89,7 @@ class Scorer:
         inputs = self.loaded.family.model_inputs(self.model, self.processor, images, ids)
         dev, dt = self.loaded.device, self.loaded.dtype
         inputs = {k: (v.to(dev, dt) if v.is_floating_point() else v.to(dev)) for k, v in inputs.items()}
-        return self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, **inputs)
+        return self.run_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, **inputs)
 
     @torch.inference_mode()
     def log_probs(self, pairs: list[tuple[Audit, np.ndarray]]) -> list[np.ndarray]:

@@ -92,17 +92,27 @@ class AuditAPI(ls.LitAPI):
         if chosen.startswith("cpu"):  # workers share the cores instead of fighting over them
             torch.set_num_threads(cpu_threads(s))
         started = time.monotonic()
-        loaded = load_model(s.model or None, device=chosen, dtype=s.dtype, trust_remote_code=s.trust_remote_code,
-                            model_id=s.model_id or None)
-        self.auditor = Auditor(Scorer(loaded), forward_batch_size=s.forward_batch_size, risk_medium=s.risk_medium,
-                               risk_high=s.risk_high, max_prompt_tokens=s.max_prompt_tokens,
-                               max_answer_tokens=s.max_answer_tokens, max_regions=s.max_regions)
+        onnx = s.backend == "onnx"  # exported from the float32 model on the CPU; ORT runs it on the device
+        loaded = load_model(s.model or None, device="cpu" if onnx else chosen, dtype="float32" if onnx else s.dtype,
+                            trust_remote_code=s.trust_remote_code, model_id=s.model_id or None)
+        backend = None
+        if onnx:
+            from models.onnx_backend import OnnxLlava
+
+            backend = OnnxLlava(loaded, use_cuda=chosen.startswith("cuda"))
+            if backend.providers[0] != backend.requested[0]:  # ORT falls back to the CPU without a word
+                log.warning("onnx_provider_fallback", requested=backend.requested, granted=backend.providers)
+        self.auditor = Auditor(Scorer(loaded, backend), forward_batch_size=s.forward_batch_size,
+                               risk_medium=s.risk_medium, risk_high=s.risk_high,
+                               max_prompt_tokens=s.max_prompt_tokens, max_answer_tokens=s.max_answer_tokens,
+                               max_regions=s.max_regions)
         self.model_block = {"id": loaded.model_id, "family": loaded.family.name, "revision": loaded.revision}
         self._warm_up(log)
         metrics.registry_metrics().model_info.labels(model_id=loaded.model_id, family=loaded.family.name,
                                                      revision=loaded.revision or "").set(1)
         log.info("model_loaded", model_id=loaded.model_id, family=loaded.family.name, revision=loaded.revision,
-                 device=str(loaded.device), dtype=str(loaded.dtype).removeprefix("torch."),
+                 device=str(loaded.device), dtype=str(loaded.dtype).removeprefix("torch."), backend=s.backend,
+                 onnx_providers=backend.providers if backend else None,
                  threads=torch.get_num_threads(),
                  seconds=round(time.monotonic() - started, 2))
 

@@ -23,7 +23,7 @@ from service.config import ENV_VARS, Settings, env_name
 
 # Every setting is a `serve` flag; `explain` and `reliance` take those about the model and the limits.
 SERVE_FLAGS = tuple(f.name for f in fields(Settings))
-MODEL_FLAGS = ("model", "model_id", "device", "dtype", "trust_remote_code", "forward_batch_size", "cpu_threads",
+MODEL_FLAGS = ("model", "model_id", "device", "dtype", "backend", "trust_remote_code", "forward_batch_size", "cpu_threads",
                "max_regions", "max_forward_passes", "max_image_pixels", "max_heatmap_pixels", "max_prompt_tokens",
                "max_answer_tokens", "risk_medium", "risk_high", "log_level")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 
 PREFIX = "MLLM_AUDIT_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+BACKENDS = ("torch", "onnx")
 DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # models.loading.DTYPES
 
 
@@ -27,6 +28,8 @@ class Settings:
     device: str = _describe("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = _describe("auto", "auto (bf16/fp16 on GPU, float32 on CPU), float32, bfloat16, float16")
     trust_remote_code: bool = _describe(False, "allow model code shipped with the checkpoint")
+    backend: str = _describe("torch", "torch, or onnx: the model exported at start-up and run by ONNX Runtime "
+                                      "(LLaVA family, float32; its CUDA provider with a cuda device)")
     host: str = _describe("127.0.0.1", "address to listen on")
     port: int = _describe(8000, "port to listen on")
     api_servers: int = _describe(1, "HTTP server processes")
@@ -85,6 +88,8 @@ class Settings:
         # checked here, so a typo stops `serve` at once instead of failing in every worker later
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"{env_name('device')} must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"{env_name('backend')} must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"{env_name('dtype')} must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if self.log_level.lower() not in LOG_LEVELS:

@@ -53,7 +53,16 @@ def test_reliance_errors_and_the_contract_commands(tmp_path):
     result = cli("reliance", "--image", str(image), "--prompt", "Describe the image.", "--answer",
                  "a red circle.", "--output", str(tmp_path / "out.json"), "--cpu-threads", "1")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert RelianceResponse.model_validate_json((tmp_path / "out.json").read_text()).stats.forward_passes == 2
+    with_torch = RelianceResponse.model_validate_json((tmp_path / "out.json").read_text())
+    assert with_torch.stats.forward_passes == 2
+    # the same audit on the onnx backend, through the same worker code
+    result = cli("reliance", "--image", str(image), "--prompt", "Describe the image.", "--answer",
+                 "a red circle.", "--backend", "onnx", "--cpu-threads", "1", "--log-level", "info")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with_onnx = RelianceResponse.model_validate_json(result.stdout)
+    for a, b in zip(with_onnx.tokens, with_torch.tokens):
+        assert (a.text, a.risk_label) == (b.text, b.risk_label) and abs(a.p_full - b.p_full) < 1e-4
+    assert '"onnx_providers": ["CPUExecutionProvider"]' in result.stderr + result.stdout
 
     (tmp_path / "text.png").write_bytes(b"not an image")
     bad = cli("reliance", "--image", str(tmp_path / "text.png"), "--prompt", "p", "--answer", "a")

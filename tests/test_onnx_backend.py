@@ -1,0 +1,61 @@
+"""The ONNX Runtime backend scores as the torch model does, and says which provider runs it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from explainers.audit import Auditor, AuditRequest
+from models.families import family_of
+from models.loading import load_model
+from models.onnx_backend import OnnxLlava
+from models.scorer import Scorer
+from tests.conftest import held_out_sample
+
+
+@pytest.fixture(scope="module")
+def onnx_scorer(reference):
+    return Scorer(reference, OnnxLlava(reference))
+
+
+def test_onnx_scores_equal_torch_for_mixed_batches(reference_scorer, onnx_scorer):
+    a, b = held_out_sample("caption", 80), held_out_sample("colour", 81)
+    audit_a = reference_scorer.prepare(a.prompt, a.truth, (96, 96))
+    audit_b = reference_scorer.prepare(b.prompt, b.truth, (96, 96))
+    black = np.zeros_like(a.scene.image)
+    # batches of 1 and 3 rows of different lengths: the exported graphs have a dynamic batch and sequence
+    for pairs in ([(audit_b, b.scene.image)], [(audit_a, a.scene.image), (audit_b, b.scene.image), (audit_a, black)]):
+        for torch_lp, onnx_lp in zip(reference_scorer.log_probs(pairs), onnx_scorer.log_probs(pairs)):
+            np.testing.assert_allclose(onnx_lp, torch_lp, atol=1e-4)
+    torch_logits = reference_scorer.white_box([(audit_b, b.scene.image)])[0].logits
+    onnx_logits = onnx_scorer.white_box([(audit_b, b.scene.image)])[0].logits
+    np.testing.assert_allclose(onnx_logits.numpy(), torch_logits.numpy(), atol=1e-3)
+
+
+def test_providers_are_reported_as_granted(onnx_scorer):
+    backend = onnx_scorer.run_model
+    assert backend.requested == ["CPUExecutionProvider"]
+    assert backend.providers == backend.vision.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_an_audit_on_onnx_matches_torch(reference_scorer, onnx_scorer):
+    s = held_out_sample("colour", 82)
+    request = AuditRequest(s.scene.image, s.prompt, s.truth, regions=8, max_forward_passes=80)
+    [with_torch] = Auditor(reference_scorer).run([request])
+    [with_onnx] = Auditor(onnx_scorer).run([request])
+    assert [r["bbox"] for r in with_onnx["attributions"][0]["regions"]] == [
+        r["bbox"] for r in with_torch["attributions"][0]["regions"]]
+    assert with_onnx["tokens"][0]["p_full"] == pytest.approx(with_torch["tokens"][0]["p_full"], abs=1e-4)
+
+
+def test_another_llava_shape_and_other_families(tiny_llava_dir, reference):
+    tiny = load_model(tiny_llava_dir)  # 56 px, patch 14, features from the second-to-last layer
+    audit = Scorer(tiny).prepare("Describe the image.", "a red circle.", (70, 40))
+    images = [np.random.default_rng(i).integers(0, 255, (40, 70, 3), dtype=np.uint8) for i in range(2)]
+    np.testing.assert_allclose(Scorer(tiny, OnnxLlava(tiny)).score_images(audit, images),
+                               Scorer(tiny).score_images(audit, images), atol=1e-4)
+    qwen = dataclasses.replace(reference, family=family_of("qwen2_vl"))
+    with pytest.raises(ValueError, match="llava family"):
+        OnnxLlava(qwen)
