@@ -42,7 +42,7 @@ openapi: install
 load: install
 	$(PY) bench/load.py
 
-# The committed reference weights: two runs, 39.9 minutes on 2 CPU cores (see models/reference/train.py).
+# The committed reference weights: two runs, 39.9 minutes of training on 2 CPU cores (see models/reference/train.py).
 reference-model: install
 	$(PY) -m models.reference.train --out /tmp/ref-base --minutes 36 --no-patch-words
 	$(PY) -m models.reference.train --init /tmp/ref-base --out models/reference/weights --minutes 3.9 \

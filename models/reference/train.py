@@ -1,6 +1,7 @@
 """Train the reference model on freshly generated scenes, within a wall-clock budget on CPU.
 
-The committed weights come from two runs, 39.9 minutes in all on 2 CPU cores (`make reference-model`):
+The committed weights come from two runs whose training loops take 39.9 minutes in all on 2 CPU cores
+(plus about 7 s of start-up and saving per run; `make reference-model`):
 
     python -m models.reference.train --out /tmp/ref-base --minutes 36 --no-patch-words
     python -m models.reference.train --init /tmp/ref-base --out models/reference/weights --minutes 3.9 \
