@@ -28,7 +28,9 @@ def configure(level: str = "info", stream=None) -> None:
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
+        # one write per line (message and newline together): processes sharing stdout never
+        # splice their lines, which print()'s two writes did on an unbuffered stdout
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
     # LitServe's and uvicorn's own stdlib logs: warnings and errors only, on stderr

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 METHODS = ("eagle", "eagle_greedy", "tam", "msea", "arc", "msea+arc")
 Method = Literal["eagle", "eagle_greedy", "tam", "msea", "arc", "msea+arc"]
@@ -82,7 +82,16 @@ class TokenSpan(_Request):
         return self
 
 
-SpanList = Annotated[list[Span | TokenSpan], Field(min_length=1, max_length=MAX_TARGET_SPANS)]
+def _span_kind(value: Any) -> str:
+    """Which span a target item is, so a bad item is told what is wrong with it, not with both kinds.
+    (The tags are bracketed: error locations leave such union-member names out.)"""
+    tokens = isinstance(value, dict) and ("token_start" in value or "token_end" in value)
+    return "[token span]" if tokens else "[character span]"
+
+
+TargetSpan = Annotated[Annotated[Span, Tag("[character span]")] | Annotated[TokenSpan, Tag("[token span]")],
+                       Discriminator(_span_kind)]
+SpanList = Annotated[list[TargetSpan], Field(min_length=1, max_length=MAX_TARGET_SPANS)]
 
 
 class HeatmapOptions(_Request):
