@@ -264,6 +264,7 @@ def test_dockerfile_base_image_user_and_entrypoint():
 
     entrypoint = json.loads(next(rest for keyword, rest in instructions if keyword == "ENTRYPOINT"))
     assert entrypoint[-1] in pyproject()["project"]["scripts"]
+    assert entrypoint[:2] == ["dumb-init", "--single-child"]  # SIGTERM to the server, which stops its workers
     assert json.loads(next(rest for keyword, rest in instructions if keyword == "CMD")) == ["serve"]
 
 

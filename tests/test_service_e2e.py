@@ -14,8 +14,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -464,3 +466,26 @@ def test_a_request_past_the_timeout_is_answered_504(locked_server):
     # the worker gave up on it too: a cheap request is answered well within the timeout
     r = httpx.post(url + "/v1/reliance", json=colour_question(61)[2], headers=AUTH, timeout=60)
     assert r.status_code == 200
+
+
+def test_sigterm_to_the_server_stops_every_process_cleanly(tmp_path):
+    """What a container runtime does through dumb-init --single-child: SIGTERM to the server alone."""
+    with ServerProcess({"MLLM_AUDIT_WORKERS": "2", "MLLM_AUDIT_CPU_THREADS": "1"},
+                       log_path=tmp_path / "server.log") as server:
+        assert httpx.post(server.url + "/v1/reliance", json=colour_question(90)[2], timeout=60).status_code == 200
+        group = server.proc.pid
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _group_alive(group):
+            time.sleep(0.2)
+        assert not _group_alive(group), "worker processes outlived the server"
+        assert "Traceback" not in server.log_text(), server.log_tail()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
