@@ -91,6 +91,9 @@ class AuditAPI(ls.LitAPI):
         chosen = str(device) if s.device in ("auto", "cuda") else s.device
         if chosen.startswith("cpu"):  # workers share the cores instead of fighting over them
             torch.set_num_threads(cpu_threads(s))
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the weights' loading bar is not a JSON log line
         started = time.monotonic()
         onnx = s.backend == "onnx"  # exported from the float32 model on the CPU; ORT runs it on the device
         loaded = load_model(s.model or None, device="cpu" if onnx else chosen, dtype="float32" if onnx else s.dtype,
