@@ -77,8 +77,8 @@ class OnnxLlava:
         wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the worker's share of the cores
-        # idle threads that spin waiting for work take cores from the rest of the worker: measured
-        # 1.5-2x slower forward passes on 2 cores with spinning on (bench/backend.py)
+        # idle threads that spin waiting for work take cores from the rest of the worker: with
+        # spinning on, batches of 8 and 32 ran 1.3-1.8x slower on 2 cores (bench/backend.py)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.vision = ort.InferenceSession(str(vision_file), options, providers=wanted)
         self.language = ort.InferenceSession(str(language_file), options, providers=wanted)
