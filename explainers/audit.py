@@ -293,11 +293,11 @@ class Auditor:
             p_full, p_blank = work.contrast.result if work.contrast else (first.p_full, first.p_blank)
             # each token's insertion curve comes from the ranking of the first target that holds it
             owner = {t: r for target, r in reversed(list(zip(work.targets, results))) for t in target.token_indices}
-            assessed = [
-                reliance.assess_tokens([tokens.texts[t]], p_full[[t]], p_blank[[t]], owner.get(t, first).areas,
-                                       owner.get(t, first).insertion[:, [t]], visual=[claims[t]], **self.risk)[0]
-                for t in range(len(tokens.ids))
-            ]
+            assessed = []
+            for t in range(len(tokens.ids)):
+                curve = owner.get(t, first)
+                assessed += reliance.assess_tokens([tokens.texts[t]], p_full[[t]], p_blank[[t]], curve.areas,
+                                                   curve.insertion[:, [t]], visual=[claims[t]], **self.risk)
             attributions = [self._eagle_attribution(work, tg, r) for tg, r in zip(work.targets, results)]
         else:
             p_full, p_blank = work.contrast.result
