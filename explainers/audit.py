@@ -318,7 +318,7 @@ class Auditor:
             "method": {"name": req.method if req.with_attributions else "reliance", "params": self._params(req)},
             "tokens": token_rows,
             "summary": reliance.summarize(assessed),
-            "stats": {"forward_passes": sum(j.forward_passes for j in work.jobs) + _map_passes(work),
+            "stats": {"forward_passes": sum(j.forward_passes for j in work.jobs) + _map_stats(work).forward_passes,
                       "model_calls": model_calls, "compute_ms": round(compute_ms, 2)},
         }
         if req.with_attributions:
@@ -326,10 +326,10 @@ class Auditor:
         return out
 
     def _params(self, req: AuditRequest) -> dict:
-        params: dict = {"baseline": "black"}
+        # the cheap path's only masked image is the black one (p_blank)
+        params: dict = {"baseline": req.baseline if req.with_attributions else "black"}
         if not req.with_attributions:
             return params
-        params["baseline"] = req.baseline
         if req.method.startswith("eagle"):
             params.update({"regions": req.regions, "lambda1": req.lambda1, "lambda2": req.lambda2,
                            "max_forward_passes": req.max_forward_passes})
@@ -353,8 +353,8 @@ class Auditor:
         planned = [w for w in works if isinstance(w, _Work)]
         jobs = [j for w in planned for j in w.jobs]
         # white-box maps ran while planning, outside the engine: their forwards count too
-        maps = EngineStats(sum(_map_passes(w) for w in planned),
-                           sum(w.maps[0]["model_calls"] for w in planned if w.maps))
+        maps = EngineStats(sum(_map_stats(w).forward_passes for w in planned),
+                           sum(_map_stats(w).model_calls for w in planned))
 
         def progress(engine: EngineStats) -> None:
             on_progress(EngineStats(engine.forward_passes + maps.forward_passes,
@@ -378,9 +378,11 @@ class Auditor:
         return results
 
 
-def _map_passes(work: _Work) -> int:
+def _map_stats(work: _Work) -> EngineStats:
     """White-box forwards of a request: shared by all its targets, counted once."""
-    return work.maps[0]["forward_passes"] if work.maps else 0
+    if not work.maps:
+        return EngineStats()
+    return EngineStats(work.maps[0]["forward_passes"], work.maps[0]["model_calls"])
 
 
 def _curve(areas: np.ndarray, probs: np.ndarray, token_indices: list[int]) -> list[list[float]]:

@@ -118,6 +118,7 @@ class OnnxLlava:
             raise ValueError(f"{is_image.sum()} image tokens in the batch but {features.shape[0]} images of "
                              f"{features.shape[1]} features")
         embeds[is_image] = features.reshape(-1, features.shape[-1])
-        logits = self.language.run(None, {"inputs_embeds": embeds.astype(np.float32),
-                                          "attention_mask": attention_mask.cpu().numpy().astype(np.int64)})[0]
+        logits = self.language.run(None, {"inputs_embeds": embeds.astype(np.float32, copy=False),
+                                          "attention_mask": attention_mask.cpu().numpy().astype(np.int64,
+                                                                                                copy=False)})[0]
         return SimpleNamespace(logits=torch.from_numpy(logits))

@@ -77,6 +77,7 @@ class AuditAPI(ls.LitAPI):
     def setup(self, device):
         import torch
         from PIL import Image
+        from transformers.utils import logging as hf_logging
 
         from explainers.audit import Auditor
         from models.loading import load_model
@@ -91,8 +92,6 @@ class AuditAPI(ls.LitAPI):
         chosen = str(device) if s.device in ("auto", "cuda") else s.device
         if chosen.startswith("cpu"):  # workers share the cores instead of fighting over them
             torch.set_num_threads(cpu_threads(s))
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()  # the weights' loading bar is not a JSON log line
         started = time.monotonic()
         onnx = s.backend == "onnx"  # exported from the float32 model on the CPU; ORT runs it on the device
