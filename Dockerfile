@@ -16,7 +16,7 @@
 #               CUDA 13 (>= 580) and the NVIDIA container toolkit (docker run --gpus all).
 # TORCH_INDEX_URL overrides the index VARIANT picks (a mirror, or another build of torch 2.13.0).
 #
-# The bundled reference model is baked in (package data of `models.reference`), and
+# The bundled reference model is baked in (package data of `mllm_audit.models.reference`), and
 # MLLM_AUDIT_MODEL points at it. To serve another local Hugging Face checkpoint, mount it under
 # /models and point MLLM_AUDIT_MODEL there, e.g.
 #   docker run -p 8000:8000 -v /data/llava-1.5-7b-hf:/models/llava:ro \
@@ -61,12 +61,13 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY explainers ./explainers
 COPY models ./models
+COPY mllm_audit ./mllm_audit
 
 # The application and its pinned dependencies (pyproject.toml); then check that torch is still the
 # build chosen above and that the reference model's weights made it into the package.
 RUN pip install --no-cache-dir . \
  && python -c "import sys, torch; v = torch.__version__; sys.exit(0 if v.startswith('${TORCH_VERSION}') else 'torch ' + v + ' replaced ${TORCH_VERSION}')" \
- && python -c "import pathlib, sys, models.reference as r; d = pathlib.Path(r.__file__).parent / 'weights'; sys.exit(0 if any(d.glob('*.safetensors')) else 'no reference weights in ' + str(d))"
+ && python -c "import pathlib, sys, mllm_audit.models.reference as r; d = pathlib.Path(r.__file__).parent / 'weights'; sys.exit(0 if any(d.glob('*.safetensors')) else 'no reference weights in ' + str(d))"
 
 # ---------------------------------------------------------------- runtime: slim, non-root
 FROM ${PYTHON_IMAGE} AS runtime
@@ -95,7 +96,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     MLLM_AUDIT_HOST=0.0.0.0 \
     MLLM_AUDIT_PORT=8000 \
-    MLLM_AUDIT_MODEL=/opt/venv/lib/python3.11/site-packages/models/reference/weights
+    MLLM_AUDIT_MODEL=/opt/venv/lib/python3.11/site-packages/mllm_audit/models/reference/weights
 
 # /models: mount point for other checkpoints (a LLaVA-1.5-7B directory at /models/llava, say).
 WORKDIR /home/mllm

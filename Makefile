@@ -29,14 +29,14 @@ test: install
 	$(PY) -m pytest
 
 eval: install
-	$(PY) -m models.reference.evaluate
+	$(PY) -m mllm_audit.models.reference.evaluate
 
 train: install
-	$(PY) -m models.reference.train
+	$(PY) -m mllm_audit.models.reference.train
 
 # openapi.yaml is the contract: regenerate it after changing service/schemas.py or the routes.
 openapi: install
-	$(PY) -m service.openapi > openapi.yaml
+	$(PY) -m mllm_audit.service.openapi > openapi.yaml
 
 # Load test over loopback: dynamic batching on vs off (bench/load.py --help for the knobs).
 load: install
@@ -44,6 +44,6 @@ load: install
 
 # The committed reference weights: two runs, 39.9 minutes of training on 2 CPU cores (see models/reference/train.py).
 reference-model: install
-	$(PY) -m models.reference.train --out /tmp/ref-base --minutes 36 --no-patch-words
-	$(PY) -m models.reference.train --init /tmp/ref-base --out models/reference/weights --minutes 3.9 \
+	$(PY) -m mllm_audit.models.reference.train --out /tmp/ref-base --minutes 36 --no-patch-words
+	$(PY) -m mllm_audit.models.reference.train --init /tmp/ref-base --out models/reference/weights --minutes 3.9 \
 		--vision-fraction 0 --lr 5e-4 --aux-weight 0 --seed 2 --kind-weights colour=5,existence=1.5

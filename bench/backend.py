@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 import torch
+from mllm_audit.explainers.audit import Auditor, AuditRequest
+from mllm_audit.models.loading import load_model
+from mllm_audit.models.onnx_backend import OnnxLlava
+from mllm_audit.models.scorer import Scorer
 
 from bench.samples import bench_samples
-from explainers.audit import Auditor, AuditRequest
-from models.loading import load_model
-from models.onnx_backend import OnnxLlava
-from models.scorer import Scorer
 
 
 def images_per_second(scorer: Scorer, pairs: list, repeats: int) -> float:
@@ -35,8 +35,7 @@ def seconds_per_explanation(scorer: Scorer, samples, regions: int) -> float:
     auditor = Auditor(scorer, forward_batch_size=32)
     start = time.perf_counter()
     for s in samples:
-        [out] = auditor.run([AuditRequest(s.scene.image, s.prompt, s.truth, regions=regions,
-                                          heatmap_encoding="none")])
+        [out] = auditor.run([AuditRequest(s.scene.image, s.prompt, s.truth, regions=regions, heatmap_encoding="none")])
         assert not isinstance(out, Exception), out
     return (time.perf_counter() - start) / len(samples)
 
@@ -58,8 +57,13 @@ def main() -> None:
     audit = scorers["torch"].prepare(s.prompt, s.truth, (96, 96))
     rng = np.random.default_rng(0)
     images = [np.where(rng.random((96, 96, 1)) < 0.5, s.scene.image, 0).astype(np.uint8) for _ in range(32)]
-    diff = max(np.abs(a - b).max() for a, b in zip(scorers["torch"].log_probs([(audit, i) for i in images]),
-                                                  scorers["onnx"].log_probs([(audit, i) for i in images])))
+    diff = max(
+        np.abs(a - b).max()
+        for a, b in zip(
+            scorers["torch"].log_probs([(audit, i) for i in images]),
+            scorers["onnx"].log_probs([(audit, i) for i in images]),
+        )
+    )
     print(f"largest |log-prob difference| over 32 masked images: {diff:.2e}\n")
 
     print("| measure | torch | onnx | onnx speed-up |")
@@ -67,11 +71,15 @@ def main() -> None:
     for batch in (1, 8, 32):
         pairs = [(audit, i) for i in images[:batch]]
         rates = {name: images_per_second(sc, pairs, args.repeats) for name, sc in scorers.items()}
-        print(f"| images/s, batches of {batch} | {rates['torch']:.0f} | {rates['onnx']:.0f} | "
-              f"{rates['onnx'] / rates['torch']:.2f}x |")
+        print(
+            f"| images/s, batches of {batch} | {rates['torch']:.0f} | {rates['onnx']:.0f} | "
+            f"{rates['onnx'] / rates['torch']:.2f}x |"
+        )
     times = {name: seconds_per_explanation(sc, samples, args.regions) for name, sc in scorers.items()}
-    print(f"| s / EAGLE explanation ({args.regions} regions, n = {args.n}) | {times['torch']:.2f} | "
-          f"{times['onnx']:.2f} | {times['torch'] / times['onnx']:.2f}x |")
+    print(
+        f"| s / EAGLE explanation ({args.regions} regions, n = {args.n}) | {times['torch']:.2f} | "
+        f"{times['onnx']:.2f} | {times['torch'] / times['onnx']:.2f}x |"
+    )
 
 
 if __name__ == "__main__":

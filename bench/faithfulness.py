@@ -21,13 +21,12 @@ import json
 import time
 
 import numpy as np
-
-from explainers import eagle
-from explainers.engine import Job, run_jobs
-from explainers.metrics import pixel_ranking_curves, pointing_game
-from explainers.regions import region_masks, superpixel_regions
-from models.loading import load_model
-from models.scorer import Scorer
+from mllm_audit.explainers import eagle
+from mllm_audit.explainers.engine import Job, run_jobs
+from mllm_audit.explainers.metrics import pixel_ranking_curves, pointing_game
+from mllm_audit.explainers.regions import region_masks, superpixel_regions
+from mllm_audit.models.loading import load_model
+from mllm_audit.models.scorer import Scorer
 
 from bench import token_maps
 from bench.samples import bench_samples, target_masks
@@ -61,16 +60,21 @@ def run(n: int, regions: int, methods: list[str], batch_size: int, model_dir: st
             start = time.perf_counter()
             passes, extra = 0, {}
             if m in ("eagle", "eagle_greedy"):
-                search = (eagle.greedy_search(s.scene.image, masks, tokens) if m == "eagle_greedy"
-                          else eagle.fast_search(s.scene.image, masks, tokens))
+                search = (
+                    eagle.greedy_search(s.scene.image, masks, tokens)
+                    if m == "eagle_greedy"
+                    else eagle.fast_search(s.scene.image, masks, tokens)
+                )
                 job = Job(audit, search)
                 run_jobs([job], scorer.log_probs, batch_size)
                 if job.error:
                     raise job.error
                 heat = eagle.heatmap_from_regions(labels, job.result.region_scores)
                 passes = job.forward_passes
-                extra = {"region_insertion_auc": job.result.insertion_auc(),
-                         "region_deletion_auc": job.result.deletion_auc()}
+                extra = {
+                    "region_insertion_auc": job.result.insertion_auc(),
+                    "region_deletion_auc": job.result.deletion_auc(),
+                }
             else:
                 heat = baseline_heatmap(m, labels, rng)
             seconds = time.perf_counter() - start
@@ -79,9 +83,18 @@ def run(n: int, regions: int, methods: list[str], batch_size: int, model_dir: st
             if curve_job.error:
                 raise curve_job.error
             ins, dele, _ = curve_job.result
-            rows[m].append({"kind": s.kind, "insertion_auc": ins, "deletion_auc": dele,
-                            "pointing_mask": pointing_game(heat, mask), "pointing_box": pointing_game(heat, boxes),
-                            "forward_passes": passes, "seconds": seconds, **extra})
+            rows[m].append(
+                {
+                    "kind": s.kind,
+                    "insertion_auc": ins,
+                    "deletion_auc": dele,
+                    "pointing_mask": pointing_game(heat, mask),
+                    "pointing_box": pointing_game(heat, boxes),
+                    "forward_passes": passes,
+                    "seconds": seconds,
+                    **extra,
+                }
+            )
         if (i + 1) % 10 == 0:
             print(f"  {i + 1}/{len(samples)} samples", flush=True)
     return summarise(rows)
@@ -107,13 +120,25 @@ def summarise(rows: dict[str, list[dict]]) -> dict:
 
 
 def print_table(table: dict) -> None:
-    cols = ["insertion_auc", "deletion_auc", "pointing_mask_objects", "pointing_box_objects", "pointing_mask_all",
-            "forward_passes", "seconds"]
-    print("| method | ins AUC ↑ | del AUC ↓ | PG mask (objects) | PG box (objects) | PG mask (all) | passes | s / expl. |")
+    cols = [
+        "insertion_auc",
+        "deletion_auc",
+        "pointing_mask_objects",
+        "pointing_box_objects",
+        "pointing_mask_all",
+        "forward_passes",
+        "seconds",
+    ]
+    print(
+        "| method | ins AUC ↑ | del AUC ↓ | PG mask (objects) | PG box (objects) | PG mask (all) | passes | s / expl. |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for m, r in table.items():
-        print(f"| {m} | " + " | ".join(f"{r[c]:.3f}" if c not in ("forward_passes",) else f"{r[c]:.0f}"
-                                       for c in cols) + " |")
+        print(
+            f"| {m} | "
+            + " | ".join(f"{r[c]:.3f}" if c not in ("forward_passes",) else f"{r[c]:.0f}" for c in cols)
+            + " |"
+        )
 
 
 BLACK_BOX = ("eagle", "eagle_greedy", *BASELINES)
@@ -142,8 +167,9 @@ def main() -> None:
         print_table(tables["region_methods"])
     if white:
         start = time.perf_counter()
-        tables["token_maps"] = token_maps.evaluate_token_maps(load_model(args.model), bench_samples(args.n), white,
-                                                              progress=True)
+        tables["token_maps"] = token_maps.evaluate_token_maps(
+            load_model(args.model), bench_samples(args.n), white, progress=True
+        )
         print(f"\n{args.n} samples, white-box token maps, {time.perf_counter() - start:.0f} s\n")
         token_maps.print_table(tables["token_maps"])
     if args.json:

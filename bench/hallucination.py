@@ -16,13 +16,12 @@ import argparse
 import time
 
 import numpy as np
-
-from explainers.audit import Auditor, AuditRequest
-from explainers.reliance import LABEL_ORDER
-from models.loading import load_model
-from models.reference import world
-from models.reference.evaluate import generate_answers, held_out_samples
-from models.scorer import Scorer
+from mllm_audit.explainers.audit import Auditor, AuditRequest
+from mllm_audit.explainers.reliance import LABEL_ORDER
+from mllm_audit.models.loading import load_model
+from mllm_audit.models.reference import world
+from mllm_audit.models.reference.evaluate import generate_answers, held_out_samples
+from mllm_audit.models.scorer import Scorer
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -64,9 +63,11 @@ def object_risks(result: dict, answer: str) -> list[tuple[str, float, str]]:
 
 def report(name: str, risks: np.ndarray, labels: np.ndarray, names: np.ndarray) -> None:
     flagged = np.isin(names, ["medium", "high"])
-    print(f"{name}: {int(labels.sum())} hallucinated / {len(labels)} | AUROC {auroc(risks, labels):.3f} "
-          f"| AUPRC {auprc(risks, labels):.3f} (base rate {labels.mean():.3f}) "
-          f"| flagged medium+: hallucinated {flagged[labels == 1].mean():.2f}, correct {flagged[labels == 0].mean():.2f}")
+    print(
+        f"{name}: {int(labels.sum())} hallucinated / {len(labels)} | AUROC {auroc(risks, labels):.3f} "
+        f"| AUPRC {auprc(risks, labels):.3f} (base rate {labels.mean():.3f}) "
+        f"| flagged medium+: hallucinated {flagged[labels == 1].mean():.2f}, correct {flagged[labels == 0].mean():.2f}"
+    )
 
 
 def main() -> None:
@@ -80,8 +81,9 @@ def main() -> None:
 
     captions = held_out_samples("caption", args.n, seed=30_000)
     answers = generate_answers(loaded, captions)
-    results = auditor.run([AuditRequest(s.scene.image, s.prompt, a, with_attributions=False)
-                           for s, a in zip(captions, answers)])
+    results = auditor.run(
+        [AuditRequest(s.scene.image, s.prompt, a, with_attributions=False) for s, a in zip(captions, answers)]
+    )
     risks, labels, names = [], [], []
     for s, a, r in zip(captions, answers, results):
         if isinstance(r, Exception):  # e.g. an empty generated answer: nothing to score

@@ -31,9 +31,8 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
+from mllm_audit.service.process import ServerProcess  # noqa: E402
 from PIL import Image  # noqa: E402
-
-from service.process import ServerProcess  # noqa: E402
 
 
 @dataclass
@@ -56,16 +55,24 @@ class Result:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
     def summary(self) -> dict:
-        return {"mode": self.mode, "endpoint": self.endpoint, "clients": self.clients,
-                "seconds": round(self.seconds, 2), "ok": self.ok, "errors": self.errors,
-                "throughput_rps": round(self.throughput, 3), "p50_ms": round(self.percentile(50), 1),
-                "p95_ms": round(self.percentile(95), 1), "p99_ms": round(self.percentile(99), 1),
-                "mean_batch_size": round(float(np.mean(self.batch_sizes)), 2) if self.batch_sizes else None,
-                "forward_passes_per_s": round(self.forward_passes / self.seconds, 1) if self.seconds else 0.0}
+        return {
+            "mode": self.mode,
+            "endpoint": self.endpoint,
+            "clients": self.clients,
+            "seconds": round(self.seconds, 2),
+            "ok": self.ok,
+            "errors": self.errors,
+            "throughput_rps": round(self.throughput, 3),
+            "p50_ms": round(self.percentile(50), 1),
+            "p95_ms": round(self.percentile(95), 1),
+            "p99_ms": round(self.percentile(99), 1),
+            "mean_batch_size": round(float(np.mean(self.batch_sizes)), 2) if self.batch_sizes else None,
+            "forward_passes_per_s": round(self.forward_passes / self.seconds, 1) if self.seconds else 0.0,
+        }
 
 
 def request_bodies(n: int, endpoint: str, regions: int, budget: int | None) -> list[dict]:
-    from models.reference import world
+    from mllm_audit.models.reference import world
 
     bodies = []
     for seed in range(n):
@@ -73,16 +80,20 @@ def request_bodies(n: int, endpoint: str, regions: int, budget: int | None) -> l
         obj = random.Random(seed).choice(scene.objects)
         buf = io.BytesIO()
         Image.fromarray(scene.image).save(buf, format="PNG")
-        body = {"image": base64.b64encode(buf.getvalue()).decode(), "prompt": f"What color is the {obj.shape}?",
-                "answer": obj.colour}
+        body = {
+            "image": base64.b64encode(buf.getvalue()).decode(),
+            "prompt": f"What color is the {obj.shape}?",
+            "answer": obj.colour,
+        }
         if endpoint == "explain":
             body.update(regions=regions, max_forward_passes=budget, heatmap={"encoding": "none"})
         bodies.append(body)
     return bodies
 
 
-def run_load(url: str, endpoint: str, bodies: list[dict], clients: int, duration: float, mode: str,
-             headers: dict[str, str]) -> Result:
+def run_load(
+    url: str, endpoint: str, bodies: list[dict], clients: int, duration: float, mode: str, headers: dict[str, str]
+) -> Result:
     result = Result(mode, endpoint, clients, duration)
     lock = threading.Lock()
     start = time.monotonic()
@@ -126,10 +137,26 @@ def warm_up(url: str, endpoint: str, bodies: list[dict], headers: dict[str, str]
 
 
 def print_table(results: list[Result]) -> None:
-    cols = ("mode", "endpoint", "clients", "ok", "errors", "throughput_rps", "p50_ms", "p95_ms", "p99_ms",
-            "mean_batch_size", "forward_passes_per_s")
-    rows = [[str(r.summary()[c]) if c != "errors" else (",".join(f"{k}:{v}" for k, v in r.errors.items()) or "0")
-             for c in cols] for r in results]
+    cols = (
+        "mode",
+        "endpoint",
+        "clients",
+        "ok",
+        "errors",
+        "throughput_rps",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "mean_batch_size",
+        "forward_passes_per_s",
+    )
+    rows = [
+        [
+            str(r.summary()[c]) if c != "errors" else (",".join(f"{k}:{v}" for k, v in r.errors.items()) or "0")
+            for c in cols
+        ]
+        for r in results
+    ]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for row in rows:
@@ -159,20 +186,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         for endpoint in endpoints:
             warm_up(args.url, endpoint, bodies[endpoint], headers)
-            results.append(run_load(args.url, endpoint, bodies[endpoint], args.clients, args.duration, "server",
-                                    headers))
+            results.append(
+                run_load(args.url, endpoint, bodies[endpoint], args.clients, args.duration, "server", headers)
+            )
     else:
         for mode, batch in (("batching on", args.max_batch_size), ("batching off", 1)):
-            env = {"MLLM_AUDIT_MAX_BATCH_SIZE": str(batch), "MLLM_AUDIT_BATCH_TIMEOUT": str(args.batch_timeout),
-                   "MLLM_AUDIT_WORKERS": "1", "MLLM_AUDIT_API_SERVERS": "1", "MLLM_AUDIT_LOG_LEVEL": "warning",
-                   "MLLM_AUDIT_MAX_QUEUE": str(max(64, args.clients * 2)), "MLLM_AUDIT_MODEL": args.model,
-                   "MLLM_AUDIT_CPU_THREADS": str(args.cpu_threads)}
+            env = {
+                "MLLM_AUDIT_MAX_BATCH_SIZE": str(batch),
+                "MLLM_AUDIT_BATCH_TIMEOUT": str(args.batch_timeout),
+                "MLLM_AUDIT_WORKERS": "1",
+                "MLLM_AUDIT_API_SERVERS": "1",
+                "MLLM_AUDIT_LOG_LEVEL": "warning",
+                "MLLM_AUDIT_MAX_QUEUE": str(max(64, args.clients * 2)),
+                "MLLM_AUDIT_MODEL": args.model,
+                "MLLM_AUDIT_CPU_THREADS": str(args.cpu_threads),
+            }
             print(f"starting the server ({mode}: max_batch_size={batch}) ...", file=sys.stderr)
             with ServerProcess(env) as server:
                 for endpoint in endpoints:
                     warm_up(server.url, endpoint, bodies[endpoint], headers)
-                    results.append(run_load(server.url, endpoint, bodies[endpoint], args.clients, args.duration,
-                                            mode, headers))
+                    results.append(
+                        run_load(server.url, endpoint, bodies[endpoint], args.clients, args.duration, mode, headers)
+                    )
                     print(f"  {endpoint}: {results[-1].throughput:.2f} req/s", file=sys.stderr)
 
     print_table(results)
@@ -185,9 +220,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"throughput ratio, batching on / off, /v1/{endpoint}: {ratios[endpoint]}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
-                                                  for k, v in vars(args).items()},
-                                         "results": [r.summary() for r in results], "ratios": ratios}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "results": [r.summary() for r in results],
+                    "ratios": ratios,
+                },
+                indent=2,
+            )
+        )
     return 0 if all(not r.errors for r in results) else 1
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-
-from explainers.metrics import box_mask
-from models.reference import world
-from models.reference.evaluate import held_out_samples
+from mllm_audit.explainers.metrics import box_mask
+from mllm_audit.models.reference import world
+from mllm_audit.models.reference.evaluate import held_out_samples
 
 
 def bench_samples(n: int) -> list[world.Sample]:

@@ -30,15 +30,14 @@ import re
 import time
 
 import numpy as np
+from mllm_audit.explainers.engine import Job, run_jobs
+from mllm_audit.explainers.metrics import box_mask, pixel_ranking_curves, pointing_game
+from mllm_audit.explainers.tam import words_of_tokens
+from mllm_audit.explainers.token_maps import METHODS, target_heatmaps
+from mllm_audit.models.loading import load_model
+from mllm_audit.models.reference import world
+from mllm_audit.models.scorer import Scorer
 from skimage.filters import threshold_otsu
-
-from explainers.engine import Job, run_jobs
-from explainers.metrics import box_mask, pixel_ranking_curves, pointing_game
-from explainers.tam import words_of_tokens
-from explainers.token_maps import METHODS, target_heatmaps
-from models.loading import load_model
-from models.reference import world
-from models.scorer import Scorer
 
 from bench.samples import bench_samples
 
@@ -91,13 +90,32 @@ def binarise_answer(maps: list[dict]) -> list[np.ndarray]:
     return [c > thr for c in common]
 
 
-def evaluate_token_maps(loaded_model, samples: list[world.Sample], methods=METHODS, batch_size: int = 32,
-                        steps: int = 64, progress: bool = False) -> dict:
+def evaluate_token_maps(
+    loaded_model,
+    samples: list[world.Sample],
+    methods=METHODS,
+    batch_size: int = 32,
+    steps: int = 64,
+    progress: bool = False,
+) -> dict:
     """Per method: faithfulness, localisation, Obj/Func/F1-IoU and latency on ``samples`` (module docstring)."""
     scorer = Scorer(loaded_model)
-    rows: dict[str, dict[str, list]] = {m: {"ins": [], "del": [], "pg_mask": [], "pg_box": [], "obj_iou": [],
-                                            "func_iou": [], "ms_call": [], "ms_map": [], "passes": [],
-                                            "pg_mask_qa": [], "pg_mask_caption": []} for m in methods}
+    rows: dict[str, dict[str, list]] = {
+        m: {
+            "ins": [],
+            "del": [],
+            "pg_mask": [],
+            "pg_box": [],
+            "obj_iou": [],
+            "func_iou": [],
+            "ms_call": [],
+            "ms_map": [],
+            "passes": [],
+            "pg_mask_qa": [],
+            "pg_mask_caption": [],
+        }
+        for m in methods
+    }
     for i, s in enumerate(samples):
         image = s.scene.image
         audit = scorer.prepare(s.prompt, s.truth, (image.shape[1], image.shape[0]))
@@ -122,7 +140,7 @@ def evaluate_token_maps(loaded_model, samples: list[world.Sample], methods=METHO
                 r["pg_box"].append(pointing_game(mp["heatmap"], box_mask(obj.bbox, image.shape[:2])))
                 r["obj_iou"].append(_iou(b, obj.mask))
                 jobs.append((m, Job(audit, pixel_ranking_curves(image, mp["heatmap"], toks, steps=steps))))
-            for b in binary[len(objects):]:
+            for b in binary[len(objects) :]:
                 r["func_iou"].append(float((~b).mean()))  # IoU(inactive pixels, whole image)
         run_jobs([j for _, j in jobs], scorer.log_probs, batch_size)
         for m, job in jobs:
@@ -144,21 +162,37 @@ def _summary(r: dict[str, list]) -> dict:
     obj, func = _mean(r["obj_iou"]), _mean(r["func_iou"])
     f1 = 2 * obj * func / (obj + func) if obj is not None and func is not None and obj + func > 0 else None
     return {
-        "insertion_auc": _mean(r["ins"]), "deletion_auc": _mean(r["del"]),
-        "pointing_mask": _mean(r["pg_mask"]), "pointing_box": _mean(r["pg_box"]),
-        "pointing_mask_qa": _mean(r["pg_mask_qa"]), "pointing_mask_caption": _mean(r["pg_mask_caption"]),
-        "obj_iou": obj, "func_iou": func, "f1_iou": f1,
-        "ms_per_call": _mean(r["ms_call"]), "ms_per_map": _mean(r["ms_map"]),
+        "insertion_auc": _mean(r["ins"]),
+        "deletion_auc": _mean(r["del"]),
+        "pointing_mask": _mean(r["pg_mask"]),
+        "pointing_box": _mean(r["pg_box"]),
+        "pointing_mask_qa": _mean(r["pg_mask_qa"]),
+        "pointing_mask_caption": _mean(r["pg_mask_caption"]),
+        "obj_iou": obj,
+        "func_iou": func,
+        "f1_iou": f1,
+        "ms_per_call": _mean(r["ms_call"]),
+        "ms_per_map": _mean(r["ms_map"]),
         "forward_passes": _mean(r["passes"]),
-        "object_maps": len(r["obj_iou"]), "function_maps": len(r["func_iou"]),
+        "object_maps": len(r["obj_iou"]),
+        "function_maps": len(r["func_iou"]),
     }
 
 
-COLUMNS = [("insertion_auc", "ins AUC ↑"), ("deletion_auc", "del AUC ↓"), ("pointing_mask", "PG mask"),
-           ("pointing_box", "PG box"), ("pointing_mask_qa", "PG mask (QA)"),
-           ("pointing_mask_caption", "PG mask (captions)"), ("obj_iou", "Obj-IoU"), ("func_iou", "Func-IoU"),
-           ("f1_iou", "F1-IoU"), ("forward_passes", "passes"), ("ms_per_call", "ms / call"),
-           ("ms_per_map", "ms / map")]
+COLUMNS = [
+    ("insertion_auc", "ins AUC ↑"),
+    ("deletion_auc", "del AUC ↓"),
+    ("pointing_mask", "PG mask"),
+    ("pointing_box", "PG box"),
+    ("pointing_mask_qa", "PG mask (QA)"),
+    ("pointing_mask_caption", "PG mask (captions)"),
+    ("obj_iou", "Obj-IoU"),
+    ("func_iou", "Func-IoU"),
+    ("f1_iou", "F1-IoU"),
+    ("forward_passes", "passes"),
+    ("ms_per_call", "ms / call"),
+    ("ms_per_map", "ms / map"),
+]
 
 
 def print_table(table: dict) -> None:
@@ -168,14 +202,23 @@ def print_table(table: dict) -> None:
         cells = []
         for key, _ in COLUMNS:
             v = r.get(key)
-            cells.append("–" if v is None else f"{v:.0f}" if key in ("forward_passes",) else
-                         f"{v:.1f}" if key.startswith("ms") else f"{v:.3f}")
+            cells.append(
+                "–"
+                if v is None
+                else f"{v:.0f}"
+                if key in ("forward_passes",)
+                else f"{v:.1f}"
+                if key.startswith("ms")
+                else f"{v:.3f}"
+            )
         print(f"| {m} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=100, help="held-out samples (40%% colour, 40%% shape answers, 20%% captions)")
+    ap.add_argument(
+        "--n", type=int, default=100, help="held-out samples (40%% colour, 40%% shape answers, 20%% captions)"
+    )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--batch-size", type=int, default=32, help="forward batch for the insertion / deletion images")
     ap.add_argument("--steps", type=int, default=64)
@@ -187,8 +230,9 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown methods {sorted(unknown)}; use {', '.join(METHODS)}")
     start = time.perf_counter()
-    table = evaluate_token_maps(load_model(args.model), bench_samples(args.n), methods, args.batch_size,
-                                args.steps, progress=True)
+    table = evaluate_token_maps(
+        load_model(args.model), bench_samples(args.n), methods, args.batch_size, args.steps, progress=True
+    )
     print(f"\n{args.n} samples, {time.perf_counter() - start:.0f} s in all\n")
     print_table(table)
     if args.json:

@@ -1,4 +1,4 @@
-"""ARC, Activation Ranking Correlation (shared METHODS.md section 3, textual branch).
+"""ARC, Activation Ranking Correlation (arXiv 2509.22415, textual branch).
 
 The relevance of a context token j to the current token t is the rank-biased overlap of
 their top-k next-token rankings. The ranking "of" the token at sequence position j is the
@@ -13,7 +13,7 @@ top-heavy the comparison is: the first d ranks carry ``1 - p^d`` of the weight, 
 the default p = 0.9 the top 10 carry 65% and the top 22 90%; k = 50 (clipped to the
 vocabulary size).
 
-How it enters the map (our choice; shared METHODS.md marks it open): in TAM's estimated causal
+How it enters the map (our choice; the paper leaves it open): in TAM's estimated causal
 inference each context term is weighted by ``1 - rho_j`` (see tam.eci), so the interference
 of an irrelevant context (rho ~ 0) is removed as TAM removes it, and a coherent context
 (rho ~ 1), whose activation belongs to the same prediction, is kept.

@@ -22,13 +22,12 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from mllm_audit.explainers import eagle, reliance
+from mllm_audit.explainers.engine import EngineStats, Job, run_jobs
+from mllm_audit.explainers.masking import BASELINES
+from mllm_audit.explainers.metrics import pixel_ranking_curves
+from mllm_audit.explainers.regions import region_bbox, region_masks, rle_encode, superpixel_regions
 from PIL import Image
-
-from explainers import eagle, reliance
-from explainers.engine import EngineStats, Job, run_jobs
-from explainers.masking import BASELINES
-from explainers.metrics import pixel_ranking_curves
-from explainers.regions import region_bbox, region_masks, rle_encode, superpixel_regions
 
 METHODS = ("eagle", "eagle_greedy", "tam", "msea", "arc", "msea+arc")
 WHITE_BOX = ("tam", "msea", "arc", "msea+arc")
@@ -112,9 +111,17 @@ def encode_heatmap(heat: np.ndarray, encoding: str, size: tuple[int, int]) -> di
 
 
 class Auditor:
-    def __init__(self, scorer, forward_batch_size: int = 32, risk_medium: float = 0.35, risk_high: float = 0.65,
-                 max_prompt_tokens: int = 512, max_answer_tokens: int = 256, max_regions: int = 256,
-                 work_side: int = 336):
+    def __init__(
+        self,
+        scorer,
+        forward_batch_size: int = 32,
+        risk_medium: float = 0.35,
+        risk_high: float = 0.65,
+        max_prompt_tokens: int = 512,
+        max_answer_tokens: int = 256,
+        max_regions: int = 256,
+        work_side: int = 336,
+    ):
         self.scorer = scorer
         self.forward_batch_size = forward_batch_size
         self.risk = {"risk_medium": risk_medium, "risk_high": risk_high}
@@ -174,8 +181,9 @@ class Auditor:
         for target in req.targets:
             if isinstance(target, TokenSpan):
                 if target.end > len(tokens.ids):
-                    raise AuditInputError(f"token span [{target.start}, {target.end}) is outside the answer's "
-                                          f"{len(tokens.ids)} tokens")
+                    raise AuditInputError(
+                        f"token span [{target.start}, {target.end}) is outside the answer's {len(tokens.ids)} tokens"
+                    )
                 idx = list(range(target.start, target.end))
                 start, end = tokens.spans[idx[0]][0], tokens.spans[idx[-1]][1]
             else:
@@ -200,28 +208,37 @@ class Auditor:
             return work
         n_targets = len(work.targets)
         if req.method in WHITE_BOX:
-            from explainers.msea import make_views
-            from explainers.token_maps import target_heatmaps
+            from mllm_audit.explainers.msea import make_views
+            from mllm_audit.explainers.token_maps import target_heatmaps
 
             # the budget covers everything: contrast (2), the views, each target's pixel-ranking curves
             views = len(make_views(image)) if req.method.startswith("msea") else 1
             cost = 2 + views + n_targets * 2 * CURVE_STEPS
             if req.max_forward_passes is not None and cost > req.max_forward_passes:
-                raise AuditInputError(f"{req.method} with {n_targets} targets needs {cost} forward passes "
-                                      f"(maps and insertion/deletion curves); max_forward_passes is "
-                                      f"{req.max_forward_passes}: ask for fewer targets or a larger budget")
-            work.maps = target_heatmaps(self.scorer, audit, image, req.method,
-                                        [t.token_indices for t in work.targets])
+                raise AuditInputError(
+                    f"{req.method} with {n_targets} targets needs {cost} forward passes "
+                    f"(maps and insertion/deletion curves); max_forward_passes is "
+                    f"{req.max_forward_passes}: ask for fewer targets or a larger budget"
+                )
+            work.maps = target_heatmaps(self.scorer, audit, image, req.method, [t.token_indices for t in work.targets])
             for target, m in zip(work.targets, work.maps):
-                work.jobs.append(Job(audit, pixel_ranking_curves(image, m["heatmap"], target.token_indices,
-                                                                 baseline=req.baseline, steps=CURVE_STEPS)))
+                work.jobs.append(
+                    Job(
+                        audit,
+                        pixel_ranking_curves(
+                            image, m["heatmap"], target.token_indices, baseline=req.baseline, steps=CURVE_STEPS
+                        ),
+                    )
+                )
             return work
         work.labels = superpixel_regions(image, req.regions)
         masks = region_masks(work.labels)
         budget = None if req.max_forward_passes is None else req.max_forward_passes // n_targets
         if budget is not None and budget < 2:  # each target's search scores at least the full and blank images
-            raise AuditInputError(f"max_forward_passes {req.max_forward_passes} is too small for {n_targets} "
-                                  f"targets: each needs at least 2")
+            raise AuditInputError(
+                f"max_forward_passes {req.max_forward_passes} is too small for {n_targets} "
+                f"targets: each needs at least 2"
+            )
         options = {"baseline": req.baseline, "lam1": req.lambda1, "lam2": req.lambda2, "max_forward_passes": budget}
         for target in work.targets:
             if req.method == "eagle_greedy":
@@ -242,12 +259,23 @@ class Auditor:
             mask = labels == region
             if not mask.any():  # a sliver lost when mapping back to client pixels
                 continue
-            regions.append({"rank": rank, "region_id": int(region), "score": round(float(result.region_scores[region]), 6),
-                            "bbox": region_bbox(mask), "mask": rle_encode(mask)})
+            regions.append(
+                {
+                    "rank": rank,
+                    "region_id": int(region),
+                    "score": round(float(result.region_scores[region]), 6),
+                    "bbox": region_bbox(mask),
+                    "mask": rle_encode(mask),
+                }
+            )
         heat = eagle.heatmap_from_regions(work.labels, result.region_scores, size)  # flat regions at any size
         return {
-            "target": {"start": target.start, "end": target.end, "text": target.text,
-                       "token_indices": target.token_indices},
+            "target": {
+                "start": target.start,
+                "end": target.end,
+                "text": target.text,
+                "token_indices": target.token_indices,
+            },
             "regions": regions,
             "heatmap": encode_heatmap(heat, req.heatmap_encoding, size),
             "insertion_auc": result.insertion_auc(),
@@ -263,8 +291,12 @@ class Auditor:
         h, w = req.image.shape[:2]
         ins_auc, del_auc, curves = job.result
         out = {
-            "target": {"start": target.start, "end": target.end, "text": target.text,
-                       "token_indices": target.token_indices},
+            "target": {
+                "start": target.start,
+                "end": target.end,
+                "text": target.text,
+                "token_indices": target.token_indices,
+            },
             "regions": [],
             "heatmap": encode_heatmap(maps["heatmap"], req.heatmap_encoding, req.heatmap_size or (w, h)),
             "insertion_auc": ins_auc,
@@ -296,15 +328,24 @@ class Auditor:
             assessed = []
             for t in range(len(tokens.ids)):
                 curve = owner.get(t, first)
-                assessed += reliance.assess_tokens([tokens.texts[t]], p_full[[t]], p_blank[[t]], curve.areas,
-                                                   curve.insertion[:, [t]], visual=[claims[t]], **self.risk)
+                assessed += reliance.assess_tokens(
+                    [tokens.texts[t]],
+                    p_full[[t]],
+                    p_blank[[t]],
+                    curve.areas,
+                    curve.insertion[:, [t]],
+                    visual=[claims[t]],
+                    **self.risk,
+                )
             attributions = [self._eagle_attribution(work, tg, r) for tg, r in zip(work.targets, results)]
         else:
             p_full, p_blank = work.contrast.result
             assessed = reliance.assess_tokens(tokens.texts, p_full, p_blank, visual=claims, **self.risk)
             if req.with_attributions:
-                attributions = [self._white_box_attribution(work, target, maps, job)
-                                for target, maps, job in zip(work.targets, work.maps, explainer_jobs)]
+                attributions = [
+                    self._white_box_attribution(work, target, maps, job)
+                    for target, maps, job in zip(work.targets, work.maps, explainer_jobs)
+                ]
         token_context = {t: c for maps in work.maps or [] for t, c in maps["token_context"].items()}
         token_rows = []
         for t, a in enumerate(assessed):
@@ -318,8 +359,11 @@ class Auditor:
             "method": {"name": req.method if req.with_attributions else "reliance", "params": self._params(req)},
             "tokens": token_rows,
             "summary": reliance.summarize(assessed),
-            "stats": {"forward_passes": sum(j.forward_passes for j in work.jobs) + _map_stats(work).forward_passes,
-                      "model_calls": model_calls, "compute_ms": round(compute_ms, 2)},
+            "stats": {
+                "forward_passes": sum(j.forward_passes for j in work.jobs) + _map_stats(work).forward_passes,
+                "model_calls": model_calls,
+                "compute_ms": round(compute_ms, 2),
+            },
         }
         if req.with_attributions:
             out["attributions"] = attributions
@@ -331,12 +375,18 @@ class Auditor:
         if not req.with_attributions:
             return params
         if req.method.startswith("eagle"):
-            params.update({"regions": req.regions, "lambda1": req.lambda1, "lambda2": req.lambda2,
-                           "max_forward_passes": req.max_forward_passes})
+            params.update(
+                {
+                    "regions": req.regions,
+                    "lambda1": req.lambda1,
+                    "lambda2": req.lambda2,
+                    "max_forward_passes": req.max_forward_passes,
+                }
+            )
             if req.method == "eagle":
                 params.update(FAST_SEARCH)
         elif req.method in WHITE_BOX:
-            from explainers.token_maps import method_params
+            from mllm_audit.explainers.token_maps import method_params
 
             params.update(method_params(req.method))
         return params
@@ -348,22 +398,23 @@ class Auditor:
         for req in requests:
             try:
                 works.append(self._plan(req))
-            except Exception as exc:  # noqa: BLE001 - one bad request stays one bad request
+            except Exception as exc:
                 works.append(exc)
         planned = [w for w in works if isinstance(w, _Work)]
         jobs = [j for w in planned for j in w.jobs]
         # white-box maps ran while planning, outside the engine: their forwards count too
-        maps = EngineStats(sum(_map_stats(w).forward_passes for w in planned),
-                           sum(_map_stats(w).model_calls for w in planned))
+        maps = EngineStats(
+            sum(_map_stats(w).forward_passes for w in planned), sum(_map_stats(w).model_calls for w in planned)
+        )
 
         def progress(engine: EngineStats) -> None:
-            on_progress(EngineStats(engine.forward_passes + maps.forward_passes,
-                                    engine.model_calls + maps.model_calls))
+            on_progress(EngineStats(engine.forward_passes + maps.forward_passes, engine.model_calls + maps.model_calls))
 
         if on_progress and maps.forward_passes:
             progress(EngineStats())  # report the maps (and check the deadline) before the engine starts
-        stats = run_jobs(jobs, self.scorer.log_probs, self.forward_batch_size,
-                         on_round=progress if on_progress else None)
+        stats = run_jobs(
+            jobs, self.scorer.log_probs, self.forward_batch_size, on_round=progress if on_progress else None
+        )
         model_calls = stats.model_calls + maps.model_calls
         compute_ms = (time.perf_counter() - start) * 1000
         results: list[dict | Exception] = []
@@ -373,7 +424,7 @@ class Auditor:
                 continue
             try:
                 results.append(self._finish(work, model_calls, compute_ms))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 results.append(exc)
         return results
 

@@ -1,6 +1,6 @@
 """EAGLE: rank image regions by greedy subset selection on a black-box objective.
 
-Model-agnostic (shared METHODS.md section 1). Each search is a generator that follows the engine
+Model-agnostic (EAGLE, arXiv 2509.22496). Each search is a generator that follows the engine
 protocol (explainers/engine.py):
 
 * it yields a non-empty ``list`` of H x W x 3 uint8 images to score,
@@ -24,9 +24,8 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from mllm_audit.explainers.masking import compose, resolve_baseline
 from PIL import Image
-
-from explainers.masking import compose, resolve_baseline
 
 _Key = tuple[str, frozenset[int]]  # ("keep" | "remove", region set)
 Search = Generator[list[np.ndarray], np.ndarray, "EagleResult"]
@@ -34,8 +33,14 @@ Search = Generator[list[np.ndarray], np.ndarray, "EagleResult"]
 
 # ---------------------------------------------------------------- objective and result
 
-def objective(keep_logp: np.ndarray, remove_logp: np.ndarray, lam1: float = 1.0, lam2: float = 1.0,
-              token_indices: Sequence[int] | None = None) -> np.ndarray | float:
+
+def objective(
+    keep_logp: np.ndarray,
+    remove_logp: np.ndarray,
+    lam1: float = 1.0,
+    lam2: float = 1.0,
+    token_indices: Sequence[int] | None = None,
+) -> np.ndarray | float:
     """F = mean over the selected tokens of lam1 * p(keep) + lam2 * (1 - p(remove)).
 
     Inputs are log-probabilities ``[..., n_tokens]``; raw probabilities enter F as in the
@@ -89,6 +94,7 @@ class EagleResult:
 
 
 # ---------------------------------------------------------------- scoring subsets of regions
+
 
 def _check_scores(scores: np.ndarray, n: int, n_tokens: int | None) -> np.ndarray:
     arr = np.asarray(scores, dtype=np.float64)
@@ -159,8 +165,7 @@ class _SubsetScores:
 
     def value(self, regions: Iterable[int], tokens: list[int], lam1: float, lam2: float) -> float:
         regions = frozenset(regions)
-        return objective(self.scores[self.keep(regions)], self.scores[self.remove(regions)],
-                         lam1, lam2, tokens)
+        return objective(self.scores[self.keep(regions)], self.scores[self.remove(regions)], lam1, lam2, tokens)
 
     def area(self, regions: Iterable[int]) -> float:
         return float(self.union(frozenset(regions)).mean())
@@ -196,8 +201,11 @@ def _start(ev: _SubsetScores, token_indices: Sequence[int] | None):
 
 # ---------------------------------------------------------------- from ranking to result
 
+
 def scores_from_gains(ranking: Sequence[int], gains: np.ndarray) -> np.ndarray:
-    """Heatmap value per region id from the marginal gains along the ranking (shared METHODS.md §1.5).
+    """Heatmap value per region id from the marginal gains along the ranking.
+
+    As EAGLE's own visualisation (arXiv 2509.22496) does it.
 
     Rank k gets sum_{j>k} |gain_j| / sum_{j>1} |gain_j|: the share of the gains still to
     come (top 1, last 0). When every later gain is zero the ranking is all we know, so the
@@ -223,8 +231,16 @@ def _spread(candidates: list[int], count: int) -> list[int]:
     return [candidates[i] for i in picks]
 
 
-def _finish(ev: _SubsetScores, method: str, ranking: list[int], tokens: list[int], lam1: float,
-            lam2: float, budget: _Budget, complete: bool):
+def _finish(
+    ev: _SubsetScores,
+    method: str,
+    ranking: list[int],
+    tokens: list[int],
+    lam1: float,
+    lam2: float,
+    budget: _Budget,
+    complete: bool,
+):
     """Curves along the final ranking, scoring the prefix sets the search did not visit.
 
     Missing prefixes are scored in one extra yield. If the budget cannot pay for all of
@@ -260,11 +276,21 @@ def _finish(ev: _SubsetScores, method: str, ranking: list[int], tokens: list[int
     else:
         areas = np.array([ev.area(prefixes[i]) for i in points])
     return EagleResult(
-        method=method, ranking=list(ranking), gains=gains,
-        region_scores=scores_from_gains(ranking, gains), prefix_sizes=points, areas=areas,
-        insertion=insertion, deletion=deletion, objective=f_known,
-        p_full=np.exp(ev.logp(ev.remove(()))), p_blank=np.exp(ev.logp(ev.keep(()))),
-        token_indices=tokens, forward_passes=ev.passes, search_complete=complete)
+        method=method,
+        ranking=list(ranking),
+        gains=gains,
+        region_scores=scores_from_gains(ranking, gains),
+        prefix_sizes=points,
+        areas=areas,
+        insertion=insertion,
+        deletion=deletion,
+        objective=f_known,
+        p_full=np.exp(ev.logp(ev.remove(()))),
+        p_blank=np.exp(ev.logp(ev.keep(()))),
+        token_indices=tokens,
+        forward_passes=ev.passes,
+        search_complete=complete,
+    )
 
 
 def _order_by_estimate(regions: Iterable[int], estimate: dict[int, float]) -> list[int]:
@@ -274,9 +300,16 @@ def _order_by_estimate(regions: Iterable[int], estimate: dict[int, float]) -> li
 
 # ---------------------------------------------------------------- the searches
 
-def greedy_search(image: np.ndarray, masks: np.ndarray, token_indices: Sequence[int] | None = None,
-                  baseline: str | np.ndarray = "black", lam1: float = 1.0, lam2: float = 1.0,
-                  max_forward_passes: int | None = None) -> Search:
+
+def greedy_search(
+    image: np.ndarray,
+    masks: np.ndarray,
+    token_indices: Sequence[int] | None = None,
+    baseline: str | np.ndarray = "black",
+    lam1: float = 1.0,
+    lam2: float = 1.0,
+    max_forward_passes: int | None = None,
+) -> Search:
     """The published plain greedy: at every step try every remaining region, keep the argmax.
 
     Yields ``[full, baseline]`` first, then one list per step with, for each remaining
@@ -318,12 +351,21 @@ def greedy_search(image: np.ndarray, masks: np.ndarray, token_indices: Sequence[
     return (yield from _finish(ev, "eagle_greedy", ranking, tokens, lam1, lam2, budget, complete))
 
 
-def fast_search(image: np.ndarray, masks: np.ndarray, token_indices: Sequence[int] | None = None,
-                baseline: str | np.ndarray = "black", lam1: float = 1.0, lam2: float = 1.0,
-                s: int = 6, p: int = 4, u: int = 15, max_forward_passes: int | None = None) -> Search:
+def fast_search(
+    image: np.ndarray,
+    masks: np.ndarray,
+    token_indices: Sequence[int] | None = None,
+    baseline: str | np.ndarray = "black",
+    lam1: float = 1.0,
+    lam2: float = 1.0,
+    s: int = 6,
+    p: int = 4,
+    u: int = 15,
+    max_forward_passes: int | None = None,
+) -> Search:
     """EAGLE's faster search: lazy top-down greedy plus a bottom-up ranking that meets it.
 
-    Our reading of shared METHODS.md §1 step 4 (the paper gives the idea, not every detail):
+    Our reading of EAGLE's (arXiv 2509.22496) faster search (the paper gives the idea, not every detail):
 
     * State: ``selected`` (ranked from the top), ``tail`` (ranked from the bottom, worst
       first), ``remaining`` (the middle), and for each region an *estimate*: its
@@ -397,8 +439,10 @@ def fast_search(image: np.ndarray, masks: np.ndarray, token_indices: Sequence[in
 
 # ---------------------------------------------------------------- heatmap
 
-def heatmap_from_regions(labels: np.ndarray, region_scores: np.ndarray,
-                         size: tuple[int, int] | None = None) -> np.ndarray:
+
+def heatmap_from_regions(
+    labels: np.ndarray, region_scores: np.ndarray, size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Paint each region with its score: float32 [h, w] in [0, 1]; size is (width, height).
 
     The label map is resized with nearest-neighbour so regions stay flat (a bilinear

@@ -49,7 +49,7 @@ def _advance(job: Job, scores: np.ndarray | None) -> None:
         job._pending = pending
     except StopIteration as stop:
         job.result, job._pending = stop.value, None
-    except Exception as exc:  # noqa: BLE001 - one job's failure stays that job's
+    except Exception as exc:
         job.error, job._pending = exc, None
 
 
@@ -66,7 +66,7 @@ def _fail(job: Job, exc: BaseException) -> None:
     job.error, job._pending = exc, None
     try:
         job.explainer.close()
-    except Exception:  # noqa: BLE001 - a generator that refuses to close must not fail the others
+    except Exception:
         pass
 
 
@@ -81,13 +81,14 @@ def _score_isolated(score: ScoreFn, items: list[tuple[Job, int, np.ndarray]], st
             out = _score_checked(score, [(job.audit, img) for _, _, img in mine])
             stats.model_calls += 1
             results.update({(id(job), i): r for (_, i, _), r in zip(mine, out)})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _fail(job, exc)
     return results
 
 
-def run_jobs(jobs: list[Job], score: ScoreFn, batch_size: int = 32,
-             on_round: Callable[[EngineStats], None] | None = None) -> EngineStats:
+def run_jobs(
+    jobs: list[Job], score: ScoreFn, batch_size: int = 32, on_round: Callable[[EngineStats], None] | None = None
+) -> EngineStats:
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     stats = EngineStats()
@@ -102,7 +103,7 @@ def run_jobs(jobs: list[Job], score: ScoreFn, batch_size: int = 32,
                 out = _score_checked(score, [(job.audit, img) for job, _, img in chunk])
                 stats.model_calls += 1
                 results.update({(id(job), i): r for (job, i, _), r in zip(chunk, out)})
-            except Exception:  # noqa: BLE001
+            except Exception:
                 results.update(_score_isolated(score, chunk, stats))
         for job in active:
             if job.done:  # failed while scoring
@@ -112,7 +113,7 @@ def run_jobs(jobs: list[Job], score: ScoreFn, batch_size: int = 32,
             stats.forward_passes += n
             try:  # rows of unequal length (a scorer bug) fail this job only
                 scores = np.stack([np.asarray(results[(id(job), i)]) for i in range(n)])
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 _fail(job, exc)
                 continue
             _advance(job, scores)

@@ -1,6 +1,6 @@
 """Build the masked images that black-box explainers score.
 
-Masking happens in pixel space, before the model's processor (shared METHODS.md section 1,
+Masking happens in pixel space, before the model's processor (EAGLE, arXiv 2509.22496,
 step 2): kept pixels come from the image, removed pixels from a baseline image.
 EAGLE's baseline is black; blur and mean-colour baselines are offered for comparisons.
 """

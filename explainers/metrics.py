@@ -1,4 +1,4 @@
-"""Faithfulness and localisation metrics (shared METHODS.md section 5).
+"""Faithfulness and localisation metrics (insertion and deletion AUC as in EAGLE, arXiv 2509.22496; pointing game).
 
 Insertion / deletion: the mean target-token probability as the attributed pixels are
 revealed on the baseline (insertion, higher is better) or removed from the image
@@ -14,9 +14,8 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from mllm_audit.explainers.masking import compose, resolve_baseline
 from PIL import Image
-
-from explainers.masking import compose, resolve_baseline
 
 
 def auc(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray) -> float:
@@ -40,16 +39,16 @@ def _target_mean(curve: np.ndarray, token_indices: Sequence[int] | None) -> np.n
     return curve[:, idx].mean(axis=1)
 
 
-def insertion_deletion_from_ranking(areas: np.ndarray, insertion: np.ndarray, deletion: np.ndarray,
-                                    token_indices: Sequence[int] | None = None) -> tuple[float, float]:
+def insertion_deletion_from_ranking(
+    areas: np.ndarray, insertion: np.ndarray, deletion: np.ndarray, token_indices: Sequence[int] | None = None
+) -> tuple[float, float]:
     """(insertion AUC, deletion AUC) from curves already measured along a ranking.
 
     ``insertion`` / ``deletion`` are probabilities [n_points, n_tokens] (or [n_points] for
     one already-averaged curve) at revealed-area fractions ``areas``; the target tokens'
     probabilities are averaged before integrating, as in the paper.
     """
-    return (auc(areas, _target_mean(insertion, token_indices)),
-            auc(areas, _target_mean(deletion, token_indices)))
+    return (auc(areas, _target_mean(insertion, token_indices)), auc(areas, _target_mean(deletion, token_indices)))
 
 
 @dataclass
@@ -67,9 +66,13 @@ def _fit_heatmap(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return heat
 
 
-def pixel_ranking_curves(image: np.ndarray, heatmap: np.ndarray, token_indices: Sequence[int] | None = None,
-                         baseline: str | np.ndarray = "black", steps: int = 64
-                         ) -> Generator[list[np.ndarray], np.ndarray, tuple[float, float, RankingCurves]]:
+def pixel_ranking_curves(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    token_indices: Sequence[int] | None = None,
+    baseline: str | np.ndarray = "black",
+    steps: int = 64,
+) -> Generator[list[np.ndarray], np.ndarray, tuple[float, float, RankingCurves]]:
     """Insertion / deletion of a pixel heatmap, as an engine generator (see engine.py).
 
     Pixels are ranked by heatmap value, highest first (ties in row-major order, so the
@@ -99,7 +102,7 @@ def pixel_ranking_curves(image: np.ndarray, heatmap: np.ndarray, token_indices: 
         raise ValueError(f"expected log-probs of shape [{len(images)}, n_tokens], got {received.shape}")
     probs = np.exp(received)
     full, blank = probs[0], probs[1]
-    middle_ins, middle_del = probs[2:steps + 1], probs[steps + 1:]
+    middle_ins, middle_del = probs[2 : steps + 1], probs[steps + 1 :]
     insertion = np.vstack([blank, middle_ins, full])
     deletion = np.vstack([full, middle_del, blank])
     tokens = list(range(probs.shape[1])) if token_indices is None else [int(t) for t in token_indices]

@@ -1,4 +1,4 @@
-"""MSEA, Multi-Scale Explanation Aggregation (shared METHODS.md section 3, visual branch).
+"""MSEA, Multi-Scale Explanation Aggregation (arXiv 2509.22415, visual branch).
 
 The base token map is computed on the image shown at several scales, every map is brought
 back to the image's pixels, and the maps are averaged: at a larger scale an object spans
@@ -27,9 +27,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from mllm_audit.explainers.masking import baseline_image
 from PIL import Image
-
-from explainers.masking import baseline_image
 
 DEFAULT_SCALES = (0.75, 1.0, 1.5, 2.0)
 
@@ -74,14 +73,14 @@ def make_views(image: np.ndarray, scales=DEFAULT_SCALES) -> list[View]:
             sw, sh = max(1, round(w * s)), max(1, round(h * s))
             x0, y0 = (w - sw) // 2, (h - sh) // 2
             canvas = baseline_image(image, "mean")
-            canvas[y0:y0 + sh, x0:x0 + sw] = _resize(image, (sw, sh))
+            canvas[y0 : y0 + sh, x0 : x0 + sw] = _resize(image, (sw, sh))
             views.append(View(canvas, s, full, (x0, y0, x0 + sw, y0 + sh)))
         else:
             tw, th = max(1, round(w / s)), max(1, round(h / s))
             n = math.ceil(2 * (s - 1) - 1e-9) + 1
             for y in tile_offsets(h, th, n):
                 for x in tile_offsets(w, tw, n):
-                    tile = image[y:y + th, x:x + tw]
+                    tile = image[y : y + th, x : x + tw]
                     views.append(View(_resize(tile, (w, h)), s, (x, y, x + tw, y + th), full))
     return views
 

@@ -1,7 +1,7 @@
 """Split an image into superpixel regions, and describe regions compactly for the API.
 
 EAGLE ranks regions, not pixels: the image is sparsified into about N superpixels
-(shared METHODS.md section 1, step 1). We use scikit-image's SLIC in its zero-parameter
+(EAGLE, arXiv 2509.22496, step 1). We use scikit-image's SLIC in its zero-parameter
 form (SLICO, `slic_zero=True`), the same family as the OpenCV SLICO of the reference code.
 
 Masks go over the wire as run-length encodings in ROW-MAJOR order (unlike COCO, which
@@ -17,8 +17,9 @@ import numpy as np
 from skimage.segmentation import slic
 
 
-def superpixel_regions(image: np.ndarray, n_regions: int = 64, seed: int = 0,
-                       compactness: float = 10.0, max_num_iter: int = 20) -> np.ndarray:
+def superpixel_regions(
+    image: np.ndarray, n_regions: int = 64, seed: int = 0, compactness: float = 10.0, max_num_iter: int = 20
+) -> np.ndarray:
     """Label every pixel of an H x W x 3 uint8 image with a region id in 0..K-1, K ~ n_regions.
 
     Deterministic: SLIC itself uses no randomness, so the same image always gives the
@@ -34,8 +35,16 @@ def superpixel_regions(image: np.ndarray, n_regions: int = 64, seed: int = 0,
     h, w = image.shape[:2]
     if n_regions == 1 or h * w == 1:
         return np.zeros((h, w), dtype=np.int32)
-    raw = slic(image, n_segments=n_regions, compactness=compactness, max_num_iter=max_num_iter,
-               slic_zero=True, start_label=0, enforce_connectivity=True, channel_axis=-1)
+    raw = slic(
+        image,
+        n_segments=n_regions,
+        compactness=compactness,
+        max_num_iter=max_num_iter,
+        slic_zero=True,
+        start_label=0,
+        enforce_connectivity=True,
+        channel_axis=-1,
+    )
     # SLIC may skip ids after merging small segments: relabel to consecutive 0..K-1 so
     # region id == row of region_masks().
     _, consecutive = np.unique(raw, return_inverse=True)
@@ -71,8 +80,7 @@ def rle_encode(mask: np.ndarray) -> dict[str, Any]:
     counts = np.diff(bounds).tolist()
     if flat.size and flat[0] == 1:
         counts = [0] + counts
-    return {"encoding": "rle", "size": [int(h), int(w)], "order": "row-major",
-            "counts": [int(c) for c in counts]}
+    return {"encoding": "rle", "size": [int(h), int(w)], "order": "row-major", "counts": [int(c) for c in counts]}
 
 
 def rle_decode(rle: dict[str, Any]) -> np.ndarray:

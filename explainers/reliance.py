@@ -1,6 +1,7 @@
 """Per-token visual reliance, language reliance and hallucination risk.
 
-Signals (shared METHODS.md sections 1.6 and 4), all from teacher-forced token probabilities:
+Signals (EAGLE, arXiv 2509.22496: modality reliance and hallucination analysis), all from
+teacher-forced token probabilities:
 
 * visual contrast (VCD-style, bounded): how much of the token's probability the image
   adds over a content-free baseline, ``contrast_t = clip((p_full - p_blank) / p_full, 0, 1)``.
@@ -33,9 +34,8 @@ from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-from explainers.masking import resolve_baseline
-from explainers.metrics import auc
+from mllm_audit.explainers.masking import resolve_baseline
+from mllm_audit.explainers.metrics import auc
 
 EPS = 1e-8
 NOT_VISUAL = "not_visual"
@@ -45,22 +45,160 @@ LABEL_ORDER = {NOT_VISUAL: -1, "low": 0, "medium": 1, "high": 2}
 # conjunctions, auxiliaries and contraction pieces. Deliberately NOT here: numbers and
 # quantifiers (counts are visual claims), spatial words (above, left, behind: relation
 # claims), and yes / no / not (in an existence answer the yes or no IS the claim).
-FUNCTION_WORDS = frozenset("""
-a an the this that these those its it's his her hers their theirs our ours your yours my mine
-some any each every such another other own same
-it they them he him she we us you i me itself themselves himself herself
-which who whom whose what where when why how there here
-of in on at to with for from by as into onto about than via within upon per
-and or but so if then because while although though nor also too either neither
-is are was were be been being am do does did done has have had having
-can could will would shall should may might must
-s t re ve ll d m just very really like
-""".split())
+FUNCTION_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "this",
+        "that",
+        "these",
+        "those",
+        "its",
+        "it's",
+        "his",
+        "her",
+        "hers",
+        "their",
+        "theirs",
+        "our",
+        "ours",
+        "your",
+        "yours",
+        "my",
+        "mine",
+        "some",
+        "any",
+        "each",
+        "every",
+        "such",
+        "another",
+        "other",
+        "own",
+        "same",
+        "it",
+        "they",
+        "them",
+        "he",
+        "him",
+        "she",
+        "we",
+        "us",
+        "you",
+        "i",
+        "me",
+        "itself",
+        "themselves",
+        "himself",
+        "herself",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "what",
+        "where",
+        "when",
+        "why",
+        "how",
+        "there",
+        "here",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "with",
+        "for",
+        "from",
+        "by",
+        "as",
+        "into",
+        "onto",
+        "about",
+        "than",
+        "via",
+        "within",
+        "upon",
+        "per",
+        "and",
+        "or",
+        "but",
+        "so",
+        "if",
+        "then",
+        "because",
+        "while",
+        "although",
+        "though",
+        "nor",
+        "also",
+        "too",
+        "either",
+        "neither",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "do",
+        "does",
+        "did",
+        "done",
+        "has",
+        "have",
+        "had",
+        "having",
+        "can",
+        "could",
+        "will",
+        "would",
+        "shall",
+        "should",
+        "may",
+        "might",
+        "must",
+        "s",
+        "t",
+        "re",
+        "ve",
+        "ll",
+        "d",
+        "m",
+        "just",
+        "very",
+        "really",
+        "like",
+    ]
+)
 # Words about the picture itself rather than its content ("The image shows ...").
-META_WORDS = frozenset("""
-image images picture pictures photo photos photograph scene shows show showing shown
-depicts depict depicting displays display features contains see seen
-""".split())
+META_WORDS = frozenset(
+    [
+        "image",
+        "images",
+        "picture",
+        "pictures",
+        "photo",
+        "photos",
+        "photograph",
+        "scene",
+        "shows",
+        "show",
+        "showing",
+        "shown",
+        "depicts",
+        "depict",
+        "depicting",
+        "displays",
+        "display",
+        "features",
+        "contains",
+        "see",
+        "seen",
+    ]
+)
 _PIECE_MARKERS = "\u2581\u0120\u010a#"  # SentencePiece "▁", GPT-2 byte "Ġ" / "Ċ", WordPiece "##"
 
 
@@ -128,8 +266,13 @@ def normalised_reliance(areas: np.ndarray, insertion: np.ndarray) -> np.ndarray:
     return np.clip(reliance_score(areas, curve) / np.maximum(curve.max(axis=0), EPS), 0.0, 1.0)
 
 
-def visual_reliance(p_full: np.ndarray, p_blank: np.ndarray, areas: np.ndarray | None = None,
-                    insertion: np.ndarray | None = None, contrast_weight: float = 0.5) -> np.ndarray:
+def visual_reliance(
+    p_full: np.ndarray,
+    p_blank: np.ndarray,
+    areas: np.ndarray | None = None,
+    insertion: np.ndarray | None = None,
+    contrast_weight: float = 0.5,
+) -> np.ndarray:
     """Per-token visual reliance in [0, 1] (formula in the module docstring)."""
     contrast = visual_contrast(p_full, p_blank)
     if insertion is None or areas is None:
@@ -159,11 +302,18 @@ class TokenReliance:
         return asdict(self)
 
 
-def assess_tokens(texts: Sequence[str], p_full: np.ndarray, p_blank: np.ndarray,
-                  areas: np.ndarray | None = None, insertion: np.ndarray | None = None,
-                  risk_medium: float = 0.35, risk_high: float = 0.65,
-                  contrast_weight: float = 0.5, prior_exponent: float = 0.5,
-                  visual: Sequence[bool] | None = None) -> list[TokenReliance]:
+def assess_tokens(
+    texts: Sequence[str],
+    p_full: np.ndarray,
+    p_blank: np.ndarray,
+    areas: np.ndarray | None = None,
+    insertion: np.ndarray | None = None,
+    risk_medium: float = 0.35,
+    risk_high: float = 0.65,
+    contrast_weight: float = 0.5,
+    prior_exponent: float = 0.5,
+    visual: Sequence[bool] | None = None,
+) -> list[TokenReliance]:
     """Reliance and risk for every answer token (probabilities, not log-probs).
 
     ``areas`` / ``insertion`` ([n_points, T]) are an EAGLE insertion curve when the
@@ -187,8 +337,19 @@ def assess_tokens(texts: Sequence[str], p_full: np.ndarray, p_blank: np.ndarray,
             label = risk_label(risk, risk_medium, risk_high)
         else:
             risk, label = 0.0, NOT_VISUAL
-        out.append(TokenReliance(t, text, float(pf[t]), float(pb[t]), float(vis[t]), lang, risk, label,
-                                 None if eagle is None else float(eagle[t])))
+        out.append(
+            TokenReliance(
+                t,
+                text,
+                float(pf[t]),
+                float(pb[t]),
+                float(vis[t]),
+                lang,
+                risk,
+                label,
+                None if eagle is None else float(eagle[t]),
+            )
+        )
     return out
 
 
@@ -204,12 +365,17 @@ def summarize(tokens: Sequence[TokenReliance]) -> dict:
     if not visual:
         return {"risk_label": NOT_VISUAL, "risk_score": 0.0, "visual_reliance": reliance, "flagged_tokens": 0}
     worst = max(visual, key=lambda t: LABEL_ORDER[t.risk_label])
-    return {"risk_label": worst.risk_label, "risk_score": max(t.risk_score for t in visual),
-            "visual_reliance": reliance, "flagged_tokens": sum(t.risk_label == "high" for t in visual)}
+    return {
+        "risk_label": worst.risk_label,
+        "risk_score": max(t.risk_score for t in visual),
+        "visual_reliance": reliance,
+        "flagged_tokens": sum(t.risk_label == "high" for t in visual),
+    }
 
 
-def blank_contrast(image: np.ndarray, baselines: Sequence[str] = ("black",)
-                   ) -> Generator[list[np.ndarray], np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def blank_contrast(
+    image: np.ndarray, baselines: Sequence[str] = ("black",)
+) -> Generator[list[np.ndarray], np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Cheap-path engine generator: ONE yield ``[full, *baselines]``.
 
     Returns ``(p_full, p_blank)`` probabilities [T]; with several baselines p_blank is

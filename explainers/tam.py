@@ -1,4 +1,4 @@
-"""TAM, the Token Activation Map (shared METHODS.md section 2): one white-box forward, no backward.
+"""TAM, the Token Activation Map (arXiv 2506.23270): one white-box forward, no backward.
 
 For answer token t with token id c, the activation at an earlier position j is the logit of c
 read at j, clipped at zero: ``a_j = ReLU(h_j . w_c)`` (h_j the last decoder layer's hidden
@@ -24,13 +24,12 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from mllm_audit.explainers import arc
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from explainers import arc
-
-
 # ---------------------------------------------------------------------------- building blocks
+
 
 def rank_gaussian_filter(grid: np.ndarray, size: int = 3) -> np.ndarray:
     """Denoise a non-negative grid map with TAM's rank Gaussian filter.
@@ -69,8 +68,9 @@ def eci_scale(target: np.ndarray, interference: np.ndarray) -> float:
     return float(np.asarray(target, dtype=np.float64).ravel() @ i) / denom
 
 
-def eci(target: np.ndarray, contexts: np.ndarray, relevances: np.ndarray,
-        coherence: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def eci(
+    target: np.ndarray, contexts: np.ndarray, relevances: np.ndarray, coherence: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     """Estimated causal inference: the target map with its context interference removed.
 
     ``target`` A_t [rows, cols]; ``contexts`` A_j [n, rows, cols]; ``relevances`` r_j [n] (>= 0).
@@ -148,6 +148,7 @@ def normalise(heat: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- the sequence
 
+
 @dataclass(frozen=True)
 class SequenceLayout:
     """Where things sit in one audit's token sequence (the same for every view of the image)."""
@@ -180,18 +181,27 @@ def sequence_layout(scorer, audit, image: np.ndarray) -> SequenceLayout:
     positions = np.asarray(scorer.image_token_positions(audit), dtype=np.int64)
     rows, cols = scorer.image_grid(audit, image)
     if rows * cols != len(positions):
-        raise ValueError(f"the image grid {rows}x{cols} does not match the {len(positions)} image tokens "
-                         "(several images or tiles per request are not supported by white-box maps)")
+        raise ValueError(
+            f"the image grid {rows}x{cols} does not match the {len(positions)} image tokens "
+            "(several images or tiles per request are not supported by white-box maps)"
+        )
     seq = audit.sequence
     tokenizer = scorer.processor.tokenizer
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     image_set = set(positions.tolist())
-    prompt = [j for j in range(1, seq.answer_start)
-              if j not in image_set and seq.input_ids[j] not in special]
+    prompt = [j for j in range(1, seq.answer_start) if j not in image_set and seq.input_ids[j] not in special]
     texts = {j: tokenizer.decode([seq.input_ids[j]]) for j in prompt}
     tokens = audit.tokens
-    return SequenceLayout(positions, (int(rows), int(cols)), seq.answer_start, list(tokens.ids), list(tokens.texts),
-                          words_of_tokens(audit.answer, list(tokens.spans)), prompt, texts)
+    return SequenceLayout(
+        positions,
+        (int(rows), int(cols)),
+        seq.answer_start,
+        list(tokens.ids),
+        list(tokens.texts),
+        words_of_tokens(audit.answer, list(tokens.spans)),
+        prompt,
+        texts,
+    )
 
 
 def _same_word(layout: SequenceLayout, k: int, t: int) -> bool:
@@ -205,6 +215,7 @@ def _same_word(layout: SequenceLayout, k: int, t: int) -> bool:
 
 # ---------------------------------------------------------------------------- one forward
 
+
 @dataclass
 class TokenGridMap:
     """One answer token's map from one forward: grid map after ECI and the filter, and its context."""
@@ -215,9 +226,14 @@ class TokenGridMap:
     context_scores: np.ndarray  # textual relevance of each context position, for reports
 
 
-def token_grid_maps(logits: np.ndarray, layout: SequenceLayout, tokens: list[int],
-                    arc_params: arc.ArcParams | None = None, use_filter: bool = True,
-                    filter_size: int = 3) -> dict[int, TokenGridMap]:
+def token_grid_maps(
+    logits: np.ndarray,
+    layout: SequenceLayout,
+    tokens: list[int],
+    arc_params: arc.ArcParams | None = None,
+    use_filter: bool = True,
+    filter_size: int = 3,
+) -> dict[int, TokenGridMap]:
     """TAM (or TAM with ARC when ``arc_params`` is given) for each answer token index in ``tokens``.
 
     ``logits`` [seq, vocab] come from one white-box forward of the audit's sequence.
@@ -235,8 +251,9 @@ def token_grid_maps(logits: np.ndarray, layout: SequenceLayout, tokens: list[int
     if arc_params is not None:
         # the ranking "of" the token at position j is the prediction the model made for it, at
         # j - 1; only text positions need one (image positions are most of a long sequence)
-        needed = sorted({j - 1 for j in layout.prompt_positions}
-                        | {layout.position(t) - 1 for t in range(max(tokens) + 1)})
+        needed = sorted(
+            {j - 1 for j in layout.prompt_positions} | {layout.position(t) - 1 for t in range(max(tokens) + 1)}
+        )
         ranked = arc.top_k_rankings(logits[needed], arc_params.k)
         rankings = {j: row for j, row in zip(needed, ranked)}
 
@@ -246,12 +263,14 @@ def token_grid_maps(logits: np.ndarray, layout: SequenceLayout, tokens: list[int
         cls = layout.answer_ids[t]
         earlier = list(range(t))
         context_positions = layout.prompt_positions + [layout.position(k) for k in earlier]
-        relevance = np.maximum(logits[context_positions, cls].astype(np.float64), 0.0) if context_positions \
-            else np.zeros(0)
+        relevance = (
+            np.maximum(logits[context_positions, cls].astype(np.float64), 0.0) if context_positions else np.zeros(0)
+        )
         coherence = None
         if rankings is not None and context_positions:
-            coherence = arc.coherence(rankings[pos_t - 1], np.stack([rankings[j - 1] for j in context_positions]),
-                                      arc_params.p)
+            coherence = arc.coherence(
+                rankings[pos_t - 1], np.stack([rankings[j - 1] for j in context_positions]), arc_params.p
+            )
         n_prompt = len(layout.prompt_positions)
         J = [i for i, k in enumerate(earlier) if not _same_word(layout, k, t)]
         target = raw_map(cls)

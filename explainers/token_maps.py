@@ -1,4 +1,4 @@
-"""White-box token maps for an audit: TAM, MSEA, ARC and MSEA+ARC (shared METHODS.md sections 2 and 3).
+"""White-box token maps for an audit: TAM, MSEA, ARC and MSEA+ARC (arXiv 2506.23270 and 2509.22415).
 
     target_heatmaps(scorer, audit, image, method, targets)
         -> [{"heatmap", "context", "token_context", "forward_passes", "model_calls", "peak"}]
@@ -29,9 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from explainers import msea, tam
-from explainers.arc import ArcParams
+from mllm_audit.explainers import msea, tam
+from mllm_audit.explainers.arc import ArcParams
 
 METHODS = ("tam", "msea", "arc", "msea+arc")
 
@@ -49,8 +48,7 @@ class TokenMapParams:
 def method_params(method: str, params: TokenMapParams | None = None) -> dict:
     """The parameters a method ran with, for the response's ``method.params``."""
     params = params or TokenMapParams()
-    out: dict = {"rank_filter": params.rank_filter, "filter_size": params.filter_size,
-                 "eci": True}
+    out: dict = {"rank_filter": params.rank_filter, "filter_size": params.filter_size, "eci": True}
     if method in ("msea", "msea+arc"):
         out["scales"] = list(params.scales)
     if method in ("arc", "msea+arc"):
@@ -58,8 +56,9 @@ def method_params(method: str, params: TokenMapParams | None = None) -> dict:
     return out
 
 
-def _context(layout: tam.SequenceLayout, grid_maps: dict[int, tam.TokenGridMap], token_indices: list[int],
-             top: int) -> list[dict]:
+def _context(
+    layout: tam.SequenceLayout, grid_maps: dict[int, tam.TokenGridMap], token_indices: list[int], top: int
+) -> list[dict]:
     """Context relevance of one target: mean over its tokens, positions before its first token."""
     first = layout.position(min(token_indices))
     totals: dict[int, list[float]] = {}
@@ -76,13 +75,13 @@ def _context(layout: tam.SequenceLayout, grid_maps: dict[int, tam.TokenGridMap],
             k = pos - layout.answer_start
             out.append({"index": k, "source": "answer", "text": layout.answer_texts[k], "score": round(score, 6)})
         else:
-            out.append({"index": pos, "source": "prompt", "text": layout.position_texts[pos],
-                        "score": round(score, 6)})
+            out.append({"index": pos, "source": "prompt", "text": layout.position_texts[pos], "score": round(score, 6)})
     return out
 
 
-def target_heatmaps(scorer, audit, image: np.ndarray, method: str, targets: list[list[int]],
-                    params: TokenMapParams | None = None) -> list[dict]:
+def target_heatmaps(
+    scorer, audit, image: np.ndarray, method: str, targets: list[list[int]], params: TokenMapParams | None = None
+) -> list[dict]:
     """One dict per target (a list of answer-token indices); see the module docstring."""
     if method not in METHODS:
         raise ValueError(f"unknown white-box method {method!r}; use one of {', '.join(METHODS)}")
@@ -101,13 +100,13 @@ def target_heatmaps(scorer, audit, image: np.ndarray, method: str, targets: list
 
     box = tam.model_view_box(scorer.processor.image_processor, (h, w))
     seen = np.zeros((h, w), dtype=np.float32)
-    seen[box[1]:box[3], box[0]:box[2]] = 1.0
+    seen[box[1] : box[3], box[0] : box[2]] = 1.0
     stitchers = {t: msea.ScaleStitcher((h, w)) for t in tokens}
     context_maps: dict[int, tam.TokenGridMap] | None = None
     identity_seen = False
     step = max(1, params.views_per_forward)
     for start in range(0, len(views), step):
-        chunk = views[start:start + step]
+        chunk = views[start : start + step]
         outputs = scorer.white_box([(audit, v.image) for v in chunk])
         for view, out in zip(chunk, outputs):
             logits = out.logits.float().numpy() if hasattr(out.logits, "numpy") else np.asarray(out.logits)
@@ -131,12 +130,14 @@ def target_heatmaps(scorer, audit, image: np.ndarray, method: str, targets: list
     results = []
     for target in targets:
         heat = tam.normalise(np.mean([token_heat[t] for t in target], axis=0)).astype(np.float32)
-        results.append({
-            "heatmap": heat,
-            "context": _context(layout, context_maps, list(target), params.context_top),
-            "token_context": {t: _context(layout, context_maps, [t], params.context_top) for t in target},
-            "forward_passes": len(views),
-            "model_calls": -(-len(views) // step),
-            "peak": float(np.mean([token_peak[t] for t in target])),
-        })
+        results.append(
+            {
+                "heatmap": heat,
+                "context": _context(layout, context_maps, list(target), params.context_top),
+                "token_context": {t: _context(layout, context_maps, [t], params.context_top) for t in target},
+                "forward_passes": len(views),
+                "model_calls": -(-len(views) // step),
+                "peak": float(np.mean([token_peak[t] for t in target])),
+            }
+        )
     return results

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -109,7 +109,7 @@ class Family:
 # ---------------------------------------------------------------------------- Qwen2-VL
 
 
-@lru_cache(maxsize=None)
+@cache
 def _image_only_processor(model_type: str):
     """The family's processor class without its (torchvision-only) video processor."""
     if model_type == "qwen2_5_vl":
@@ -149,7 +149,7 @@ class Qwen2VLFamily(Family):
 
     def image_grid(self, model, image_inputs: dict, n_image_tokens: int) -> tuple[int, int]:
         # image_grid_thw holds (t, h, w) in vision patches; tokens merge spatial_merge_size² patches
-        t, h, w = (int(v) for v in image_inputs["image_grid_thw"][0])
+        _t, h, w = (int(v) for v in image_inputs["image_grid_thw"][0])
         merge = int(getattr(model.config.vision_config, "spatial_merge_size", 2))
         return h // merge, w // merge
 
@@ -163,8 +163,7 @@ class Idefics3Family(Family):
 
     def image_inputs(self, processor, images: list) -> dict:
         # nested: one list of images per sequence, so tiles are padded per row, not across rows
-        out = processor.image_processor(images=[[im] for im in images], return_tensors="pt",
-                                        return_row_col_info=True)
+        out = processor.image_processor(images=[[im] for im in images], return_tensors="pt", return_row_col_info=True)
         return dict(out)
 
     def model_inputs(self, model, processor, images: list, input_ids: torch.Tensor) -> dict:
@@ -186,8 +185,10 @@ class Idefics3Family(Family):
                 raise ValueError(f"{self.name}: expected one run of image tokens, found {len(runs)}")
             return runs[0]
         if len(runs) != rows * cols + 1 or len({len(r) for r in runs}) != 1:
-            raise ValueError(f"{self.name}: expected {rows}x{cols} tiles and a global view of equal "
-                             f"length, found runs of {[len(r) for r in runs]} image tokens")
+            raise ValueError(
+                f"{self.name}: expected {rows}x{cols} tiles and a global view of equal "
+                f"length, found runs of {[len(r) for r in runs]} image tokens"
+            )
         side = math.isqrt(len(runs[0]))
         if side * side != len(runs[0]):
             raise ValueError(f"{self.name}: a tile of {len(runs[0])} image tokens is not a square grid")
@@ -198,7 +199,7 @@ class Idefics3Family(Family):
             for y in range(side):
                 for c in range(cols):
                     run = runs[r * cols + c]
-                    positions.extend(run[y * side:(y + 1) * side])
+                    positions.extend(run[y * side : (y + 1) * side])
         return positions
 
     def image_grid(self, model, image_inputs: dict, n_image_tokens: int) -> tuple[int, int]:

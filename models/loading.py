@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from models.families import Family, family_of
+from mllm_audit.models.families import Family, family_of
 
 REFERENCE_MODEL_DIR = Path(__file__).resolve().parent / "reference" / "weights"
 REFERENCE_MODEL_ID = "mllm-audit-reference"
@@ -46,8 +45,14 @@ def model_id_for(path: Path, configured: str | None = None) -> str:
     return REFERENCE_MODEL_ID if path.resolve() == REFERENCE_MODEL_DIR else path.name
 
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -84,8 +89,13 @@ def check_model_dir(path: Path) -> dict:
     return config
 
 
-def load_model(path: str | os.PathLike | None = None, device: str = "auto", dtype: str = "auto",
-               trust_remote_code: bool = False, model_id: str | None = None) -> LoadedModel:
+def load_model(
+    path: str | os.PathLike | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    model_id: str | None = None,
+) -> LoadedModel:
     """Load weights and processor from a local directory (default: the bundled reference model)."""
     from transformers import AutoModelForImageTextToText
 

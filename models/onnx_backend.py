@@ -25,8 +25,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-
-from models.loading import LoadedModel
+from mllm_audit.models.loading import LoadedModel
 
 ONNX_FAMILIES = ("llava",)
 OPSET = 17
@@ -52,8 +51,9 @@ class _Language(torch.nn.Module):
         self.model = model
 
     def forward(self, inputs_embeds, attention_mask):
-        out = self.model.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                              use_cache=False)
+        out = self.model.model.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
+        )
         return self.model.lm_head(out.last_hidden_state)
 
 
@@ -64,8 +64,10 @@ class OnnxLlava:
         import onnxruntime as ort
 
         if loaded.family.name not in ONNX_FAMILIES:
-            raise ValueError(f"the onnx backend supports the {', '.join(ONNX_FAMILIES)} family; "
-                             f"{loaded.model_id} is {loaded.family.name}: use MLLM_AUDIT_BACKEND=torch")
+            raise ValueError(
+                f"the onnx backend supports the {', '.join(ONNX_FAMILIES)} family; "
+                f"{loaded.model_id} is {loaded.family.name}: use MLLM_AUDIT_BACKEND=torch"
+            )
         if loaded.device.type != "cpu" or loaded.dtype != torch.float32:
             raise ValueError("the onnx backend exports a model loaded on the CPU in float32")
         model = loaded.model
@@ -96,29 +98,51 @@ class OnnxLlava:
         vision_file, language_file = directory / "vision.onnx", directory / "language.onnx"
         with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Vision(model), (pixels,), str(vision_file), input_names=["pixel_values"],
-                              output_names=["features"], opset_version=OPSET, dynamo=False,
-                              dynamic_axes={"pixel_values": {0: "batch"}, "features": {0: "batch"}})
-            torch.onnx.export(_Language(model), (embeds, mask), str(language_file),
-                              input_names=["inputs_embeds", "attention_mask"], output_names=["logits"],
-                              opset_version=OPSET, dynamo=False,
-                              dynamic_axes={"inputs_embeds": {0: "batch", 1: "sequence"},
-                                            "attention_mask": {0: "batch", 1: "sequence"},
-                                            "logits": {0: "batch", 1: "sequence"}})
+            torch.onnx.export(
+                _Vision(model),
+                (pixels,),
+                str(vision_file),
+                input_names=["pixel_values"],
+                output_names=["features"],
+                opset_version=OPSET,
+                dynamo=False,
+                dynamic_axes={"pixel_values": {0: "batch"}, "features": {0: "batch"}},
+            )
+            torch.onnx.export(
+                _Language(model),
+                (embeds, mask),
+                str(language_file),
+                input_names=["inputs_embeds", "attention_mask"],
+                output_names=["logits"],
+                opset_version=OPSET,
+                dynamo=False,
+                dynamic_axes={
+                    "inputs_embeds": {0: "batch", 1: "sequence"},
+                    "attention_mask": {0: "batch", 1: "sequence"},
+                    "logits": {0: "batch", 1: "sequence"},
+                },
+            )
         return vision_file, language_file
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                 **_) -> SimpleNamespace:
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor, **_
+    ) -> SimpleNamespace:
         """The model's output (`.logits`) for a right-padded batch, one image per row."""
         ids = input_ids.cpu().numpy()
         features = self.vision.run(None, {"pixel_values": pixel_values.float().cpu().numpy()})[0]
         embeds = self.embeddings[ids]
         is_image = ids == self.image_token_id
         if is_image.sum() != features.shape[0] * features.shape[1]:
-            raise ValueError(f"{is_image.sum()} image tokens in the batch but {features.shape[0]} images of "
-                             f"{features.shape[1]} features")
+            raise ValueError(
+                f"{is_image.sum()} image tokens in the batch but {features.shape[0]} images of "
+                f"{features.shape[1]} features"
+            )
         embeds[is_image] = features.reshape(-1, features.shape[-1])
-        logits = self.language.run(None, {"inputs_embeds": embeds.astype(np.float32, copy=False),
-                                          "attention_mask": attention_mask.cpu().numpy().astype(np.int64,
-                                                                                                copy=False)})[0]
+        logits = self.language.run(
+            None,
+            {
+                "inputs_embeds": embeds.astype(np.float32, copy=False),
+                "attention_mask": attention_mask.cpu().numpy().astype(np.int64, copy=False),
+            },
+        )[0]
         return SimpleNamespace(logits=torch.from_numpy(logits))

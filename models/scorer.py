@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from mllm_audit.models.families import ImageLayout
+from mllm_audit.models.loading import LoadedModel
+from mllm_audit.models.sequence import AnswerTokens, Sequence, build_sequence, pad_batch
 from PIL import Image
-
-from models.families import ImageLayout
-from models.loading import LoadedModel
-from models.sequence import AnswerTokens, Sequence, build_sequence, pad_batch
 
 
 @dataclass(frozen=True)
@@ -114,13 +113,17 @@ class Scorer:
     def white_box(self, pairs: list[tuple[Audit, np.ndarray]]) -> list[WhiteBoxOutput]:
         """Full-vocabulary logits at every real position, for white-box token maps."""
         out = self._forward(pairs)
-        return [WhiteBoxOutput(out.logits[row, :len(audit.sequence.input_ids)].float().cpu())
-                for row, (audit, _) in enumerate(pairs)]
+        return [
+            WhiteBoxOutput(out.logits[row, : len(audit.sequence.input_ids)].float().cpu())
+            for row, (audit, _) in enumerate(pairs)
+        ]
 
     def _check_size(self, audit: Audit, image: Image.Image) -> None:
         if image.size != audit.image_size and self.loaded.family.size_dependent:
-            raise ValueError(f"an image of {image.size[0]}x{image.size[1]} used with an audit prepared for "
-                             f"{audit.image_size[0]}x{audit.image_size[1]} (its image tokens depend on the size)")
+            raise ValueError(
+                f"an image of {image.size[0]}x{image.size[1]} used with an audit prepared for "
+                f"{audit.image_size[0]}x{audit.image_size[1]} (its image tokens depend on the size)"
+            )
 
     def _layout(self, audit: Audit, image: np.ndarray | Image.Image | None = None) -> ImageLayout:
         probe = Image.new("RGB", audit.image_size)

@@ -52,11 +52,14 @@ def tokenize_answer(tokenizer, answer: str, prompt_text: str) -> AnswerTokens:
     head = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
     enc = tokenizer(prompt_text + separator + answer, add_special_tokens=False, return_offsets_mapping=True)
     shift = len(prompt_text) + len(separator)
-    if enc["input_ids"][:len(head)] != head:
-        enc, head, shift = tokenizer(separator + answer, add_special_tokens=False,
-                                     return_offsets_mapping=True), [], len(separator)
+    if enc["input_ids"][: len(head)] != head:
+        enc, head, shift = (
+            tokenizer(separator + answer, add_special_tokens=False, return_offsets_mapping=True),
+            [],
+            len(separator),
+        )
     ids, spans, texts = [], [], []
-    for tid, (start, end) in zip(enc["input_ids"][len(head):], enc["offset_mapping"][len(head):]):
+    for tid, (start, end) in zip(enc["input_ids"][len(head) :], enc["offset_mapping"][len(head) :]):
         start, end = min(max(start - shift, 0), len(answer)), min(max(end - shift, 0), len(answer))
         while start < end and answer[start].isspace():  # a span names the token's text, not the space before it
             start += 1
@@ -66,8 +69,9 @@ def tokenize_answer(tokenizer, answer: str, prompt_text: str) -> AnswerTokens:
     return AnswerTokens(ids, spans, texts)
 
 
-def build_sequence(processor, prompt: str, answer: str, image_size: tuple[int, int] | None = None,
-                   add_eos: bool = False) -> Sequence:
+def build_sequence(
+    processor, prompt: str, answer: str, image_size: tuple[int, int] | None = None, add_eos: bool = False
+) -> Sequence:
     """`image_size` (width, height) matters for families whose image token count depends on it."""
     from PIL import Image
 

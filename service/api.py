@@ -3,14 +3,14 @@
 Why one LitAPI for both endpoints: LitServe gives every LitAPI its own worker processes, so
 two LitAPIs would load the model twice (twice the GPU memory for a 7B model) and could never
 put an explain and a reliance request into the same forward batch. Both routes feed this
-API's queue (service.server); `Envelope.kind` tells them apart.
+API's queue (mllm_audit.service.server); `Envelope.kind` tells them apart.
 
 Per batch LitServe calls `decode_request` for each request, then `predict` once with all of
 them, then `encode_response` for each. The batched loop of LitServe 0.2.19 answers *every*
 request of a batch with the same error when any hook raises, so these hooks never raise:
 a bad request becomes a `Failure` (its HTTP status and detail) that travels through the
 batch and is turned into that request's own error response by the API server
-(service.server.AuditHandler). The others in the batch are answered normally.
+(mllm_audit.service.server.AuditHandler). The others in the batch are answered normally.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from typing import Any
 import litserve as ls
 import numpy as np
 from litserve.loops.simple_loops import BatchedLoop
+from mllm_audit.service import logs, metrics
+from mllm_audit.service.config import Settings
+from mllm_audit.service.images import ImageError, decode_image
 
-from service import logs, metrics
-from service.config import Settings
-from service.images import ImageError, decode_image
-
-API_PATH = "/v1/explain"  # LitServe's name for the queue; service.server routes both endpoints to it
+API_PATH = "/v1/explain"  # LitServe's name for the queue; mllm_audit.service.server routes both endpoints to it
 
 
 @dataclass
@@ -55,7 +54,7 @@ class Failure:
 @dataclass
 class Decoded:
     envelope: Envelope
-    request: Any  # explainers.audit.AuditRequest
+    request: Any  # mllm_audit.explainers.audit.AuditRequest
     queue_s: float
 
 
@@ -66,8 +65,12 @@ class DeadlinePassed(Exception):
 class AuditAPI(ls.LitAPI):
     def __init__(self, settings: Settings):
         # The batched loop for every batch size (1 included): predict always gets a list.
-        super().__init__(max_batch_size=settings.max_batch_size, batch_timeout=settings.batch_timeout,
-                         api_path=API_PATH, loop=BatchedLoop())
+        super().__init__(
+            max_batch_size=settings.max_batch_size,
+            batch_timeout=settings.batch_timeout,
+            api_path=API_PATH,
+            loop=BatchedLoop(),
+        )
         self.settings = settings
         self.configure_logs = True  # False when the caller (the CLI) has set logging up itself
         self.auditor = None
@@ -76,12 +79,11 @@ class AuditAPI(ls.LitAPI):
     # ------------------------------------------------------------------ worker start
     def setup(self, device):
         import torch
+        from mllm_audit.explainers.audit import Auditor
+        from mllm_audit.models.loading import load_model
+        from mllm_audit.models.scorer import Scorer
         from PIL import Image
         from transformers.utils import logging as hf_logging
-
-        from explainers.audit import Auditor
-        from models.loading import load_model
-        from models.scorer import Scorer
 
         s = self.settings
         if self.configure_logs:
@@ -95,32 +97,50 @@ class AuditAPI(ls.LitAPI):
         hf_logging.disable_progress_bar()  # the weights' loading bar is not a JSON log line
         started = time.monotonic()
         onnx = s.backend == "onnx"  # exported from the float32 model on the CPU; ORT runs it on the device
-        loaded = load_model(s.model or None, device="cpu" if onnx else chosen, dtype="float32" if onnx else s.dtype,
-                            trust_remote_code=s.trust_remote_code, model_id=s.model_id or None)
+        loaded = load_model(
+            s.model or None,
+            device="cpu" if onnx else chosen,
+            dtype="float32" if onnx else s.dtype,
+            trust_remote_code=s.trust_remote_code,
+            model_id=s.model_id or None,
+        )
         backend = None
         if onnx:
-            from models.onnx_backend import OnnxLlava
+            from mllm_audit.models.onnx_backend import OnnxLlava
 
             backend = OnnxLlava(loaded, use_cuda=chosen.startswith("cuda"))
             if backend.providers[0] != backend.requested[0]:  # ORT falls back to the CPU without a word
                 log.warning("onnx_provider_fallback", requested=backend.requested, granted=backend.providers)
-        self.auditor = Auditor(Scorer(loaded, backend), forward_batch_size=s.forward_batch_size,
-                               risk_medium=s.risk_medium, risk_high=s.risk_high,
-                               max_prompt_tokens=s.max_prompt_tokens, max_answer_tokens=s.max_answer_tokens,
-                               max_regions=s.max_regions)
+        self.auditor = Auditor(
+            Scorer(loaded, backend),
+            forward_batch_size=s.forward_batch_size,
+            risk_medium=s.risk_medium,
+            risk_high=s.risk_high,
+            max_prompt_tokens=s.max_prompt_tokens,
+            max_answer_tokens=s.max_answer_tokens,
+            max_regions=s.max_regions,
+        )
         self.model_block = {"id": loaded.model_id, "family": loaded.family.name, "revision": loaded.revision}
         self._warm_up(log)
-        metrics.registry_metrics().model_info.labels(model_id=loaded.model_id, family=loaded.family.name,
-                                                     revision=loaded.revision or "").set(1)
-        log.info("model_loaded", model_id=loaded.model_id, family=loaded.family.name, revision=loaded.revision,
-                 device=str(loaded.device), dtype=str(loaded.dtype).removeprefix("torch."), backend=s.backend,
-                 onnx_providers=backend.providers if backend else None,
-                 threads=torch.get_num_threads(),
-                 seconds=round(time.monotonic() - started, 2))
+        metrics.registry_metrics().model_info.labels(
+            model_id=loaded.model_id, family=loaded.family.name, revision=loaded.revision or ""
+        ).set(1)
+        log.info(
+            "model_loaded",
+            model_id=loaded.model_id,
+            family=loaded.family.name,
+            revision=loaded.revision,
+            device=str(loaded.device),
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            backend=s.backend,
+            onnx_providers=backend.providers if backend else None,
+            threads=torch.get_num_threads(),
+            seconds=round(time.monotonic() - started, 2),
+        )
 
     def _warm_up(self, log) -> None:
         """One tiny reliance audit, so lazy initialisation is paid before /health says ready."""
-        from explainers.audit import AuditRequest
+        from mllm_audit.explainers.audit import AuditRequest
 
         image = np.full((32, 32, 3), 128, dtype=np.uint8)
         result = self.auditor.run([AuditRequest(image, "warm up", "warm", with_attributions=False, regions=2)])[0]
@@ -133,12 +153,12 @@ class AuditAPI(ls.LitAPI):
         metrics.registry_metrics().queue_wait.observe(queue_s)
         try:
             return Decoded(request, self.audit_request(request), queue_s)
-        except Exception as exc:  # noqa: BLE001 - one request's problem stays its own
+        except Exception as exc:
             return failure_of(exc, request.request_id)
 
     def audit_request(self, envelope: Envelope):
         """The explainers' AuditRequest of a validated body; raises ImageError / AuditInputError."""
-        from explainers.audit import AuditInputError, AuditRequest, TokenSpan
+        from mllm_audit.explainers.audit import AuditInputError, AuditRequest, TokenSpan
 
         s, body = self.settings, envelope.body
         image = decode_image(body["image"], s.max_image_pixels)
@@ -148,8 +168,10 @@ class AuditAPI(ls.LitAPI):
         else:
             targets = body["targets"]
             if not isinstance(targets, str):
-                targets = [TokenSpan(t["token_start"], t["token_end"]) if "token_start" in t
-                           else (t["start"], t["end"]) for t in targets]
+                targets = [
+                    TokenSpan(t["token_start"], t["token_end"]) if "token_start" in t else (t["start"], t["end"])
+                    for t in targets
+                ]
             budget = body.get("max_forward_passes")
             if budget is not None and budget > s.max_forward_passes:
                 raise AuditInputError(f"max_forward_passes is {budget}; the limit is {s.max_forward_passes}")
@@ -157,13 +179,20 @@ class AuditAPI(ls.LitAPI):
             regions = int(body["regions"])
             if "regions" not in envelope.explicit:  # the default (64) never exceeds the service's limit
                 regions = min(regions, s.max_regions)
-            req = AuditRequest(image, body["prompt"], body["answer"], method=body["method"], targets=targets,
-                               regions=regions,
-                               max_forward_passes=s.max_forward_passes if budget is None else int(budget),
-                               heatmap_encoding=heatmap.get("encoding", "array"),
-                               heatmap_size=heatmap_size(heatmap, image.shape[1], image.shape[0],
-                                                         s.max_heatmap_pixels),
-                               baseline=body["baseline"], lambda1=body["lambda1"], lambda2=body["lambda2"])
+            req = AuditRequest(
+                image,
+                body["prompt"],
+                body["answer"],
+                method=body["method"],
+                targets=targets,
+                regions=regions,
+                max_forward_passes=s.max_forward_passes if budget is None else int(budget),
+                heatmap_encoding=heatmap.get("encoding", "array"),
+                heatmap_size=heatmap_size(heatmap, image.shape[1], image.shape[0], s.max_heatmap_pixels),
+                baseline=body["baseline"],
+                lambda1=body["lambda1"],
+                lambda2=body["lambda2"],
+            )
         self.auditor.check(req)
         return req
 
@@ -186,7 +215,7 @@ class AuditAPI(ls.LitAPI):
 
         try:
             results = self.auditor.run([items[i].request for i in valid], on_progress=on_progress)
-        except Exception as exc:  # noqa: BLE001 - a failure of the whole run answers each request once
+        except Exception as exc:
             results = [exc] * len(valid)
         for i, result in zip(valid, results):
             item = items[i]
@@ -222,15 +251,22 @@ class AuditAPI(ls.LitAPI):
             return output
         try:
             data = json.dumps(output, default=_plain, allow_nan=False, separators=(",", ":")).encode()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return failure_of(exc, output.get("request_id", "?"))
         stats, summary = output.get("stats", {}), output.get("summary", {})
         method = (output.get("method") or {}).get("name")
-        log = {"audit_method": method, "forward_passes": stats.get("forward_passes"),
-               "model_calls": stats.get("model_calls"), "batch_size": stats.get("batch_size"),
-               "queue_ms": stats.get("queue_ms"), "compute_ms": stats.get("compute_ms"),
-               "risk_label": summary.get("risk_label"), "risk_score": _round(summary.get("risk_score")),
-               "flagged_tokens": summary.get("flagged_tokens"), "tokens": len(output.get("tokens", []))}
+        log = {
+            "audit_method": method,
+            "forward_passes": stats.get("forward_passes"),
+            "model_calls": stats.get("model_calls"),
+            "batch_size": stats.get("batch_size"),
+            "queue_ms": stats.get("queue_ms"),
+            "compute_ms": stats.get("compute_ms"),
+            "risk_label": summary.get("risk_label"),
+            "risk_score": _round(summary.get("risk_score")),
+            "flagged_tokens": summary.get("flagged_tokens"),
+            "tokens": len(output.get("tokens", [])),
+        }
         return data, log
 
 
@@ -248,7 +284,7 @@ def heatmap_size(options: dict, width: int, height: int, max_pixels: int) -> tup
     then the largest size of its aspect ratio within the limit (a 12 MP photo's heatmap as
     JSON floats would be ~80 MB).
     """
-    from explainers.audit import AuditInputError
+    from mllm_audit.explainers.audit import AuditInputError
 
     w, h = options.get("width"), options.get("height")
     if w is None and h is None:
@@ -267,7 +303,7 @@ def heatmap_size(options: dict, width: int, height: int, max_pixels: int) -> tup
 
 def failure_of(exc: BaseException, request_id: str) -> Failure:
     """The HTTP answer to an exception raised while auditing one request."""
-    from explainers.audit import AuditInputError
+    from mllm_audit.explainers.audit import AuditInputError
 
     if isinstance(exc, ImageError):
         return Failure(exc.status, exc.detail)
@@ -279,8 +315,7 @@ def failure_of(exc: BaseException, request_id: str) -> Failure:
         return Failure(501, f"this method is not available in this build: {exc}")
     if type(exc).__name__ == "OutOfMemoryError":
         return Failure(503, "the model ran out of memory; retry later or with fewer regions", {"Retry-After": "5"})
-    logs.get("mllm_audit.worker").error("audit_failed", request_id=request_id, error=type(exc).__name__,
-                                        exc_info=exc)
+    logs.get("mllm_audit.worker").error("audit_failed", request_id=request_id, error=type(exc).__name__, exc_info=exc)
     return Failure(500, f"internal error while auditing (request_id {request_id}); see the service logs")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from service.config import Settings
+from mllm_audit.service.config import Settings
 
 # Always open: the API's own description. /health and /metrics/ are open unless protected.
 OPEN_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")

@@ -3,7 +3,7 @@
     mllm-audit serve [--model DIR] [--host H] [--port P] [--workers N] ...
     mllm-audit explain --image FILE --prompt TEXT --answer TEXT [--method eagle] [--overlay out.png]
     mllm-audit reliance --image FILE --prompt TEXT --answer TEXT
-    mllm-audit openapi            # the served OpenAPI document as YAML (same as python -m service.openapi)
+    mllm-audit openapi            # the served OpenAPI document as YAML (same as python -m mllm_audit.service.openapi)
 
 Every `serve` flag has an MLLM_AUDIT_* environment variable (service.config); a flag given on
 the command line wins over the variable.
@@ -19,13 +19,29 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from service.config import ENV_VARS, Settings, env_name
+from mllm_audit.service.config import ENV_VARS, Settings, env_name
 
 # Every setting is a `serve` flag; `explain` and `reliance` take those about the model and the limits.
 SERVE_FLAGS = tuple(f.name for f in fields(Settings))
-MODEL_FLAGS = ("model", "model_id", "device", "dtype", "backend", "trust_remote_code", "forward_batch_size", "cpu_threads",
-               "max_regions", "max_forward_passes", "max_image_pixels", "max_heatmap_pixels", "max_prompt_tokens",
-               "max_answer_tokens", "risk_medium", "risk_high", "log_level")
+MODEL_FLAGS = (
+    "model",
+    "model_id",
+    "device",
+    "dtype",
+    "backend",
+    "trust_remote_code",
+    "forward_batch_size",
+    "cpu_threads",
+    "max_regions",
+    "max_forward_passes",
+    "max_image_pixels",
+    "max_heatmap_pixels",
+    "max_prompt_tokens",
+    "max_answer_tokens",
+    "risk_medium",
+    "risk_high",
+    "log_level",
+)
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
@@ -35,8 +51,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) 
         flag = "--" + name.replace("_", "-")
         help_text = f"{f.metadata['doc']} [env {env_name(name)}, default {f.default!r}]"
         if isinstance(f.default, bool):
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=name, type=type(f.default), default=None, help=help_text)
 
@@ -52,24 +67,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start the REST service")
     _add_setting_flags(serve, SERVE_FLAGS)
 
-    for name, help_text in (("explain", "attribution masks, reliance and risk for one image, printed as JSON"),
-                            ("reliance", "reliance and risk per answer token for one image, printed as JSON")):
+    for name, help_text in (
+        ("explain", "attribution masks, reliance and risk for one image, printed as JSON"),
+        ("reliance", "reliance and risk per answer token for one image, printed as JSON"),
+    ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--image", required=True, type=Path, help="image file (PNG, JPEG, WebP, GIF, BMP)")
         p.add_argument("--prompt", required=True)
         p.add_argument("--answer", required=True)
         if name == "explain":
-            from service.schemas import METHODS
+            from mllm_audit.service.schemas import METHODS
 
             p.add_argument("--method", default="eagle", choices=METHODS)
             p.add_argument("--regions", type=int, default=None, help="superpixels (default 64, capped at the limit)")
-            p.add_argument("--targets", default="answer",
-                           help='"answer", "tokens", or spans as START:END[,START:END...] (answer characters)')
+            p.add_argument(
+                "--targets",
+                default="answer",
+                help='"answer", "tokens", or spans as START:END[,START:END...] (answer characters)',
+            )
             p.add_argument("--budget", dest="budget", type=int, default=None, help="max forward passes")
-            p.add_argument("--heatmap", default="array", choices=("png", "array", "none"),
-                           help="heatmap encoding in the JSON")
-            p.add_argument("--overlay", type=Path, default=None,
-                           help="also write the first target's heatmap over the image to this PNG")
+            p.add_argument(
+                "--heatmap", default="array", choices=("png", "array", "none"), help="heatmap encoding in the JSON"
+            )
+            p.add_argument(
+                "--overlay",
+                type=Path,
+                default=None,
+                help="also write the first target's heatmap over the image to this PNG",
+            )
         p.add_argument("--output", type=Path, default=None, help="write the JSON here instead of stdout")
         _add_setting_flags(p, MODEL_FLAGS)
 
@@ -87,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("explain", "reliance"):
             return audit_one(args, _settings(args, MODEL_FLAGS))
         if args.command == "openapi":
-            from service.openapi import document_yaml
+            from mllm_audit.service.openapi import document_yaml
 
             sys.stdout.write(document_yaml())
             return 0
@@ -110,27 +135,27 @@ def env_table() -> str:
     for name, (default, doc) in ENV_VARS.items():
         field_name = name.removeprefix("MLLM_AUDIT_").lower()
         flag = f"`--{field_name.replace('_', '-')}`"
-        shown = "`\"\"`" if default == "" else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        shown = '`""`' if default == "" else f"`{str(default).lower() if isinstance(default, bool) else default}`"
         rows.append(f"| `{name}` | {flag} | {shown} | {doc.replace('|', '/')} |")
     return "\n".join(rows) + "\n"
 
 
 def serve(settings: Settings) -> int:
-    from models.loading import ModelLoadError
-    from service.server import model_block
+    from mllm_audit.models.loading import ModelLoadError
+    from mllm_audit.service.server import model_block
 
     try:  # a bad model directory fails here, before any process starts
         model = model_block(settings)
     except ModelLoadError as exc:
         raise ValueError(str(exc)) from None
     # Before anything imports prometheus_client (all processes of the server inherit it).
-    from service import logs, metrics
+    from mllm_audit.service import logs, metrics
 
     metrics.configure(settings.metrics_dir, clear=True)
     logs.configure(settings.log_level)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from service.server import AuditServer
+    from mllm_audit.service.server import AuditServer
 
     server = AuditServer(settings, model)
     # SIGTERM (docker stop, Kubernetes) shuts down like Ctrl+C: workers and API servers are stopped.
@@ -144,10 +169,17 @@ def serve(settings: Settings) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-    logs.get("mllm_audit").info("starting", host=settings.host, port=settings.port, model=server.model,
-                                api_servers=settings.api_servers, workers=settings.workers,
-                                max_batch_size=settings.max_batch_size, auth=bool(settings.api_key),
-                                metrics_dir=metrics.multiprocess_dir())
+    logs.get("mllm_audit").info(
+        "starting",
+        host=settings.host,
+        port=settings.port,
+        model=server.model,
+        api_servers=settings.api_servers,
+        workers=settings.workers,
+        max_batch_size=settings.max_batch_size,
+        auth=bool(settings.api_key),
+        metrics_dir=metrics.multiprocess_dir(),
+    )
     server.serve()
     return 0
 
@@ -158,35 +190,38 @@ def audit_one(args: argparse.Namespace, settings: Settings) -> int:
     import math
     import time
 
-    from service.api import AuditAPI, Envelope, Failure
+    from mllm_audit.service.api import AuditAPI, Envelope, Failure
 
     if not args.image.is_file():
         raise ValueError(f"image file {args.image} does not exist")
-    body = {"image": base64.b64encode(args.image.read_bytes()).decode(), "prompt": args.prompt,
-            "answer": args.answer}
+    body = {"image": base64.b64encode(args.image.read_bytes()).decode(), "prompt": args.prompt, "answer": args.answer}
     if args.command == "explain":
-        body.update(method=args.method, targets=_parse_targets(args.targets), max_forward_passes=args.budget,
-                    heatmap={"encoding": args.heatmap})
+        body.update(
+            method=args.method,
+            targets=_parse_targets(args.targets),
+            max_forward_passes=args.budget,
+            heatmap={"encoding": args.heatmap},
+        )
         if args.regions is not None:  # given, it is checked against the limit as a request's would be
             body["regions"] = args.regions
-    from service.schemas import ExplainRequest, RelianceRequest
+    from mllm_audit.service.schemas import ExplainRequest, RelianceRequest
 
     model = ExplainRequest if args.command == "explain" else RelianceRequest
     try:
         validated = model.model_validate(body)
     except Exception as exc:  # pydantic's message names the field
         raise ValueError(str(exc)) from None
-    from service import logs
+    from mllm_audit.service import logs
 
     logs.configure(settings.log_level, stream=sys.stderr)  # stdout is for the JSON
-    from service.images import ImageError, decode_image
+    from mllm_audit.service.images import ImageError, decode_image
 
     try:  # a bad image fails before the model loads
         decode_image(body["image"], settings.max_image_pixels)
     except ImageError as exc:
         print(f"mllm-audit: error {exc.status}: {exc.detail}", file=sys.stderr)
         return 1
-    from models.loading import ModelLoadError, choose_device
+    from mllm_audit.models.loading import ModelLoadError, choose_device
 
     api = AuditAPI(settings)
     api.configure_logs = False
@@ -195,8 +230,14 @@ def audit_one(args: argparse.Namespace, settings: Settings) -> int:
     except ModelLoadError as exc:
         raise ValueError(str(exc)) from None
     # in-process there is no client to time out: no deadline
-    envelope = Envelope(args.command, "cli", time.monotonic(), math.inf, validated.model_dump(mode="json"),
-                        frozenset(validated.model_fields_set))
+    envelope = Envelope(
+        args.command,
+        "cli",
+        time.monotonic(),
+        math.inf,
+        validated.model_dump(mode="json"),
+        frozenset(validated.model_fields_set),
+    )
     decoded = api.decode_request(envelope)
     output = api.encode_response(api.predict([decoded])[0])
     if isinstance(output, Failure):

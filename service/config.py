@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 PREFIX = "MLLM_AUDIT_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 BACKENDS = ("torch", "onnx")
-DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # models.loading.DTYPES
+DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # mllm_audit.models.loading.DTYPES
 
 
 def _describe(default, doc: str):
@@ -23,13 +23,19 @@ def _describe(default, doc: str):
 @dataclass(frozen=True)
 class Settings:
     model: str = _describe("", "local model directory (empty: the bundled reference model)")
-    model_id: str = _describe("", "model id reported in responses and metrics (empty: the directory name; "
-                                   "mllm-audit-reference for the bundled model)")
+    model_id: str = _describe(
+        "",
+        "model id reported in responses and metrics (empty: the directory name; "
+        "mllm-audit-reference for the bundled model)",
+    )
     device: str = _describe("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = _describe("auto", "auto (bf16/fp16 on GPU, float32 on CPU), float32, bfloat16, float16")
     trust_remote_code: bool = _describe(False, "allow model code shipped with the checkpoint")
-    backend: str = _describe("torch", "torch, or onnx: the model exported at start-up and run by ONNX Runtime "
-                                      "(LLaVA family, float32; its CUDA provider with a cuda device)")
+    backend: str = _describe(
+        "torch",
+        "torch, or onnx: the model exported at start-up and run by ONNX Runtime "
+        "(LLaVA family, float32; its CUDA provider with a cuda device)",
+    )
     host: str = _describe("127.0.0.1", "address to listen on")
     port: int = _describe(8000, "port to listen on")
     api_servers: int = _describe(1, "HTTP server processes")
@@ -37,15 +43,21 @@ class Settings:
     max_batch_size: int = _describe(8, "requests batched together by LitServe")
     batch_timeout: float = _describe(0.05, "seconds LitServe waits to fill a batch")
     forward_batch_size: int = _describe(32, "images per model forward pass (shared across batched requests)")
-    cpu_threads: int = _describe(0, "torch threads per worker on CPU (0: the usable cores / workers); set it to "
-                                    "the pod's CPU limit, since more threads than cores is many times slower")
+    cpu_threads: int = _describe(
+        0,
+        "torch threads per worker on CPU (0: the usable cores / workers); set it to "
+        "the pod's CPU limit, since more threads than cores is many times slower",
+    )
     request_timeout: float = _describe(300.0, "seconds before a request is answered 504")
     max_queue: int = _describe(64, "requests waiting or running before new ones get 503")
     max_payload_bytes: int = _describe(10_000_000, "largest request body (413 above)")
     max_image_pixels: int = _describe(16_000_000, "largest decoded image, width x height (413 above)")
-    max_heatmap_pixels: int = _describe(4_194_304, "largest heatmap in a response, width x height: a larger "
-                                                   "one asked for is 422; the default (the image's size) is "
-                                                   "scaled down to fit")
+    max_heatmap_pixels: int = _describe(
+        4_194_304,
+        "largest heatmap in a response, width x height: a larger "
+        "one asked for is 422; the default (the image's size) is "
+        "scaled down to fit",
+    )
     max_prompt_tokens: int = _describe(512, "longest prompt in tokens (422 above)")
     max_answer_tokens: int = _describe(256, "longest answer in tokens (422 above)")
     max_regions: int = _describe(256, "largest region count a request may ask for")
@@ -60,7 +72,7 @@ class Settings:
     metrics_dir: str = _describe("", "prometheus multiprocess directory (empty: a fresh temporary one)")
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
         env = os.environ if environ is None else environ
         values = {}
         for f in fields(cls):
@@ -73,9 +85,21 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        positive = ("port", "api_servers", "workers", "max_batch_size", "forward_batch_size", "max_queue",
-                    "max_payload_bytes", "max_image_pixels", "max_heatmap_pixels", "max_prompt_tokens",
-                    "max_answer_tokens", "max_regions", "max_forward_passes")
+        positive = (
+            "port",
+            "api_servers",
+            "workers",
+            "max_batch_size",
+            "forward_batch_size",
+            "max_queue",
+            "max_payload_bytes",
+            "max_image_pixels",
+            "max_heatmap_pixels",
+            "max_prompt_tokens",
+            "max_answer_tokens",
+            "max_regions",
+            "max_forward_passes",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
@@ -113,6 +137,4 @@ def _parse(name: str, kind: type, raw: str):
         raise ValueError(f"{env_name(name)}={raw!r} is not a valid {kind.__name__}") from None
 
 
-ENV_VARS: dict[str, tuple[object, str]] = {
-    env_name(f.name): (f.default, f.metadata["doc"]) for f in fields(Settings)
-}
+ENV_VARS: dict[str, tuple[object, str]] = {env_name(f.name): (f.default, f.metadata["doc"]) for f in fields(Settings)}

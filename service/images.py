@@ -41,7 +41,7 @@ def decode_base64(data: str) -> bytes:
     if match:
         if ";base64" not in match.group("params").lower():
             raise ImageError(400, "a data URL image must be base64-encoded (data:image/png;base64,...)")
-        text = text[match.end():]
+        text = text[match.end() :]
     elif text[:5].lower() == "data:":
         raise ImageError(400, "image is not a valid data URL")
     text = _WHITESPACE.sub("", text)
@@ -71,21 +71,20 @@ def image_to_rgb(raw: bytes, max_pixels: int) -> np.ndarray:
             raise ImageError(415, _unsupported(raw)) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(413, f"image has more than {max_pixels} pixels") from None
-        except Exception as exc:  # noqa: BLE001 - a header so broken the plugin itself fails
+        except Exception as exc:
             raise ImageError(400, f"image header is corrupt: {type(exc).__name__}") from None
         with img:
             width, height = img.size
             if width < 1 or height < 1:
                 raise ImageError(400, f"image has no pixels ({width}x{height})")
             if width * height > max_pixels:
-                raise ImageError(413, f"image is {width}x{height} = {width * height} pixels; "
-                                      f"the limit is {max_pixels}")
+                raise ImageError(413, f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
             try:
                 img.load()
                 rgb = _to_rgb(ImageOps.exif_transpose(img))
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise ImageError(413, f"image has more than {max_pixels} pixels") from None
-            except Exception as exc:  # noqa: BLE001 - OSError for truncation, others for corrupt chunks
+            except Exception as exc:
                 raise ImageError(400, f"image data is truncated or corrupt ({img.format})") from exc
     return rgb
 
@@ -107,5 +106,5 @@ def _unsupported(raw: bytes) -> str:
     try:  # which format is it, if Pillow knows it at all? (identify only: nothing is decoded)
         with Image.open(io.BytesIO(raw)) as other:
             return f"image format {other.format} is not supported; send {', '.join(FORMATS)}"
-    except Exception:  # noqa: BLE001
+    except Exception:
         return f"data is not an image in a supported format ({', '.join(FORMATS)})"

@@ -3,7 +3,7 @@
 The service runs several processes: the main one, the HTTP API servers (forked) and the
 model workers (spawned). Each writes its samples to files in PROMETHEUS_MULTIPROC_DIR and
 `GET /metrics/` adds them up. prometheus_client picks its storage when it is first imported,
-so `configure()` must run before anything imports it: `service.cli` calls it first thing,
+so `configure()` must run before anything imports it: `mllm_audit.service.cli` calls it first thing,
 and the child processes inherit the variable.
 
 Where each metric is counted:
@@ -34,8 +34,10 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
 def configure(metrics_dir: str = "", clear: bool = True) -> Path:
     """Point prometheus_client at a multiprocess directory (a fresh temporary one when empty)."""
     if "prometheus_client" in sys.modules and os.environ.get(ENV) is None:
-        raise RuntimeError("prometheus_client was imported before the metrics directory was set; "
-                           "call service.metrics.configure() first")
+        raise RuntimeError(
+            "prometheus_client was imported before the metrics directory was set; "
+            "call mllm_audit.service.metrics.configure() first"
+        )
     if metrics_dir:
         path = Path(metrics_dir)
         path.mkdir(parents=True, exist_ok=True)
@@ -62,24 +64,38 @@ def registry_metrics():
     from prometheus_client import Counter, Gauge, Histogram
 
     class Metrics:
-        requests = Counter(PREFIX + "requests_total", "HTTP requests answered, by endpoint and status code",
-                           ["endpoint", "status"])
-        latency = Histogram(PREFIX + "request_latency_seconds", "End-to-end request latency", ["endpoint"],
-                            buckets=LATENCY_BUCKETS)
-        queue_wait = Histogram(PREFIX + "queue_wait_seconds", "Time from arrival until a model worker takes "
-                               "the request", buckets=QUEUE_BUCKETS)
-        batch_size = Histogram(PREFIX + "batch_size", "Requests LitServe batched together (one sample per batch)",
-                               buckets=BATCH_BUCKETS)
-        forward_passes = Counter(PREFIX + "forward_passes_total", "Images run through the model (one masked "
-                                 "image = one pass)")
-        images_scored = Counter(PREFIX + "images_scored_total", "Client images audited (one per successful "
-                                "request)")
-        explanation = Histogram(PREFIX + "explanation_seconds", "Time spent auditing, by method (reliance for "
-                                "/v1/reliance)", ["method"], buckets=LATENCY_BUCKETS)
+        requests = Counter(
+            PREFIX + "requests_total", "HTTP requests answered, by endpoint and status code", ["endpoint", "status"]
+        )
+        latency = Histogram(
+            PREFIX + "request_latency_seconds", "End-to-end request latency", ["endpoint"], buckets=LATENCY_BUCKETS
+        )
+        queue_wait = Histogram(
+            PREFIX + "queue_wait_seconds",
+            "Time from arrival until a model worker takes the request",
+            buckets=QUEUE_BUCKETS,
+        )
+        batch_size = Histogram(
+            PREFIX + "batch_size", "Requests LitServe batched together (one sample per batch)", buckets=BATCH_BUCKETS
+        )
+        forward_passes = Counter(
+            PREFIX + "forward_passes_total", "Images run through the model (one masked image = one pass)"
+        )
+        images_scored = Counter(PREFIX + "images_scored_total", "Client images audited (one per successful request)")
+        explanation = Histogram(
+            PREFIX + "explanation_seconds",
+            "Time spent auditing, by method (reliance for /v1/reliance)",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+        )
         tokens = Counter(PREFIX + "tokens_total", "Audited answer tokens by risk label", ["risk_label"])
         answers = Counter(PREFIX + "answers_total", "Audited answers by summary risk label", ["risk_label"])
-        model_info = Gauge(PREFIX + "model_info", "The model served (value 1)", ["model_id", "family", "revision"],
-                           multiprocess_mode="livemax")  # a dead worker's model drops out
+        model_info = Gauge(
+            PREFIX + "model_info",
+            "The model served (value 1)",
+            ["model_id", "family", "revision"],
+            multiprocess_mode="livemax",
+        )  # a dead worker's model drops out
 
     return Metrics
 

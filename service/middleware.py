@@ -18,11 +18,10 @@ import re
 import time
 import uuid
 
+from mllm_audit.service import auth, logs, metrics
+from mllm_audit.service.config import Settings
 from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
-
-from service import auth, logs, metrics
-from service.config import Settings
 
 AUDIT_PATHS = ("/v1/explain", "/v1/reliance")
 COUNTED = {"/v1/explain", "/v1/reliance", "/info", "/health"}
@@ -68,10 +67,17 @@ class AuditMiddleware:
 
         holding = False
         try:
-            if auth.needs_key(path, self.settings) and not auth.key_matches(auth.presented_key(headers),
-                                                                              self.settings.api_key):
-                await self._error(scope, receive, send_with_id, 401, "missing or invalid API key: send "
-                                  "'Authorization: Bearer KEY' or 'X-API-Key: KEY'", {"WWW-Authenticate": "Bearer"})
+            if auth.needs_key(path, self.settings) and not auth.key_matches(
+                auth.presented_key(headers), self.settings.api_key
+            ):
+                await self._error(
+                    scope,
+                    receive,
+                    send_with_id,
+                    401,
+                    "missing or invalid API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                    {"WWW-Authenticate": "Bearer"},
+                )
                 return
             if path in AUDIT_PATHS and scope["method"] == "POST":
                 refusal = self._check_headers(headers)
@@ -80,15 +86,26 @@ class AuditMiddleware:
                     return
                 body = await self._read_body(receive)
                 if body is None:
-                    await self._error(scope, receive, send_with_id, 413,
-                                      f"request body is larger than {self.settings.max_payload_bytes} bytes")
+                    await self._error(
+                        scope,
+                        receive,
+                        send_with_id,
+                        413,
+                        f"request body is larger than {self.settings.max_payload_bytes} bytes",
+                    )
                     return
                 holding = self._acquire()
                 if not holding:
                     retry = str(max(1, min(60, math.ceil(self.latency_ewma))))
-                    await self._error(scope, receive, send_with_id, 503, "the service is saturated "
-                                      f"({self.settings.max_queue} requests in flight); retry after {retry} s",
-                                      {"Retry-After": retry})
+                    await self._error(
+                        scope,
+                        receive,
+                        send_with_id,
+                        503,
+                        "the service is saturated "
+                        f"({self.settings.max_queue} requests in flight); retry after {retry} s",
+                        {"Retry-After": retry},
+                    )
                     return
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_with_id)
@@ -158,9 +175,14 @@ class AuditMiddleware:
             m = metrics.registry_metrics()
             m.requests.labels(endpoint=endpoint, status=str(status)).inc()
             m.latency.labels(endpoint=endpoint).observe(seconds)
-        fields = {"request_id": state.get("request_id"), "endpoint": endpoint, "method": scope["method"],
-                  "path": path[:200] if endpoint == "other" else None, "status": status,
-                  "latency_ms": round(seconds * 1000, 2)}
+        fields = {
+            "request_id": state.get("request_id"),
+            "endpoint": endpoint,
+            "method": scope["method"],
+            "path": path[:200] if endpoint == "other" else None,
+            "status": status,
+            "latency_ms": round(seconds * 1000, 2),
+        }
         fields.update(state.get("log") or {})
         fields = {k: v for k, v in fields.items() if v is not None}
         if path in QUIET and status < 400:
@@ -175,8 +197,7 @@ def error_response(scope, status: int, detail: str, headers: dict | None = None)
     """The service's JSON error, `{"detail", "request_id"}`; the detail also goes to the log line."""
     state = scope.setdefault("state", {})
     state.setdefault("log", {})["detail"] = detail
-    return JSONResponse({"detail": detail, "request_id": state.get("request_id")}, status_code=status,
-                        headers=headers)
+    return JSONResponse({"detail": detail, "request_id": state.get("request_id")}, status_code=status, headers=headers)
 
 
 def _replay(body: bytes, receive):

@@ -1,4 +1,4 @@
-"""The OpenAPI document the service serves, as YAML: `python -m service.openapi > openapi.yaml`.
+"""The OpenAPI document the service serves, as YAML: `python -m mllm_audit.service.openapi > openapi.yaml`.
 
 openapi.yaml at the repository root is the contract; tests/test_service_units.py fails when
 it differs from what the app generates, and tests/test_service_e2e.py when it differs from
@@ -19,8 +19,8 @@ CONTRACT = REPO / "openapi.yaml"
 
 
 def document() -> dict[str, Any]:
-    from service.config import Settings
-    from service.server import build_server
+    from mllm_audit.service.config import Settings
+    from mllm_audit.service.server import build_server
 
     return build_server(Settings(), check_model=False).app.openapi()
 

@@ -3,7 +3,7 @@
     with ServerProcess({"MLLM_AUDIT_MAX_BATCH_SIZE": "8"}) as server:
         httpx.post(server.url + "/v1/reliance", json=...)
 
-It starts `python -m service.cli serve` on 127.0.0.1 and a free port, waits until /health
+It starts `python -m mllm_audit.service.cli serve` on 127.0.0.1 and a free port, waits until /health
 answers 200 (every model worker loaded), and stops it with SIGTERM (the service's graceful
 shutdown), killing its process group only if it does not exit in time.
 """
@@ -31,8 +31,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, env: dict[str, str] | None = None, port: int | None = None, log_path: Path | None = None,
-                 startup_timeout: float = 180.0, health_headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        log_path: Path | None = None,
+        startup_timeout: float = 180.0,
+        health_headers: dict[str, str] | None = None,
+    ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(env or {})
@@ -41,13 +47,24 @@ class ServerProcess:
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="mllm-audit-server-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "ServerProcess":
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               "MLLM_AUDIT_HOST": "127.0.0.1", "MLLM_AUDIT_PORT": str(self.port), **self.env}
+    def start(self) -> ServerProcess:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "MLLM_AUDIT_HOST": "127.0.0.1",
+            "MLLM_AUDIT_PORT": str(self.port),
+            **self.env,
+        }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=REPO, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mllm_audit.service.cli", "serve"],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -83,7 +100,7 @@ class ServerProcess:
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -1,6 +1,6 @@
 """The HTTP contract: pydantic v2 models of every request and response body.
 
-Field names follow DESIGN.md (API contract v1) and are fixed: clients, dashboards and CI
+Field names are the API contract v1 and are fixed: clients, dashboards and CI
 checks depend on them. Responses allow extra fields (new fields may be added, none renamed);
 requests forbid unknown fields so a misspelt option fails with 422 instead of being ignored.
 
@@ -32,8 +32,14 @@ EXAMPLE_IMAGE = (
     "wGgcjFowasGoBaMWDMP6AFf5PhoHoxYMQwsAEkMF6BJwl5QAAAAASUVORK5CYII="
 )
 RELIANCE_EXAMPLE = {"image": EXAMPLE_IMAGE, "prompt": "What color is the square?", "answer": "red"}
-EXPLAIN_EXAMPLE = {**RELIANCE_EXAMPLE, "targets": "answer", "method": "eagle", "regions": 4,
-                   "max_forward_passes": 16, "heatmap": {"encoding": "none"}}
+EXPLAIN_EXAMPLE = {
+    **RELIANCE_EXAMPLE,
+    "targets": "answer",
+    "method": "eagle",
+    "regions": 4,
+    "max_forward_passes": 16,
+    "heatmap": {"encoding": "none"},
+}
 
 
 def _valid_text(value: str) -> str:
@@ -63,7 +69,7 @@ class Span(_Request):
     end: int = Field(ge=1, description="one past the last character of the span")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Span":
+    def _ordered(self) -> Span:
         if self.end <= self.start:
             raise ValueError(f"span end ({self.end}) must be greater than its start ({self.start})")
         return self
@@ -76,7 +82,7 @@ class TokenSpan(_Request):
     token_end: int = Field(ge=1, description="one past the last answer token of the target")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "TokenSpan":
+    def _ordered(self) -> TokenSpan:
         if self.token_end <= self.token_start:
             raise ValueError(f"token_end ({self.token_end}) must be greater than token_start ({self.token_start})")
         return self
@@ -89,17 +95,20 @@ def _span_kind(value: Any) -> str:
     return "[token span]" if tokens else "[character span]"
 
 
-TargetSpan = Annotated[Annotated[Span, Tag("[character span]")] | Annotated[TokenSpan, Tag("[token span]")],
-                       Discriminator(_span_kind)]
+TargetSpan = Annotated[
+    Annotated[Span, Tag("[character span]")] | Annotated[TokenSpan, Tag("[token span]")], Discriminator(_span_kind)
+]
 SpanList = Annotated[list[TargetSpan], Field(min_length=1, max_length=MAX_TARGET_SPANS)]
 
 
 class HeatmapOptions(_Request):
     encoding: Literal["png", "array", "none"] = Field(
-        "array", description="png: a base64 8-bit grayscale PNG; array: rows of floats in [0, 1]; none: no heatmap")
+        "array", description="png: a base64 8-bit grayscale PNG; array: rows of floats in [0, 1]; none: no heatmap"
+    )
     width: int | None = Field(None, ge=1, le=MAX_HEATMAP_SIDE, description="heatmap width (default: the image width)")
-    height: int | None = Field(None, ge=1, le=MAX_HEATMAP_SIDE,
-                               description="heatmap height (default: the image height)")
+    height: int | None = Field(
+        None, ge=1, le=MAX_HEATMAP_SIDE, description="heatmap height (default: the image height)"
+    )
 
 
 class RelianceRequest(_Request):
@@ -107,8 +116,10 @@ class RelianceRequest(_Request):
 
     model_config = ConfigDict(json_schema_extra={"examples": [RELIANCE_EXAMPLE]})
 
-    image: str = Field(min_length=1, description="the image as base64 or as a data URL (data:image/png;base64,...); "
-                                                 "PNG, JPEG, WebP, GIF or BMP")
+    image: str = Field(
+        min_length=1,
+        description="the image as base64 or as a data URL (data:image/png;base64,...); PNG, JPEG, WebP, GIF or BMP",
+    )
     prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="the prompt the model answered")
     answer: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="the answer the model generated")
 
@@ -121,24 +132,37 @@ class ExplainRequest(RelianceRequest):
     model_config = ConfigDict(json_schema_extra={"examples": [EXPLAIN_EXAMPLE]})
 
     targets: Literal["answer", "tokens"] | SpanList = Field(
-        "answer", description='"answer": one attribution for the whole answer; "tokens": one per answer token; '
-                              "or a list of targets, each a character span {start, end} of the answer or a "
-                              "token span {token_start, token_end}; a span covering several tokens is one target")
-    method: Method = Field("eagle", description="eagle (our best search), eagle_greedy (the published greedy), "
-                                                "tam, msea, arc, msea+arc (white-box maps)")
-    regions: int = Field(64, ge=2, le=MAX_REGIONS_SCHEMA,
-                         description="superpixel regions the image is cut into; the service's limit "
-                                     "(GET /info) may be lower, and an omitted value never exceeds it")
+        "answer",
+        description='"answer": one attribution for the whole answer; "tokens": one per answer token; '
+        "or a list of targets, each a character span {start, end} of the answer or a "
+        "token span {token_start, token_end}; a span covering several tokens is one target",
+    )
+    method: Method = Field(
+        "eagle",
+        description="eagle (our best search), eagle_greedy (the published greedy), "
+        "tam, msea, arc, msea+arc (white-box maps)",
+    )
+    regions: int = Field(
+        64,
+        ge=2,
+        le=MAX_REGIONS_SCHEMA,
+        description="superpixel regions the image is cut into; the service's limit "
+        "(GET /info) may be lower, and an omitted value never exceeds it",
+    )
     max_forward_passes: int | None = Field(
-        None, ge=2, le=MAX_FORWARD_PASSES_SCHEMA,
-        description="budget of images run through the model for this request (null: the service's limit)")
+        None,
+        ge=2,
+        le=MAX_FORWARD_PASSES_SCHEMA,
+        description="budget of images run through the model for this request (null: the service's limit)",
+    )
     heatmap: HeatmapOptions = Field(default_factory=HeatmapOptions)
     baseline: Literal["black", "blur", "mean"] = Field(
-        "black", description="what removed image regions become in the masked images (insertion / deletion "
-                             "and EAGLE's search); p_blank is always the black image")
+        "black",
+        description="what removed image regions become in the masked images (insertion / deletion "
+        "and EAGLE's search); p_blank is always the black image",
+    )
     lambda1: float = Field(1.0, ge=0, le=1000, description="EAGLE: weight of insight (sufficiency), p_t(keep S)")
-    lambda2: float = Field(1.0, ge=0, le=1000,
-                           description="EAGLE: weight of necessity, 1 - p_t(remove S); not both 0")
+    lambda2: float = Field(1.0, ge=0, le=1000, description="EAGLE: weight of necessity, 1 - p_t(remove S); not both 0")
 
 
 # --------------------------------------------------------------------------------- responses
@@ -174,11 +198,15 @@ class TokenResult(_Response):
     risk_score: float
     risk_label: RiskLabel
     eagle_reliance: float | None = Field(
-        default=None, description="EAGLE's I_t = AUC(c_t) - min c_t over the token's insertion curve c_t "
-                                  "(eagle methods on /v1/explain only)")
+        default=None,
+        description="EAGLE's I_t = AUC(c_t) - min c_t over the token's insertion curve c_t "
+        "(eagle methods on /v1/explain only)",
+    )
     context: list[ContextToken] | None = Field(
-        default=None, description="white-box methods: the prompt and earlier answer tokens most relevant to "
-                                  "this token, with scores (tokens inside a target only)")
+        default=None,
+        description="white-box methods: the prompt and earlier answer tokens most relevant to "
+        "this token, with scores (tokens inside a target only)",
+    )
 
 
 class Summary(_Response):
@@ -231,12 +259,15 @@ class Attribution(_Response):
     insertion_auc: float | None = None
     deletion_auc: float | None = None
     insertion_curve: list[list[float]] = Field(
-        default_factory=list, description="[[share of the image shown, mean target probability], ...]")
+        default_factory=list, description="[[share of the image shown, mean target probability], ...]"
+    )
     deletion_curve: list[list[float]] = Field(
-        default_factory=list, description="[[share of the image removed, mean target probability], ...]")
+        default_factory=list, description="[[share of the image removed, mean target probability], ...]"
+    )
     search_complete: bool = Field(default=True, description="false when the forward-pass budget cut the search")
     context: list[ContextToken] | None = Field(
-        default=None, description="white-box methods: the prompt and earlier answer tokens most relevant to the target")
+        default=None, description="white-box methods: the prompt and earlier answer tokens most relevant to the target"
+    )
     forward_passes: int
 
 

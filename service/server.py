@@ -3,7 +3,7 @@
 `AuditServer` is LitServe's server (worker processes, dynamic batching, request queues,
 transport, readiness) with the HTTP surface replaced by the service's:
 
-  POST /v1/explain, POST /v1/reliance  both feed the one AuditAPI queue (see service.api)
+  POST /v1/explain, POST /v1/reliance  both feed the one AuditAPI queue (see mllm_audit.service.api)
   GET  /health     200 "ok" once every model worker has loaded the model, else 503
   GET  /info       model, methods, limits and configuration (no secrets)
   GET  /metrics/   Prometheus metrics of every process of the service
@@ -31,22 +31,28 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
+from mllm_audit.service import metrics
+from mllm_audit.service.api import API_PATH, AuditAPI, Envelope, Failure
+from mllm_audit.service.config import ENV_VARS, Settings, env_name
+from mllm_audit.service.images import FORMATS
+from mllm_audit.service.middleware import AuditMiddleware, error_response
+from mllm_audit.service.schemas import (
+    METHODS,
+    ErrorBody,
+    ExplainRequest,
+    ExplainResponse,
+    InfoResponse,
+    RelianceRequest,
+    RelianceResponse,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from service import metrics
-from service.api import API_PATH, AuditAPI, Envelope, Failure
-from service.config import ENV_VARS, Settings, env_name
-from service.images import FORMATS
-from service.middleware import AuditMiddleware, error_response
-from service.schemas import (METHODS, ErrorBody, ExplainRequest, ExplainResponse, InfoResponse, RelianceRequest,
-                             RelianceResponse)
 
 TITLE = "MLLM Audit"
 DESCRIPTION = (
     "Audits a multimodal LLM's answer: which image regions made the model say each answer token "
     "(attribution masks), how much each token rests on the image versus the language prior "
     "(visual reliance), and a hallucination-risk label per token and per answer.\n\n"
-    "Errors are JSON `{\"detail\": \"...\", \"request_id\": \"...\"}`: 400/413/415/422 for bad input, "
+    'Errors are JSON `{"detail": "...", "request_id": "..."}`: 400/413/415/422 for bad input, '
     "401 without the API key (when one is configured), 503 with `Retry-After` when saturated, 504 on timeout."
 )
 
@@ -67,18 +73,25 @@ AUDIT_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("Missing or invalid API key (only when the service has one)"),
     413: _error("Body larger than MLLM_AUDIT_MAX_PAYLOAD_BYTES or image over MLLM_AUDIT_MAX_IMAGE_PIXELS"),
     415: _error("Content-Type not JSON, bytes that are not an image, or an image format the service does not decode"),
-    422: _error("Valid JSON that cannot be audited: wrong types, missing fields, unknown method, "
-                "limits (tokens, regions, budget), target spans outside the answer"),
+    422: _error(
+        "Valid JSON that cannot be audited: wrong types, missing fields, unknown method, "
+        "limits (tokens, regions, budget), target spans outside the answer"
+    ),
     500: _error("Internal error while auditing (the log has the request id)"),
     501: _error("The method is not available in this build"),
     503: _error("Saturated (MLLM_AUDIT_MAX_QUEUE requests in flight): retry after Retry-After seconds"),
     504: _error("Not answered within MLLM_AUDIT_REQUEST_TIMEOUT seconds"),
 }
 for _status in (503,):
-    AUDIT_ERRORS[_status]["headers"] = {"Retry-After": {"description": "seconds to wait before retrying",
-                                                        "schema": {"type": "string"}}}
-REQUEST_ID_HEADER = {"X-Request-ID": {"description": "the request id (the client's X-Request-ID when it sent "
-                                                     "one), also in the body", "schema": {"type": "string"}}}
+    AUDIT_ERRORS[_status]["headers"] = {
+        "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}
+    }
+REQUEST_ID_HEADER = {
+    "X-Request-ID": {
+        "description": "the request id (the client's X-Request-ID when it sent one), also in the body",
+        "schema": {"type": "string"},
+    }
+}
 SECURITY = {"security": [{}, {"BearerAuth": []}, {"ApiKeyAuth": []}]}
 
 
@@ -86,14 +99,17 @@ def model_block(settings: Settings) -> dict[str, Any]:
     """Model id, family and revision from the model directory alone (no weights loaded)."""
     from pathlib import Path
 
-    from models.families import family_of
-    from models.loading import REFERENCE_MODEL_DIR, check_model_dir, model_id_for
+    from mllm_audit.models.families import family_of
+    from mllm_audit.models.loading import REFERENCE_MODEL_DIR, check_model_dir, model_id_for
 
     path = (Path(settings.model) if settings.model else REFERENCE_MODEL_DIR).expanduser().resolve()
     config = check_model_dir(path)
     revision_file = path / "REVISION"
-    return {"id": model_id_for(path, settings.model_id), "family": family_of(config["model_type"]).name,
-            "revision": revision_file.read_text().strip() if revision_file.is_file() else None}
+    return {
+        "id": model_id_for(path, settings.model_id),
+        "family": family_of(config["model_type"]).name,
+        "revision": revision_file.read_text().strip() if revision_file.is_file() else None,
+    }
 
 
 def accelerator_of(device: str) -> tuple[str, Any]:
@@ -107,7 +123,7 @@ def accelerator_of(device: str) -> tuple[str, Any]:
 class AuditHandler:
     """Puts a validated request on the worker queue and waits for its answer until the deadline."""
 
-    def __init__(self, server: "AuditServer"):
+    def __init__(self, server: AuditServer):
         self.server = server
 
     async def handle(self, kind: str, body: RelianceRequest, request: Request) -> Response:
@@ -116,8 +132,9 @@ class AuditHandler:
         request_id = state.get("request_id") or uuid.uuid4().hex
         started = state.get("started") or time.monotonic()
         deadline = started + settings.request_timeout
-        envelope = Envelope(kind, request_id, started, deadline, body.model_dump(mode="json"),
-                            frozenset(body.model_fields_set))
+        envelope = Envelope(
+            kind, request_id, started, deadline, body.model_dump(mode="json"), frozenset(body.model_fields_set)
+        )
         if settings.debug:
             state.setdefault("log", {}).update(prompt=body.prompt, answer=body.answer)
 
@@ -149,7 +166,7 @@ def _worker_error(response) -> HTTPException:
     if isinstance(response, bytes):
         try:
             response = pickle.loads(response)
-        except Exception:  # noqa: BLE001
+        except Exception:
             response = None
     if isinstance(response, StarletteHTTPException):
         return HTTPException(response.status_code, str(response.detail))
@@ -183,15 +200,27 @@ class AuditServer(ls.LitServer):
         app: FastAPI = self.app
         handler = AuditHandler(self)
 
-        @app.post("/v1/explain", response_model=ExplainResponse, responses=AUDIT_ERRORS, tags=["audit"],
-                  summary="Attribution masks, reliance and risk of answer tokens",
-                  response_description="The audit", openapi_extra=SECURITY)
+        @app.post(
+            "/v1/explain",
+            response_model=ExplainResponse,
+            responses=AUDIT_ERRORS,
+            tags=["audit"],
+            summary="Attribution masks, reliance and risk of answer tokens",
+            response_description="The audit",
+            openapi_extra=SECURITY,
+        )
         async def explain(body: ExplainRequest, request: Request):
             return await handler.handle("explain", body, request)
 
-        @app.post("/v1/reliance", response_model=RelianceResponse, responses=AUDIT_ERRORS, tags=["audit"],
-                  summary="Visual reliance and hallucination risk per answer token (cheap path)",
-                  response_description="The reliance audit", openapi_extra=SECURITY)
+        @app.post(
+            "/v1/reliance",
+            response_model=RelianceResponse,
+            responses=AUDIT_ERRORS,
+            tags=["audit"],
+            summary="Visual reliance and hallucination risk per answer token (cheap path)",
+            response_description="The reliance audit",
+            openapi_extra=SECURITY,
+        )
         async def reliance(body: RelianceRequest, request: Request):
             return await handler.handle("reliance", body, request)
 
@@ -199,20 +228,33 @@ class AuditServer(ls.LitServer):
             if getattr(route, "path", None) in ("/v1/explain", "/v1/reliance"):
                 route.responses = {**route.responses, 200: {"headers": REQUEST_ID_HEADER}}
 
-        @app.get("/health", response_class=PlainTextResponse, tags=["service"],
-                 summary="200 once every model worker has loaded the model",
-                 responses={200: {"content": {"text/plain": {"schema": {"type": "string", "enum": ["ok"]}}}},
-                            401: _error("Missing or invalid API key (only with MLLM_AUDIT_PROTECT_HEALTH)"),
-                            503: {"description": "Still loading, or a worker failed",
-                                  "content": {"text/plain": {"schema": {"type": "string"}}}}})
+        @app.get(
+            "/health",
+            response_class=PlainTextResponse,
+            tags=["service"],
+            summary="200 once every model worker has loaded the model",
+            responses={
+                200: {"content": {"text/plain": {"schema": {"type": "string", "enum": ["ok"]}}}},
+                401: _error("Missing or invalid API key (only with MLLM_AUDIT_PROTECT_HEALTH)"),
+                503: {
+                    "description": "Still loading, or a worker failed",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+            },
+        )
         async def health():
             if self.workers_ready():
                 return PlainTextResponse("ok")
             return PlainTextResponse("not ready", status_code=503)
 
-        @app.get("/info", response_model=InfoResponse, tags=["service"], openapi_extra=SECURITY,
-                 summary="Model, methods, limits and configuration (no secrets)",
-                 responses={401: _error("Missing or invalid API key (only when the service has one)")})
+        @app.get(
+            "/info",
+            response_model=InfoResponse,
+            tags=["service"],
+            openapi_extra=SECURITY,
+            summary="Model, methods, limits and configuration (no secrets)",
+            responses={401: _error("Missing or invalid API key (only when the service has one)")},
+        )
         async def info():
             return self.info()
 
@@ -234,15 +276,25 @@ class AuditServer(ls.LitServer):
             "model": self.model,
             "methods": list(METHODS),
             "endpoints": ["/v1/explain", "/v1/reliance"],
-            "limits": {"max_payload_bytes": s.max_payload_bytes, "max_image_pixels": s.max_image_pixels,
-                       "max_heatmap_pixels": s.max_heatmap_pixels,
-                       "image_formats": list(FORMATS), "max_prompt_tokens": s.max_prompt_tokens,
-                       "max_answer_tokens": s.max_answer_tokens, "regions": {"min": 2, "max": s.max_regions},
-                       "max_forward_passes": s.max_forward_passes, "request_timeout_s": s.request_timeout,
-                       "max_queue": s.max_queue},
-            "batching": {"max_batch_size": s.max_batch_size, "batch_timeout_s": s.batch_timeout,
-                         "forward_batch_size": s.forward_batch_size, "workers": s.workers,
-                         "api_servers": s.api_servers},
+            "limits": {
+                "max_payload_bytes": s.max_payload_bytes,
+                "max_image_pixels": s.max_image_pixels,
+                "max_heatmap_pixels": s.max_heatmap_pixels,
+                "image_formats": list(FORMATS),
+                "max_prompt_tokens": s.max_prompt_tokens,
+                "max_answer_tokens": s.max_answer_tokens,
+                "regions": {"min": 2, "max": s.max_regions},
+                "max_forward_passes": s.max_forward_passes,
+                "request_timeout_s": s.request_timeout,
+                "max_queue": s.max_queue,
+            },
+            "batching": {
+                "max_batch_size": s.max_batch_size,
+                "batch_timeout_s": s.batch_timeout,
+                "forward_batch_size": s.forward_batch_size,
+                "workers": s.workers,
+                "api_servers": s.api_servers,
+            },
             "config": {name: config[name] for name in ENV_VARS},
         }
 
@@ -251,21 +303,33 @@ class AuditServer(ls.LitServer):
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi
 
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             schema.setdefault("components", {})["securitySchemes"] = {
-                "BearerAuth": {"type": "http", "scheme": "bearer",
-                               "description": "the API key, when MLLM_AUDIT_API_KEY is set"},
-                "ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                               "description": "the API key, when MLLM_AUDIT_API_KEY is set"},
+                "BearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the API key, when MLLM_AUDIT_API_KEY is set",
+                },
+                "ApiKeyAuth": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Key",
+                    "description": "the API key, when MLLM_AUDIT_API_KEY is set",
+                },
             }
             app.openapi_schema = schema
         return app.openapi_schema
 
     def serve(self) -> None:
         s = self.settings
-        self.run(host=s.host, port=s.port, num_api_servers=s.api_servers, log_level=_uvicorn_level(s.log_level),
-                 generate_client_file=False, access_log=False)
+        self.run(
+            host=s.host,
+            port=s.port,
+            num_api_servers=s.api_servers,
+            log_level=_uvicorn_level(s.log_level),
+            generate_client_file=False,
+            access_log=False,
+        )
 
 
 def _uvicorn_level(level: str) -> str:

@@ -7,10 +7,9 @@ import random
 import numpy as np
 import pytest
 import torch
-
-from models.loading import load_model
-from models.reference import world
-from models.scorer import Scorer
+from mllm_audit.models.loading import load_model
+from mllm_audit.models.reference import world
+from mllm_audit.models.scorer import Scorer
 
 
 @pytest.fixture(scope="session")
@@ -35,23 +34,47 @@ def held_out_sample(kind: str, seed: int) -> world.Sample:
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory):
     """A randomly initialised LLaVA of another shape (56 px, patch 14) saved in HF format."""
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
-
-    from models.reference.build import CHAT_TEMPLATE, build_tokenizer
+    from mllm_audit.models.reference.build import CHAT_TEMPLATE, build_tokenizer
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     torch.manual_seed(0)
     tok = build_tokenizer()
     image_processor = CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
-                               vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
-                               num_additional_image_tokens=1)
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, image_size=56, patch_size=14),
-        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
-                                eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id),
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.bos_token_id,
+        ),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         image_seq_length=16,
         vision_feature_layer=-2,

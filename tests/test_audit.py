@@ -9,16 +9,16 @@ import io
 import numpy as np
 import pytest
 import torch
+from mllm_audit.explainers import eagle
+from mllm_audit.explainers.audit import AuditInputError, Auditor, AuditRequest, TokenSpan
+from mllm_audit.explainers.engine import Job, run_jobs
+from mllm_audit.explainers.regions import region_masks, rle_decode, superpixel_regions
+from mllm_audit.models.loading import load_model
+from mllm_audit.models.scorer import Scorer
 from PIL import Image
 from scipy.stats import spearmanr
 
 from bench.faithfulness import run as run_faithfulness
-from explainers import eagle
-from explainers.audit import AuditInputError, Auditor, AuditRequest, TokenSpan
-from explainers.engine import Job, run_jobs
-from explainers.regions import region_masks, rle_decode, superpixel_regions
-from models.loading import load_model
-from models.scorer import Scorer
 from tests.conftest import held_out_sample
 
 
@@ -47,14 +47,22 @@ def test_engine_results_do_not_depend_on_the_forward_batch_size(reference_scorer
 
 def test_explain_returns_the_contract_fields(auditor):
     s = held_out_sample("caption", 21)
-    req = AuditRequest(s.scene.image, s.prompt, s.truth, targets="tokens", regions=10,
-                       max_forward_passes=400, heatmap_encoding="png", heatmap_size=(48, 32))
+    req = AuditRequest(
+        s.scene.image,
+        s.prompt,
+        s.truth,
+        targets="tokens",
+        regions=10,
+        max_forward_passes=400,
+        heatmap_encoding="png",
+        heatmap_size=(48, 32),
+    )
     [out] = auditor.run([req])
     assert not isinstance(out, Exception), out
     tokens = out["tokens"]
     assert [t["index"] for t in tokens] == list(range(len(tokens)))
     for t in tokens:
-        assert s.truth[t["start"]:t["end"]] == t["text"]
+        assert s.truth[t["start"] : t["end"]] == t["text"]
         assert abs(t["visual_reliance"] + t["language_reliance"] - 1) < 1e-9
         assert t["risk_label"] in ("low", "medium", "high", "not_visual")
     labels = {t["text"]: t["risk_label"] for t in tokens}

@@ -6,7 +6,7 @@
   rendered manifest validates against the Kubernetes API schemas (kubernetes-validate,
   strict: unknown fields fail);
 - the rendered port, probes and environment agree with the service (service.config, and the
-  routes service.server's app registers), and the CPU threads with the CPU resources;
+  routes mllm_audit.service.server's app registers), and the CPU threads with the CPU resources;
 - the Grafana dashboard parses and queries only metrics the service exports.
 """
 
@@ -27,9 +27,8 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-
-from service.config import ENV_VARS, Settings
-from service.metrics import registry_metrics
+from mllm_audit.service.config import ENV_VARS, Settings
+from mllm_audit.service.metrics import registry_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -45,13 +44,17 @@ HEALTH_PATH = "/health"
 # Kinds that are not part of Kubernetes itself, so kubernetes-validate has no schema for them.
 CUSTOM_KINDS = {"ServiceMonitor"}
 # Variables the chart sets itself; values.yaml `config:` must not carry them.
-CHART_MANAGED_ENV = {"MLLM_AUDIT_HOST", "MLLM_AUDIT_PORT", "MLLM_AUDIT_MODEL", "MLLM_AUDIT_METRICS_DIR",
-                     "MLLM_AUDIT_API_KEY"}
-
+CHART_MANAGED_ENV = {
+    "MLLM_AUDIT_HOST",
+    "MLLM_AUDIT_PORT",
+    "MLLM_AUDIT_MODEL",
+    "MLLM_AUDIT_METRICS_DIR",
+    "MLLM_AUDIT_API_KEY",
+}
 
 
 def exported_series() -> set[str]:
-    """Every series name the service's Prometheus metrics export (read off service.metrics)."""
+    """Every series name the service's Prometheus metrics export (read off mllm_audit.service.metrics)."""
     names = set()
     for metric in vars(registry_metrics()).values():
         for family in getattr(metric, "describe", lambda: [])():
@@ -84,8 +87,9 @@ def manifests(rendered: dict[str, list[dict]]) -> list[dict]:
 
 
 def one(rendered: dict[str, list[dict]], kind: str, name_suffix: str = "") -> dict:
-    found = [doc for doc in manifests(rendered)
-             if doc["kind"] == kind and doc["metadata"]["name"].endswith(name_suffix)]
+    found = [
+        doc for doc in manifests(rendered) if doc["kind"] == kind and doc["metadata"]["name"].endswith(name_suffix)
+    ]
     assert len(found) == 1, f"expected one {kind}*{name_suffix}, got {[d['metadata']['name'] for d in found]}"
     return found[0]
 
@@ -175,8 +179,8 @@ def default_render() -> dict[str, list[dict]]:
 @pytest.fixture(scope="module")
 def get_routes() -> set[str]:
     """Paths the service's FastAPI app serves to GET, read off the app itself. Building the
-    server (as service.openapi does) starts no worker and loads no model."""
-    from service.server import build_server
+    server (as mllm_audit.service.openapi does) starts no worker and loads no model."""
+    from mllm_audit.service.server import build_server
 
     app = build_server(Settings(), check_model=False).app
     return {route.path for route in app.routes if "GET" in (getattr(route, "methods", None) or ())}
@@ -195,10 +199,17 @@ def gpu_render(gpu_values) -> dict[str, list[dict]]:
 MODEL_SOURCES = {
     "pvc": {"model": {"source": "pvc", "path": "llava-1.5-7b-hf", "pvc": {"claimName": "models"}}},
     "hostPath": {"model": {"source": "hostPath", "path": "llava", "hostPath": {"path": "/srv/models"}}},
-    "image": {"model": {"source": "image", "image": {"repository": "registry.example.com/llava-weights",
-                                                     "tag": "1.5-7b", "sourcePath": "/weights"}}},
-    "apiKey": {"apiKey": {"value": "s3cret"}, "config": {"MLLM_AUDIT_PROTECT_METRICS": True},
-               "serviceMonitor": {"enabled": True}},
+    "image": {
+        "model": {
+            "source": "image",
+            "image": {"repository": "registry.example.com/llava-weights", "tag": "1.5-7b", "sourcePath": "/weights"},
+        }
+    },
+    "apiKey": {
+        "apiKey": {"value": "s3cret"},
+        "config": {"MLLM_AUDIT_PROTECT_METRICS": True},
+        "serviceMonitor": {"enabled": True},
+    },
 }
 
 
@@ -216,7 +227,9 @@ def test_dockerfile_passes_hadolint(tmp_path):
         config.write_text("failure-threshold: style\n")
     result = subprocess.run(
         [str(hadolint), "--no-color", "--config", str(config), "--failure-threshold", "style", str(DOCKERFILE)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
@@ -238,8 +251,8 @@ def test_dockerfile_installs_what_pyproject_pins():
 
     # The sources the wheel is built from are copied in: pyproject's packages and its readme.
     copied = " ".join(rest for keyword, rest in dockerfile_instructions() if keyword == "COPY")
-    for package in pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]:
-        assert package.rstrip("*") in copied
+    for folder in pyproject()["tool"]["setuptools"]["package-dir"].values():
+        assert f"{folder} ./{folder}" in copied
     assert pyproject()["project"]["readme"] in copied
 
 
@@ -260,7 +273,7 @@ def test_dockerfile_base_image_user_and_entrypoint():
     exposed = [rest for keyword, rest in instructions if keyword == "EXPOSE"]
     assert exposed == [str(PORT)] and ENV_VARS["MLLM_AUDIT_PORT"][0] == PORT
     healthcheck = next(rest for keyword, rest in instructions if keyword == "HEALTHCHECK")
-    assert "CMD [\"python\"" in healthcheck and HEALTH_PATH in healthcheck
+    assert 'CMD ["python"' in healthcheck and HEALTH_PATH in healthcheck
 
     entrypoint = json.loads(next(rest for keyword, rest in instructions if keyword == "ENTRYPOINT"))
     assert entrypoint[-1] in pyproject()["project"]["scripts"]
@@ -274,9 +287,11 @@ def test_dockerfile_environment_names_the_service_settings():
     assert set(service_env) <= set(ENV_VARS), set(service_env) - set(ENV_VARS)
     assert service_env["MLLM_AUDIT_HOST"] == "0.0.0.0"
     assert service_env["MLLM_AUDIT_PORT"] == str(PORT)
-    # The baked-in reference model: package data of models.reference in the venv's site-packages.
-    assert pyproject()["tool"]["setuptools"]["package-data"]["models.reference"] == ["weights/*"]
-    assert service_env["MLLM_AUDIT_MODEL"] == "/opt/venv/lib/python3.11/site-packages/models/reference/weights"
+    # The baked-in reference model: package data of mllm_audit.models.reference in the venv's site-packages.
+    assert pyproject()["tool"]["setuptools"]["package-data"]["mllm_audit.models.reference"] == ["weights/*"]
+    assert (
+        service_env["MLLM_AUDIT_MODEL"] == "/opt/venv/lib/python3.11/site-packages/mllm_audit/models/reference/weights"
+    )
     Settings.from_env(service_env)  # the values parse
 
 
@@ -287,26 +302,53 @@ def test_the_image_install_step_packages_the_app_and_the_reference_weights(tmp_p
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for name in ("service", "explainers", "models"):
+    for name in ("mllm_audit", "service", "explainers", "models"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                             "--wheel-dir", str(tmp_path / "dist"), str(src)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [wheel] = (tmp_path / "dist").glob("mllm_audit-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     weights = {p.name for p in (REPO / "models" / "reference" / "weights").iterdir()}
-    assert {f"models/reference/weights/{name}" for name in weights} <= names
-    assert {"service/cli.py", "service/api.py", "explainers/eagle.py", "models/scorer.py"} <= names
-    assert "mllm-audit = service.cli:main" in entry_points
+    assert {f"mllm_audit/models/reference/weights/{name}" for name in weights} <= names
+    assert {"mllm_audit/service/cli.py", "mllm_audit/explainers/eagle.py", "mllm_audit/models/scorer.py"} <= names
+    # one top-level package: nothing generic (service, models, ...) lands in site-packages
+    assert {n.split("/")[0] for n in names if not n.startswith("mllm_audit-")} == {"mllm_audit"}
+    assert "mllm-audit = mllm_audit.service.cli:main" in entry_points
 
 
 def test_dockerignore_keeps_the_build_inputs():
-    patterns = {line.strip().rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")}
-    for needed in ("pyproject.toml", "README.md", "service", "explainers", "models", "models/reference/weights"):
+    patterns = {
+        line.strip().rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "mllm_audit",
+        "service",
+        "explainers",
+        "models",
+        "models/reference/weights",
+    ):
         assert needed not in patterns
     for excluded in (".venv", ".git", "tests"):
         assert excluded in patterns
@@ -349,7 +391,9 @@ def test_default_render_has_the_expected_objects(default_render):
     assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
     assert one(default_render, "Deployment")["spec"]["replicas"] == 1
     assert one(default_render, "PodDisruptionBudget")["spec"] == {
-        "maxUnavailable": 1, "selector": one(default_render, "Deployment")["spec"]["selector"]}
+        "maxUnavailable": 1,
+        "selector": one(default_render, "Deployment")["spec"]["selector"],
+    }
     no_disruption = render({"podDisruptionBudget": {"maxUnavailable": 0}})
     assert one(no_disruption, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 0  # not turned into 1
 
@@ -371,7 +415,7 @@ def test_gpu_render_has_gpu_hpa_and_servicemonitor(gpu_render, get_routes):
 
     monitor = one(gpu_render, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    endpoint, = monitor["spec"]["endpoints"]
+    (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics/" and endpoint["port"] == "http"
     assert endpoint["path"] in get_routes
     assert monitor["spec"]["selector"]["matchLabels"] == one(gpu_render, "Service")["spec"]["selector"]
@@ -393,7 +437,10 @@ def test_port_and_probes_match_the_service(case, default_render, gpu_render, get
     assert app_config_map(rendered)["data"]["MLLM_AUDIT_HOST"] == "0.0.0.0"
     service = one(rendered, "Service")
     assert service["spec"]["ports"] == [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]
-    assert service["spec"]["selector"].items() <= one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        service["spec"]["selector"].items()
+        <= one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
 @pytest.mark.parametrize("case", ["default", "gpu-hpa-servicemonitor"])
@@ -413,7 +460,9 @@ def test_cpu_threads_match_the_cpu_resources(case, default_render, gpu_render):
 
 @pytest.mark.parametrize("case", ["default", "gpu-hpa-servicemonitor", *MODEL_SOURCES])
 def test_config_map_holds_only_known_settings_that_parse(case, default_render, gpu_render):
-    rendered = {"default": default_render, "gpu-hpa-servicemonitor": gpu_render}.get(case) or render(MODEL_SOURCES[case])
+    rendered = {"default": default_render, "gpu-hpa-servicemonitor": gpu_render}.get(case) or render(
+        MODEL_SOURCES[case]
+    )
     data = app_config_map(rendered)["data"]
     unknown = set(data) - set(ENV_VARS)
     assert not unknown, f"ConfigMap sets variables the service does not read: {unknown}"
@@ -429,24 +478,30 @@ def test_values_schema_knows_only_real_settings():
     assert set(yaml.safe_load((CHART / "values.yaml").read_text())["config"]) <= set(config["properties"])
 
 
-@pytest.mark.parametrize("bad_values", [
-    {"replicaCont": 2},                                    # top-level typo
-    {"config": {"MLLM_AUDIT_MAX_BATCHSIZE": 4}},           # setting that does not exist
-    {"config": {"MLLM_AUDIT_API_KEY": "in-a-configmap"}},  # secret in the ConfigMap
-    {"model": {"source": "s3"}},
-    {"gpu": {"enable": True}},
-    {"autoscaling": {"targetCPUUtilisationPercentage": 50}},
-])
+@pytest.mark.parametrize(
+    "bad_values",
+    [
+        {"replicaCont": 2},  # top-level typo
+        {"config": {"MLLM_AUDIT_MAX_BATCHSIZE": 4}},  # setting that does not exist
+        {"config": {"MLLM_AUDIT_API_KEY": "in-a-configmap"}},  # secret in the ConfigMap
+        {"model": {"source": "s3"}},
+        {"gpu": {"enable": True}},
+        {"autoscaling": {"targetCPUUtilisationPercentage": 50}},
+    ],
+)
 def test_values_schema_rejects_typos(bad_values):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
         chart.validate_schema(bad_values)
 
 
-@pytest.mark.parametrize("bad_values", [
-    {"model": {"source": "pvc"}},                        # no claimName
-    {"config": {"MLLM_AUDIT_PROTECT_HEALTH": True}},     # kubelet probes carry no API key
-    {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
-])
+@pytest.mark.parametrize(
+    "bad_values",
+    [
+        {"model": {"source": "pvc"}},  # no claimName
+        {"config": {"MLLM_AUDIT_PROTECT_HEALTH": True}},  # kubelet probes carry no API key
+        {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+    ],
+)
 def test_render_refuses_inconsistent_values(bad_values):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError):
         chart.render(bad_values, name="audit", namespace="mllm")
@@ -480,7 +535,7 @@ def test_model_sources_mount_the_checkpoint():
 
     image = render(MODEL_SOURCES["image"])
     pod = one(image, "Deployment")["spec"]["template"]["spec"]
-    init, = pod["initContainers"]
+    (init,) = pod["initContainers"]
     assert init["image"] == "registry.example.com/llava-weights:1.5-7b"
     assert {e["name"]: e["value"] for e in init["env"]} == {"SOURCE": "/weights", "TARGET": "/models"}
     assert app_config_map(image)["data"]["MLLM_AUDIT_MODEL"] == "/models"
@@ -494,10 +549,12 @@ def test_api_key_secret_and_protected_metrics_scrape():
     secret = one(rendered, "Secret")
     assert set(secret["data"]) == {"api-key"}
     env = {e["name"]: e for e in server_container(rendered)["env"]}
-    assert env["MLLM_AUDIT_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"],
-                                                                      "key": "api-key"}
+    assert env["MLLM_AUDIT_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": secret["metadata"]["name"],
+        "key": "api-key",
+    }
     assert "MLLM_AUDIT_API_KEY" not in app_config_map(rendered)["data"]
-    endpoint, = one(rendered, "ServiceMonitor")["spec"]["endpoints"]
+    (endpoint,) = one(rendered, "ServiceMonitor")["spec"]["endpoints"]
     assert endpoint["authorization"]["credentials"] == {"name": secret["metadata"]["name"], "key": "api-key"}
 
 
@@ -531,9 +588,14 @@ def test_dashboard_queries_only_exported_metrics():
     assert used <= exported, used - exported
     # The panels the dashboard promises: hallucination rate by risk label (answers and tokens),
     # latency p50/p95, queue wait, batch size and forward passes per second.
-    for needed in ("mllm_audit_answers_total", "mllm_audit_tokens_total", "mllm_audit_request_latency_seconds_bucket",
-                   "mllm_audit_queue_wait_seconds_bucket", "mllm_audit_batch_size_sum",
-                   "mllm_audit_forward_passes_total"):
+    for needed in (
+        "mllm_audit_answers_total",
+        "mllm_audit_tokens_total",
+        "mllm_audit_request_latency_seconds_bucket",
+        "mllm_audit_queue_wait_seconds_bucket",
+        "mllm_audit_batch_size_sum",
+        "mllm_audit_forward_passes_total",
+    ):
         assert needed in used, needed
     text = "\n".join(queries)
     assert "histogram_quantile(0.5," in text and "histogram_quantile(0.95," in text

@@ -6,13 +6,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-
-from explainers.eagle import (EagleResult, fast_search, greedy_search, heatmap_from_regions, objective,
-                              scores_from_gains)
-from explainers.regions import region_masks
-
+from mllm_audit.explainers.eagle import (
+    EagleResult,
+    fast_search,
+    greedy_search,
+    heatmap_from_regions,
+    objective,
+    scores_from_gains,
+)
+from mllm_audit.explainers.regions import region_masks
 
 # ---------------------------------------------------------------- toy world (also used by test_engine)
+
 
 def grid_labels(h: int, w: int, rows: int, cols: int) -> np.ndarray:
     """Regions as a rows x cols grid of equal cells."""
@@ -36,8 +41,9 @@ class ToyAudit:
         return region_masks(self.labels)
 
 
-def make_audit(rows: int = 4, cols: int = 4, n_tokens: int = 2, seed: int = 0, sharp: float = 0.0,
-               cell: int = 4) -> ToyAudit:
+def make_audit(
+    rows: int = 4, cols: int = 4, n_tokens: int = 2, seed: int = 0, sharp: float = 0.0, cell: int = 4
+) -> ToyAudit:
     rng = np.random.default_rng(seed)
     h, w = rows * cell, cols * cell
     image = rng.integers(1, 256, size=(h, w, 3), dtype=np.uint8)  # no black pixel: black = removed
@@ -82,6 +88,7 @@ def expected_ranking(audit: ToyAudit, token: int) -> list[int]:
 
 # ---------------------------------------------------------------- objective
 
+
 def test_objective_formula():
     keep = np.log(np.array([[0.8, 0.2], [0.5, 0.5]]))
     remove = np.log(np.array([[0.1, 0.4], [0.5, 0.5]]))
@@ -93,12 +100,16 @@ def test_objective_formula():
 
 # ---------------------------------------------------------------- greedy
 
+
 def test_greedy_recovers_additive_ranking_with_exact_cost():
     audit = make_audit(rows=4, cols=4)
     k = 16
     first: list = []
-    result, images, yields = drive(greedy_search(audit.image, audit.masks, token_indices=[0]), audit,
-                                   on_batch=lambda b: first.append(b) if not first else None)
+    result, images, yields = drive(
+        greedy_search(audit.image, audit.masks, token_indices=[0]),
+        audit,
+        on_batch=lambda b: first.append(b) if not first else None,
+    )
     assert isinstance(result, EagleResult)
     assert result.ranking == expected_ranking(audit, 0)
     # full + baseline first. Each distinct image is scored once: the forced last step is
@@ -141,8 +152,7 @@ def test_greedy_result_fields_match_the_toy():
 
 def test_greedy_budget_stops_early_but_ranks_everything():
     audit = make_audit(rows=4, cols=4)
-    res, images, _ = drive(greedy_search(audit.image, audit.masks, token_indices=[0], max_forward_passes=100),
-                           audit)
+    res, images, _ = drive(greedy_search(audit.image, audit.masks, token_indices=[0], max_forward_passes=100), audit)
     assert images == res.forward_passes <= 100
     assert not res.search_complete
     assert sorted(res.ranking) == list(range(16))
@@ -185,6 +195,7 @@ def test_overlapping_masks_still_work():
 
 # ---------------------------------------------------------------- fast search
 
+
 def test_fast_search_matches_greedy_on_additive_toy_and_is_cheap():
     audit = make_audit(rows=6, cols=8, cell=3, seed=7)  # K = 48
     k = 48
@@ -209,8 +220,7 @@ def test_fast_search_recovers_top_regions_when_regions_interact():
 
 def test_fast_search_budget():
     audit = make_audit(rows=6, cols=8, cell=3, seed=2)
-    res, images, _ = drive(fast_search(audit.image, audit.masks, token_indices=[0], max_forward_passes=150),
-                           audit)
+    res, images, _ = drive(fast_search(audit.image, audit.masks, token_indices=[0], max_forward_passes=150), audit)
     assert images == res.forward_passes <= 150
     assert sorted(res.ranking) == list(range(48))
     assert not res.search_complete
@@ -226,6 +236,7 @@ def test_fast_search_tiny_inputs():
 
 
 # ---------------------------------------------------------------- heatmap
+
 
 def test_scores_from_gains_rule():
     ranking = [2, 0, 1, 3]
@@ -247,7 +258,7 @@ def test_heatmap_from_regions_paints_and_resizes():
     big = heatmap_from_regions(labels, scores, size=(12, 8))  # (width, height)
     assert big.shape == (8, 12)
     assert np.allclose(big[::2, ::2], scores[labels])
-    assert 0.0 <= big.min() and big.max() <= 1.0
+    assert big.min() >= 0.0 and big.max() <= 1.0
 
 
 def test_heatmap_of_search_ranks_pixels_like_the_ranking():

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from mllm_audit.explainers.eagle import fast_search, greedy_search
+from mllm_audit.explainers.engine import Job, run_jobs
 
-from explainers.eagle import fast_search, greedy_search
-from explainers.engine import Job, run_jobs
 from tests.test_eagle import drive, make_audit, toy_logp
 
 
@@ -31,8 +31,14 @@ class CountingScorer:
 def two_jobs():
     a = make_audit(rows=3, cols=4, seed=1)
     b = make_audit(rows=4, cols=4, seed=2, n_tokens=3)
-    return a, b, [Job(a, greedy_search(a.image, a.masks, token_indices=[0])),
-                  Job(b, fast_search(b.image, b.masks, token_indices=[1, 2]))]
+    return (
+        a,
+        b,
+        [
+            Job(a, greedy_search(a.image, a.masks, token_indices=[0])),
+            Job(b, fast_search(b.image, b.masks, token_indices=[1, 2])),
+        ],
+    )
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
@@ -56,11 +62,12 @@ def test_batching_does_not_change_results(batch_size):
 
 
 def test_jobs_share_batches():
-    a, b, jobs = two_jobs()
+    _a, _b, jobs = two_jobs()
     scorer = CountingScorer()
     per_round: list[tuple[int, int]] = []
-    stats = run_jobs(jobs, scorer, batch_size=64,
-                     on_round=lambda st: per_round.append((st.forward_passes, st.model_calls)))
+    stats = run_jobs(
+        jobs, scorer, batch_size=64, on_round=lambda st: per_round.append((st.forward_passes, st.model_calls))
+    )
     assert scorer.calls[0] == 4  # both jobs' [full, baseline] in one call
     # every round packs all pending images of both jobs: ceil(images / batch) calls, no more
     previous = (0, 0)

@@ -10,14 +10,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from mllm_audit.models.loading import load_model
+from mllm_audit.models.scorer import Scorer, to_pil
+from mllm_audit.models.sequence import generation_prompt
 from transformers import ProcessorMixin
 
-from models.loading import load_model
-from models.scorer import Scorer, to_pil
-from models.sequence import generation_prompt
-
-PROMPT, ANSWER, OTHER_PROMPT, OTHER_ANSWER = ("Describe the image.", "a blue square.",
-                                              "What colour is the circle?", "the circle is red.")
+PROMPT, ANSWER, OTHER_PROMPT, OTHER_ANSWER = (
+    "Describe the image.",
+    "a blue square.",
+    "What colour is the circle?",
+    "the circle is red.",
+)
 
 QWEN_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -37,14 +40,19 @@ SMOLVLM_TEMPLATE = (  # SmolVLM-Instruct's own template
 
 def family_tokenizer(special_tokens: list[str]):
     """The reference BPE tokenizer (built offline) with a family's special tokens added."""
+    from mllm_audit.models.reference.build import build_tokenizer
     from transformers import PreTrainedTokenizerFast
-
-    from models.reference.build import build_tokenizer
 
     backend = build_tokenizer().backend_tokenizer
     backend.add_special_tokens(special_tokens)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", padding_side="right")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        padding_side="right",
+    )
 
 
 def set_processor_class(path, name: str) -> None:
@@ -57,29 +65,42 @@ def set_processor_class(path, name: str) -> None:
 
 
 def text_config(tok, **extra) -> dict:
-    return dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **extra)
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **extra,
+    )
 
 
 @pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
 def tiny_qwen_dir(request, tmp_path_factory):
     """Patch 4, merge 2: an image becomes (h/8) x (w/8) tokens, its aspect ratio kept."""
     import transformers
+    from mllm_audit.models.families import _image_only_processor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from models.families import _image_only_processor
-
     torch.manual_seed(0)
-    tok = family_tokenizer(["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                            "<|image_pad|>", "<|video_pad|>"])
-    image_processor = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                               min_pixels=8 * 8, max_pixels=64 * 64)
+    tok = family_tokenizer(
+        ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=8 * 8, max_pixels=64 * 64
+    )
     # Without torchvision the stock processor cannot be built (nor loaded) here: save it through
     # the image-only subclass, then name the stock class as a real checkpoint would.
     processor = _image_only_processor(request.param)(image_processor, tok, chat_template=QWEN_TEMPLATE)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                                     "<|vision_end|>")}
+    ids = {
+        t: tok.convert_tokens_to_ids(t)
+        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    }
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}  # head_dim 16
     vision = dict(depth=2, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
     if request.param == "qwen2_vl":
@@ -88,12 +109,18 @@ def tiny_qwen_dir(request, tmp_path_factory):
         processor_class = "Qwen2VLProcessor"
     else:
         config_class, model_class = transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration
-        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=32, window_size=16,
-                      fullatt_block_indexes=[1])
+        vision.update(
+            hidden_size=32, intermediate_size=64, out_hidden_size=32, window_size=16, fullatt_block_indexes=[1]
+        )
         processor_class = "Qwen2_5_VLProcessor"
-    config = config_class(vision_config=vision, text_config=text_config(tok, rope_parameters=rope),
-                          image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                          vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    config = config_class(
+        vision_config=vision,
+        text_config=text_config(tok, rope_parameters=rope),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     path = tmp_path_factory.mktemp(request.param)
     model_class(config).save_pretrained(path)
     processor.save_pretrained(path)
@@ -108,15 +135,25 @@ def _idefics3_dir(tmp_path_factory, splitting: bool):
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     torch.manual_seed(0)
-    tok = family_tokenizer(["<|im_start|>", "<fake_token_around_image>", "<image>", "<end_of_utterance>",
-                            "<global-img>"] + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)])
-    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 64}, max_image_size={"longest_edge": 32},
-                                                do_image_splitting=splitting)
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=16,
-                                  chat_template=SMOLVLM_TEMPLATE)
+    tok = family_tokenizer(
+        ["<|im_start|>", "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+        + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+    )
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=splitting
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tok, image_seq_len=16, chat_template=SMOLVLM_TEMPLATE
+    )
     config = Idefics3Config(
-        vision_config=Idefics3VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                           num_attention_heads=2, image_size=32, patch_size=4),
+        vision_config=Idefics3VisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=4,
+        ),
         text_config=LlamaConfig(**text_config(tok)),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=2,
@@ -147,13 +184,19 @@ def plain_forward_scores(loaded, audit, image: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         logits = loaded.model(**inputs).logits[0]
     ids = inputs["input_ids"][0]
-    assert ids[-audit.n_tokens:].tolist() == audit.tokens.ids
+    assert ids[-audit.n_tokens :].tolist() == audit.tokens.ids
     n = audit.n_tokens
-    return torch.log_softmax(logits[-n - 1:-1].float(), -1).gather(1, ids[-n:, None])[:, 0].double().numpy()
+    return torch.log_softmax(logits[-n - 1 : -1].float(), -1).gather(1, ids[-n:, None])[:, 0].double().numpy()
 
 
-def check_family(path, family: str, size: tuple[int, int], other_size: tuple[int, int],
-                 grid: tuple[int, int], other_grid: tuple[int, int]) -> None:
+def check_family(
+    path,
+    family: str,
+    size: tuple[int, int],
+    other_size: tuple[int, int],
+    grid: tuple[int, int],
+    other_grid: tuple[int, int],
+) -> None:
     loaded = load_model(path, device="cpu")
     assert loaded.family.name == family
     scorer = Scorer(loaded)
@@ -217,8 +260,9 @@ def test_idefics3_without_image_splitting(tmp_path_factory):
     audit = scorer.prepare(PROMPT, ANSWER, (100, 40))
     image = random_images(1, (100, 40))[0]
     assert scorer.image_grid(audit, image) == (4, 4) and len(scorer.image_token_positions(audit)) == 16
-    np.testing.assert_allclose(scorer.log_probs([(audit, image)])[0],
-                               plain_forward_scores(scorer.loaded, audit, image), atol=1e-5)
+    np.testing.assert_allclose(
+        scorer.log_probs([(audit, image)])[0], plain_forward_scores(scorer.loaded, audit, image), atol=1e-5
+    )
 
 
 def test_an_image_of_another_size_is_refused_where_the_sequence_depends_on_it(tiny_qwen_dir):
@@ -246,8 +290,8 @@ def test_qwen_checkpoint_names_the_stock_processor(tiny_qwen_dir):
 
 def check_white_box_maps(path) -> None:
     """Every token-map method runs: maps of the image's shape, in [0, 1], on the family's own grid."""
-    from explainers.audit import Auditor, AuditRequest
-    from explainers.token_maps import target_heatmaps
+    from mllm_audit.explainers.audit import Auditor, AuditRequest
+    from mllm_audit.explainers.token_maps import target_heatmaps
 
     scorer = Scorer(load_model(path, device="cpu"))
     image = random_images(1, (70, 40), seed=4)[0]
@@ -256,7 +300,7 @@ def check_white_box_maps(path) -> None:
         maps = target_heatmaps(scorer, audit, image, method, [[0], list(range(audit.n_tokens))])
         for m in maps:
             assert m["heatmap"].shape == (40, 70) and np.isfinite(m["heatmap"]).all()
-            assert 0 <= m["heatmap"].min() and m["heatmap"].max() <= 1
+            assert m["heatmap"].min() >= 0 and m["heatmap"].max() <= 1
     [out] = Auditor(scorer).run([AuditRequest(image, PROMPT, ANSWER, method="msea+arc", targets=[(2, 6)])])
     assert not isinstance(out, Exception), out
     [att] = out["attributions"]

@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from mllm_audit.models.loading import REFERENCE_MODEL_DIR, ModelLoadError, choose_device, choose_dtype, load_model
+from mllm_audit.models.scorer import Scorer, to_pil
+from mllm_audit.models.sequence import generation_prompt, tokenize_answer
 
-from models.loading import REFERENCE_MODEL_DIR, ModelLoadError, choose_device, choose_dtype, load_model
-from models.scorer import Scorer, to_pil
-from models.sequence import generation_prompt, tokenize_answer
 from tests.conftest import held_out_sample
 
 
@@ -39,9 +39,10 @@ def test_scorer_equals_greedy_generate_step_scores(reference, reference_scorer, 
     proc = reference.processor
     inputs = proc(text=generation_prompt(proc, sample.prompt), images=to_pil(sample.scene.image), return_tensors="pt")
     with torch.inference_mode():
-        out = reference.model.generate(**inputs, do_sample=False, max_new_tokens=24, output_logits=True,
-                                       return_dict_in_generate=True)
-    new = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        out = reference.model.generate(
+            **inputs, do_sample=False, max_new_tokens=24, output_logits=True, return_dict_in_generate=True
+        )
+    new = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
     eos = proc.tokenizer.eos_token_id
     n = new.index(eos) if eos in new else len(new)
     assert n > 0
@@ -83,7 +84,7 @@ def test_tiny_random_llava_scores_like_a_plain_forward(tiny_llava_dir):
         logits = loaded.model(**inputs).logits[0]
     ids = inputs["input_ids"][0]
     n = audit.n_tokens
-    expected = torch.log_softmax(logits[-n - 1:-1], -1).gather(1, ids[-n:, None])[:, 0].numpy()
+    expected = torch.log_softmax(logits[-n - 1 : -1], -1).gather(1, ids[-n:, None])[:, 0].numpy()
     np.testing.assert_allclose(scores[1], expected, atol=1e-5)
     assert scorer.image_grid(audit, images[0]) == (4, 4)
 
@@ -132,8 +133,9 @@ def llama_legacy_tokenizer():
     texts = ["USER: <image>\nWhat color is the circle? ASSISTANT: red", "a red circle and a blue square."] * 20
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")  # no merges across words
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>",
-                                                                                       "<image>"]))
+    tok.train_from_iterator(
+        texts, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>", "<image>"])
+    )
     tok.pre_tokenizer = None
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
@@ -146,7 +148,7 @@ def test_answer_tokens_are_those_that_follow_the_prompt_with_sentencepiece_space
     answer = "red circle and a blue square."
     tokens = tokenize_answer(tok, answer, prompt)
     whole = tok(prompt + " " + answer, add_special_tokens=False)["input_ids"]
-    assert tokens.ids == whole[-len(tokens.ids):]  # what the model reads after the prompt, no stray "▁"
+    assert tokens.ids == whole[-len(tokens.ids) :]  # what the model reads after the prompt, no stray "▁"
     assert tok.convert_ids_to_tokens(tokens.ids)[0] == "▁red"
     assert tokens.texts[:2] == ["red", "circle"] and tokens.spans[:2] == [(0, 3), (4, 10)]
     assert all(answer[s:e] == t and t and not t[0].isspace() for (s, e), t in zip(tokens.spans, tokens.texts))

@@ -6,12 +6,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+from mllm_audit.explainers.audit import Auditor, AuditRequest
+from mllm_audit.models.families import family_of
+from mllm_audit.models.loading import load_model
+from mllm_audit.models.onnx_backend import OnnxLlava
+from mllm_audit.models.scorer import Scorer
 
-from explainers.audit import Auditor, AuditRequest
-from models.families import family_of
-from models.loading import load_model
-from models.onnx_backend import OnnxLlava
-from models.scorer import Scorer
 from tests.conftest import held_out_sample
 
 
@@ -46,7 +46,8 @@ def test_an_audit_on_onnx_matches_torch(reference_scorer, onnx_scorer):
     [with_torch] = Auditor(reference_scorer).run([request])
     [with_onnx] = Auditor(onnx_scorer).run([request])
     assert [r["bbox"] for r in with_onnx["attributions"][0]["regions"]] == [
-        r["bbox"] for r in with_torch["attributions"][0]["regions"]]
+        r["bbox"] for r in with_torch["attributions"][0]["regions"]
+    ]
     assert with_onnx["tokens"][0]["p_full"] == pytest.approx(with_torch["tokens"][0]["p_full"], abs=1e-4)
 
 
@@ -54,8 +55,9 @@ def test_another_llava_shape_and_other_families(tiny_llava_dir, reference):
     tiny = load_model(tiny_llava_dir)  # 56 px, patch 14, features from the second-to-last layer
     audit = Scorer(tiny).prepare("Describe the image.", "a red circle.", (70, 40))
     images = [np.random.default_rng(i).integers(0, 255, (40, 70, 3), dtype=np.uint8) for i in range(2)]
-    np.testing.assert_allclose(Scorer(tiny, OnnxLlava(tiny)).score_images(audit, images),
-                               Scorer(tiny).score_images(audit, images), atol=1e-4)
+    np.testing.assert_allclose(
+        Scorer(tiny, OnnxLlava(tiny)).score_images(audit, images), Scorer(tiny).score_images(audit, images), atol=1e-4
+    )
     qwen = dataclasses.replace(reference, family=family_of("qwen2_vl"))
     with pytest.raises(ValueError, match="llava family"):
         OnnxLlava(qwen)

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from mllm_audit.explainers.eagle import fast_search, heatmap_from_regions
+from mllm_audit.explainers.masking import baseline_image, compose
+from mllm_audit.explainers.metrics import auc, insertion_deletion_from_ranking, pixel_ranking_curves, pointing_game
+from mllm_audit.explainers.regions import region_bbox, region_masks, rle_decode, rle_encode, superpixel_regions
+from mllm_audit.explainers.reliance import (
+    NOT_VISUAL,
+    assess_tokens,
+    blank_contrast,
+    is_visual_claim,
+    reliance_score,
+    summarize,
+    visual_claims,
+    visual_reliance,
+)
 
-from explainers.eagle import fast_search, heatmap_from_regions
-from explainers.masking import baseline_image, compose
-from explainers.metrics import auc, insertion_deletion_from_ranking, pixel_ranking_curves, pointing_game
-from explainers.regions import region_bbox, region_masks, rle_decode, rle_encode, superpixel_regions
-from explainers.reliance import (NOT_VISUAL, assess_tokens, blank_contrast, is_visual_claim, reliance_score,
-                                 summarize, visual_claims, visual_reliance)
 from tests.test_eagle import drive, make_audit
 
 
@@ -19,12 +27,13 @@ def shapes_image(h: int = 64, w: int = 80, seed: int = 0) -> np.ndarray:
     img = np.full((h, w, 3), 235, dtype=np.uint8)
     img[8:30, 10:34] = (220, 30, 30)
     yy, xx = np.mgrid[:h, :w]
-    img[(yy - 44) ** 2 + (xx - 56) ** 2 < 12 ** 2] = (30, 60, 210)
+    img[(yy - 44) ** 2 + (xx - 56) ** 2 < 12**2] = (30, 60, 210)
     noise = rng.integers(-6, 7, size=img.shape)
     return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- regions
+
 
 def test_superpixels_cover_the_image_and_are_deterministic():
     img = shapes_image()
@@ -109,6 +118,7 @@ def test_superpixel_search_finds_the_object():
 
 # ---------------------------------------------------------------- masking
 
+
 def test_baselines_and_compose():
     img = shapes_image(16, 20)
     assert not baseline_image(img, "black").any()
@@ -127,14 +137,16 @@ def test_baselines_and_compose():
 
 # ---------------------------------------------------------------- metrics
 
+
 def test_auc_trapezoid():
     assert auc([0, 1], [0, 1]) == pytest.approx(0.5)
     assert auc([0, 0.5, 1], [1, 1, 0]) == pytest.approx(0.75)
     assert auc([0], [1]) == 0.0
     with pytest.raises(ValueError):
         auc([1, 0], [0, 1])
-    ins, dele = insertion_deletion_from_ranking(np.array([0, 0.5, 1]), np.array([[0, 1], [1, 1], [1, 1]]),
-                                                np.array([[1, 1], [0, 1], [0, 1]]), token_indices=[0])
+    ins, dele = insertion_deletion_from_ranking(
+        np.array([0, 0.5, 1]), np.array([[0, 1], [1, 1], [1, 1]]), np.array([[1, 1], [0, 1], [0, 1]]), token_indices=[0]
+    )
     assert ins == pytest.approx(0.75) and dele == pytest.approx(0.25)
 
 
@@ -158,8 +170,11 @@ def test_pixel_ranking_curves_prefers_the_true_map():
     audit = make_audit(rows=4, cols=4, seed=4)
     true_map = audit.weights[0][audit.labels]
     sizes = []
-    good, n_images, yields = drive(pixel_ranking_curves(audit.image, true_map, token_indices=[0], steps=16),
-                                   audit, on_batch=lambda b: sizes.append(len(b)))
+    good, _n_images, yields = drive(
+        pixel_ranking_curves(audit.image, true_map, token_indices=[0], steps=16),
+        audit,
+        on_batch=lambda b: sizes.append(len(b)),
+    )
     bad, _, _ = drive(pixel_ranking_curves(audit.image, -true_map, token_indices=[0], steps=16), audit)
     assert yields == 1 and sizes == [32]  # 2 * steps images in one batch
     ins, dele, curves = good
@@ -182,6 +197,7 @@ def test_pixel_ranking_curves_resizes_a_small_heatmap():
 
 # ---------------------------------------------------------------- reliance and risk
 
+
 def test_not_visual_rule():
     for text in ("the", " The", "\u2581the", "\u0120is", ".", ",", " ", "", "of", "'s", "image", "!"):
         assert not is_visual_claim(text), text
@@ -201,7 +217,9 @@ def test_content_word_insensitive_to_the_image_is_high_risk():
     summary = summarize(tokens)
     assert summary["risk_label"] == "high" and summary["flagged_tokens"] == 1
     assert summary["risk_score"] == pytest.approx(circle.risk_score)
-    assert summarize(assess_tokens(["the", "."], np.array([0.5, 0.5]), np.array([0.5, 0.5])))["risk_label"] == NOT_VISUAL
+    assert (
+        summarize(assess_tokens(["the", "."], np.array([0.5, 0.5]), np.array([0.5, 0.5])))["risk_label"] == NOT_VISUAL
+    )
 
 
 def test_risk_labels_follow_thresholds():
@@ -240,6 +258,7 @@ def test_word_pieces_share_their_words_verdict():
     # a token spanning a function word and a content word claims what the content word claims
     assert visual_claims("it's red", [(0, 2), (2, 4), (4, 8)]) == [False, False, True]
     assert visual_claims("a dog", [(0, 5)]) == [True]
-    tokens = assess_tokens(["an", " is", "land", "."], np.full(4, 0.5), np.full(4, 0.5),
-                           visual=visual_claims(answer, spans))
+    tokens = assess_tokens(
+        ["an", " is", "land", "."], np.full(4, 0.5), np.full(4, 0.5), visual=visual_claims(answer, spans)
+    )
     assert [t.risk_label for t in tokens] == ["not_visual", "high", "high", "not_visual"]

@@ -27,20 +27,24 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from mllm_audit.explainers.regions import rle_decode
+from mllm_audit.models.reference import world
+from mllm_audit.service.openapi import CONTRACT, contract
+from mllm_audit.service.process import ServerProcess
+from mllm_audit.service.schemas import ExplainResponse, RelianceResponse
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from explainers.regions import rle_decode
-from models.reference import world
-from service.openapi import CONTRACT, contract
-from service.process import ServerProcess
-from service.schemas import ExplainResponse, RelianceResponse
-
 REPO = Path(__file__).resolve().parents[1]
 KEY = "s3cret-key"
-LIMITS = {"MLLM_AUDIT_MAX_PAYLOAD_BYTES": "1000000", "MLLM_AUDIT_MAX_IMAGE_PIXELS": "1000000",
-          "MLLM_AUDIT_MAX_PROMPT_TOKENS": "64", "MLLM_AUDIT_MAX_ANSWER_TOKENS": "24", "MLLM_AUDIT_MAX_REGIONS": "32",
-          "MLLM_AUDIT_MAX_FORWARD_PASSES": "200"}
+LIMITS = {
+    "MLLM_AUDIT_MAX_PAYLOAD_BYTES": "1000000",
+    "MLLM_AUDIT_MAX_IMAGE_PIXELS": "1000000",
+    "MLLM_AUDIT_MAX_PROMPT_TOKENS": "64",
+    "MLLM_AUDIT_MAX_ANSWER_TOKENS": "24",
+    "MLLM_AUDIT_MAX_REGIONS": "32",
+    "MLLM_AUDIT_MAX_FORWARD_PASSES": "200",
+}
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -51,9 +55,13 @@ def open_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("open_server")
     # one torch thread: the test process and schemathesis share the cores, and torch with more threads
     # than free cores is many times slower (MLLM_AUDIT_CPU_THREADS)
-    env = {**LIMITS, "MLLM_AUDIT_MAX_BATCH_SIZE": "8", "MLLM_AUDIT_BATCH_TIMEOUT": "0.25",
-           "MLLM_AUDIT_CPU_THREADS": "1",
-           "MLLM_AUDIT_METRICS_DIR": str(tmp / "metrics")}
+    env = {
+        **LIMITS,
+        "MLLM_AUDIT_MAX_BATCH_SIZE": "8",
+        "MLLM_AUDIT_BATCH_TIMEOUT": "0.25",
+        "MLLM_AUDIT_CPU_THREADS": "1",
+        "MLLM_AUDIT_METRICS_DIR": str(tmp / "metrics"),
+    }
     with ServerProcess(env, log_path=tmp / "server.log") as server:
         yield server
 
@@ -61,10 +69,19 @@ def open_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def locked_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("locked_server")
-    env = {"MLLM_AUDIT_API_KEY": KEY, "MLLM_AUDIT_PROTECT_METRICS": "true", "MLLM_AUDIT_API_SERVERS": "2",
-           "MLLM_AUDIT_WORKERS": "2", "MLLM_AUDIT_MAX_QUEUE": "3", "MLLM_AUDIT_REQUEST_TIMEOUT": "6",
-           "MLLM_AUDIT_MAX_BATCH_SIZE": "4", "MLLM_AUDIT_BATCH_TIMEOUT": "0.05",
-           "MLLM_AUDIT_MAX_FORWARD_PASSES": "5000", "MLLM_AUDIT_MAX_REGIONS": "64", "MLLM_AUDIT_DEBUG": "true"}
+    env = {
+        "MLLM_AUDIT_API_KEY": KEY,
+        "MLLM_AUDIT_PROTECT_METRICS": "true",
+        "MLLM_AUDIT_API_SERVERS": "2",
+        "MLLM_AUDIT_WORKERS": "2",
+        "MLLM_AUDIT_MAX_QUEUE": "3",
+        "MLLM_AUDIT_REQUEST_TIMEOUT": "6",
+        "MLLM_AUDIT_MAX_BATCH_SIZE": "4",
+        "MLLM_AUDIT_BATCH_TIMEOUT": "0.05",
+        "MLLM_AUDIT_MAX_FORWARD_PASSES": "5000",
+        "MLLM_AUDIT_MAX_REGIONS": "64",
+        "MLLM_AUDIT_DEBUG": "true",
+    }
     with ServerProcess(env, log_path=tmp / "server.log") as server:
         yield server
 
@@ -94,8 +111,11 @@ def scrape(url: str, headers: dict | None = None) -> dict[tuple, float]:
 
 
 def total(samples: dict, name: str, **labels) -> float:
-    return sum(v for (n, items), v in samples.items()
-               if n == name and all(dict(items).get(k) == str(want) for k, want in labels.items()))
+    return sum(
+        v
+        for (n, items), v in samples.items()
+        if n == name and all(dict(items).get(k) == str(want) for k, want in labels.items())
+    )
 
 
 # ------------------------------------------------------------------------------- the open server
@@ -115,7 +135,7 @@ def test_health_info_docs_and_the_served_contract(open_server):
 
 
 def test_audits_of_a_known_scene(open_server):
-    scene, obj, body = colour_question(1)
+    _scene, obj, body = colour_question(1)
     c = httpx.Client(base_url=open_server.url, timeout=120)
     r = c.post("/v1/reliance", json=body, headers={"X-Request-ID": "known-scene-1"})
     assert r.status_code == 200, r.text
@@ -125,17 +145,25 @@ def test_audits_of_a_known_scene(open_server):
     assert "".join(t.text for t in reliance.tokens).strip() == obj.colour
     assert reliance.stats.forward_passes == 2 and "attributions" not in r.json()
 
-    r = c.post("/v1/explain", json={**body, "image": "data:image/png;base64," + body["image"], "regions": 16,
-                                    "heatmap": {"encoding": "array"}})
+    r = c.post(
+        "/v1/explain",
+        json={
+            **body,
+            "image": "data:image/png;base64," + body["image"],
+            "regions": 16,
+            "heatmap": {"encoding": "array"},
+        },
+    )
     assert r.status_code == 200, r.text
     explain = ExplainResponse.model_validate(r.json())
     assert explain.method.name == "eagle" and explain.method.params["regions"] == 16
-    attribution, = explain.attributions
+    (attribution,) = explain.attributions
     assert attribution.target.text == obj.colour and attribution.forward_passes == explain.stats.forward_passes
     assert 2 <= len(attribution.regions) <= 32 and [g.rank for g in attribution.regions] == sorted(
-        g.rank for g in attribution.regions)
+        g.rank for g in attribution.regions
+    )
     heat = np.asarray(attribution.heatmap.data)
-    assert heat.shape == (96, 96) and 0 <= heat.min() and heat.max() <= 1
+    assert heat.shape == (96, 96) and heat.min() >= 0 and heat.max() <= 1
     union = np.zeros((96, 96), dtype=int)
     for region in attribution.regions:
         mask = rle_decode(region.mask.model_dump())
@@ -157,7 +185,7 @@ def test_top_region_lies_on_the_named_object(open_server):
     c = httpx.Client(base_url=open_server.url, timeout=120)
     hits, asked = 0, 0
     for seed in range(2, 6):
-        scene, obj, body = colour_question(seed)
+        _scene, obj, body = colour_question(seed)
         tokens = c.post("/v1/reliance", json=body).json()["tokens"]
         if min(t["p_full"] for t in tokens) < 0.5:
             continue  # this model does not know the answer: nothing to localise
@@ -210,8 +238,7 @@ def test_concurrent_requests_are_batched_and_match_single_results(open_server):
     for s, t in zip(single, together):
         assert t["stats"]["forward_passes"] == s["stats"]["forward_passes"]
         assert t["tokens"][0]["p_full"] == pytest.approx(s["tokens"][0]["p_full"], abs=1e-5)
-        assert t["attributions"][0]["insertion_auc"] == pytest.approx(s["attributions"][0]["insertion_auc"],
-                                                                      abs=1e-4)
+        assert t["attributions"][0]["insertion_auc"] == pytest.approx(s["attributions"][0]["insertion_auc"], abs=1e-4)
 
 
 def _truncated_png() -> str:
@@ -254,8 +281,7 @@ BAD_INPUTS = {
     "budget too small": ("/v1/explain", {"max_forward_passes": 1}, 422, "max_forward_passes"),
     "span outside the answer": ("/v1/explain", {"targets": [{"start": 0, "end": 10}]}, 422, "outside"),
     "reversed span": ("/v1/explain", {"targets": [{"start": 2, "end": 1}]}, 422, "greater than"),
-    "token span outside the answer": ("/v1/explain", {"targets": [{"token_start": 0, "token_end": 9}]}, 422,
-                                      "outside"),
+    "token span outside the answer": ("/v1/explain", {"targets": [{"token_start": 0, "token_end": 9}]}, 422, "outside"),
     "unknown baseline": ("/v1/explain", {"baseline": "white"}, 422, "baseline"),
     "unknown targets": ("/v1/explain", {"targets": "words"}, 422, "targets"),
     "oversize payload": ("/v1/reliance", {"image": "A" * 1_100_000}, 413, "limit"),
@@ -281,18 +307,25 @@ def test_white_box_maps_over_http(open_server):
     """tam and msea+arc through the service: the same attribution schema as EAGLE, context per
     token, and every forward pass (maps included) counted in the response and the metrics."""
     url = open_server.url
-    scene, obj, body = colour_question(70)
+    _scene, obj, body = colour_question(70)
     body = {**body, "answer": f"the {obj.shape} is {obj.colour}."}
     start = body["answer"].index(obj.colour)
     for method, map_passes in (("tam", 1), ("msea+arc", 15)):
         before = scrape(url)
-        r = httpx.post(url + "/v1/explain", json={**body, "method": method, "heatmap": {"encoding": "array"},
-                                                  "targets": [{"start": start, "end": start + len(obj.colour)}]},
-                       timeout=120)
+        r = httpx.post(
+            url + "/v1/explain",
+            json={
+                **body,
+                "method": method,
+                "heatmap": {"encoding": "array"},
+                "targets": [{"start": start, "end": start + len(obj.colour)}],
+            },
+            timeout=120,
+        )
         assert r.status_code == 200, r.text
         explain = ExplainResponse.model_validate(r.json())
         assert explain.method.name == method
-        attribution, = explain.attributions
+        (attribution,) = explain.attributions
         assert attribution.target.text == obj.colour and attribution.regions == []
         heat = np.asarray(attribution.heatmap.data)
         assert heat.shape == (96, 96) and np.isfinite(heat).all() and heat.max() > 0
@@ -334,10 +367,20 @@ def test_logs_are_json_lines_without_prompts_or_images(open_server):
     lines = [json.loads(line) for line in open_server.log_text().splitlines() if line.startswith("{")]
     mine = [line for line in lines if line.get("request_id") == "log-check-7"]
     assert len(mine) == 1
-    line, = mine
+    (line,) = mine
     assert line["event"] == "request" and line["endpoint"] == "/v1/reliance" and line["status"] == 200
-    for field in ("latency_ms", "queue_ms", "compute_ms", "forward_passes", "batch_size", "risk_label",
-                  "risk_score", "flagged_tokens", "timestamp", "level"):
+    for field in (
+        "latency_ms",
+        "queue_ms",
+        "compute_ms",
+        "forward_passes",
+        "batch_size",
+        "risk_label",
+        "risk_score",
+        "flagged_tokens",
+        "timestamp",
+        "level",
+    ):
         assert field in line, field
     text = open_server.log_text()
     assert marker not in text and body["image"][:40] not in text
@@ -349,14 +392,37 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(open_server,
     """Property-based run of openapi.yaml against the live server, bounded in examples and time.
     Positive cases include the schema's example image, so real audits are checked too."""
     st = Path(sys.executable).parent / "st"
-    checks = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
-              "response_schema_conformance,negative_data_rejection")
+    checks = (
+        "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
+        "response_schema_conformance,negative_data_rejection"
+    )
     result = subprocess.run(
-        [str(st), "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run", str(CONTRACT),
-         "--url", open_server.url, "--checks", checks, "--max-examples", "15",
-         "--phases", "examples,coverage,fuzzing", "--seed", "7", "--workers", "2", "--no-shrink",
-         "--request-timeout", "60"],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        [
+            str(st),
+            "--config-file",
+            str(Path(__file__).with_name("schemathesis.toml")),
+            "run",
+            str(CONTRACT),
+            "--url",
+            open_server.url,
+            "--checks",
+            checks,
+            "--max-examples",
+            "15",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--seed",
+            "7",
+            "--workers",
+            "2",
+            "--no-shrink",
+            "--request-timeout",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
@@ -392,8 +458,11 @@ def test_metrics_add_up_over_api_servers_and_workers(locked_server):
     url = locked_server.url
     before = scrape(url, AUTH)
     bodies = [colour_question(seed)[2] for seed in range(40, 48)]
-    jobs = [("/v1/reliance", b) for b in bodies[:6]] + [("/v1/explain", {**b, "regions": 8, "heatmap": {
-        "encoding": "none"}}) for b in bodies[6:]] + [("/v1/explain", {**bodies[0], "method": "nope"})]
+    jobs = (
+        [("/v1/reliance", b) for b in bodies[:6]]
+        + [("/v1/explain", {**b, "regions": 8, "heatmap": {"encoding": "none"}}) for b in bodies[6:]]
+        + [("/v1/explain", {**bodies[0], "method": "nope"})]
+    )
 
     def post(job):
         path, body = job
@@ -403,7 +472,7 @@ def test_metrics_add_up_over_api_servers_and_workers(locked_server):
     results = []
     for i in range(0, len(jobs), 3):  # three at a time: within the queue bound, spread over processes
         with ThreadPoolExecutor(3) as pool:
-            results += list(pool.map(post, jobs[i:i + 3]))
+            results += list(pool.map(post, jobs[i : i + 3]))
     ok = [r.json() for _, r in results if r.status_code == 200]
     assert len(ok) == 8 and [r.status_code for _, r in results].count(422) == 1
     after = scrape(url, AUTH)
@@ -439,8 +508,10 @@ def test_metrics_add_up_over_api_servers_and_workers(locked_server):
 
 def test_saturation_is_answered_503_with_retry_after(locked_server):
     url = locked_server.url
-    bodies = [{**colour_question(seed)[2], "regions": 8, "max_forward_passes": 60, "heatmap": {"encoding": "none"}}
-              for seed in range(50, 58)]
+    bodies = [
+        {**colour_question(seed)[2], "regions": 8, "max_forward_passes": 60, "heatmap": {"encoding": "none"}}
+        for seed in range(50, 58)
+    ]
 
     def post(body):
         return httpx.post(url + "/v1/explain", json=body, headers=AUTH, timeout=60)
@@ -457,8 +528,13 @@ def test_saturation_is_answered_503_with_retry_after(locked_server):
 
 def test_a_request_past_the_timeout_is_answered_504(locked_server):
     url = locked_server.url
-    body = {**colour_question(60)[2], "method": "eagle_greedy", "regions": 64, "max_forward_passes": 5000,
-            "heatmap": {"encoding": "none"}}
+    body = {
+        **colour_question(60)[2],
+        "method": "eagle_greedy",
+        "regions": 64,
+        "max_forward_passes": 5000,
+        "heatmap": {"encoding": "none"},
+    }
     started = time.monotonic()
     r = httpx.post(url + "/v1/explain", json=body, headers=AUTH, timeout=60)
     assert r.status_code == 504 and "timed out" in r.json()["detail"], r.text
@@ -470,8 +546,9 @@ def test_a_request_past_the_timeout_is_answered_504(locked_server):
 
 def test_sigterm_to_the_server_stops_every_process_cleanly(tmp_path):
     """What a container runtime does through dumb-init --single-child: SIGTERM to the server alone."""
-    with ServerProcess({"MLLM_AUDIT_WORKERS": "2", "MLLM_AUDIT_CPU_THREADS": "1"},
-                       log_path=tmp_path / "server.log") as server:
+    with ServerProcess(
+        {"MLLM_AUDIT_WORKERS": "2", "MLLM_AUDIT_CPU_THREADS": "1"}, log_path=tmp_path / "server.log"
+    ) as server:
         assert httpx.post(server.url + "/v1/reliance", json=colour_question(90)[2], timeout=60).status_code == 200
         group = server.proc.pid
         server.proc.send_signal(signal.SIGTERM)

@@ -15,20 +15,25 @@ import zlib
 
 import numpy as np
 import pytest
+from mllm_audit.service import auth, cli
+from mllm_audit.service.api import AuditAPI, Decoded, Envelope, Failure
+from mllm_audit.service.config import ENV_VARS, Settings
+from mllm_audit.service.images import ImageError, decode_base64, decode_image
+from mllm_audit.service.middleware import AuditMiddleware, request_id_from
+from mllm_audit.service.schemas import (
+    EXPLAIN_EXAMPLE,
+    ExplainRequest,
+    ExplainResponse,
+    HeatmapOptions,
+    RelianceRequest,
+    RelianceResponse,
+)
 from PIL import Image
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
-
-from service import auth, cli
-from service.api import AuditAPI, Decoded, Envelope, Failure
-from service.config import ENV_VARS, Settings
-from service.images import ImageError, decode_base64, decode_image
-from service.middleware import AuditMiddleware, request_id_from
-from service.schemas import (EXPLAIN_EXAMPLE, ExplainRequest, ExplainResponse, HeatmapOptions, RelianceRequest,
-                             RelianceResponse)
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -43,6 +48,7 @@ def b64(data: bytes) -> str:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims width x height, followed by a tiny IDAT: a decompression bomb's header."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -69,7 +75,7 @@ def test_supported_formats_decode_to_rgb(fmt):
 def test_data_url_line_breaks_and_missing_padding_are_accepted():
     raw = encode(Image.fromarray(SCENE))
     text = b64(raw)
-    wrapped = "\n".join(text[i:i + 76] for i in range(0, len(text), 76))
+    wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
     for variant in (f"data:image/png;base64,{text}", wrapped, text.rstrip("=")):
         assert decode_base64(variant) == raw
 
@@ -82,18 +88,21 @@ def test_alpha_is_composited_on_white_and_grey_becomes_rgb():
     assert grey.shape == (10, 10, 3) and (grey == 7).all()
 
 
-@pytest.mark.parametrize("data, status, words", [
-    ("not base64 at all!!", 400, "base64"),
-    ("", 400, "empty"),
-    ("   ", 400, "empty"),
-    ("data:image/png,rawtext", 400, "base64"),
-    ("data:nonsense", 400, "data URL"),
-    (b64(b"hello, these are not image bytes"), 415, "not an image"),
-    (b64(encode(Image.fromarray(SCENE), "TIFF")), 415, "TIFF"),
-    (b64(encode(Image.fromarray(SCENE))[:60]), 400, "truncated"),
-    (b64(png_header_only(100_000, 100_000)), 413, "pixels"),
-    (b64(png_header_only(2000, 2000)), 413, "4000000"),
-])
+@pytest.mark.parametrize(
+    "data, status, words",
+    [
+        ("not base64 at all!!", 400, "base64"),
+        ("", 400, "empty"),
+        ("   ", 400, "empty"),
+        ("data:image/png,rawtext", 400, "base64"),
+        ("data:nonsense", 400, "data URL"),
+        (b64(b"hello, these are not image bytes"), 415, "not an image"),
+        (b64(encode(Image.fromarray(SCENE), "TIFF")), 415, "TIFF"),
+        (b64(encode(Image.fromarray(SCENE))[:60]), 400, "truncated"),
+        (b64(png_header_only(100_000, 100_000)), 413, "pixels"),
+        (b64(png_header_only(2000, 2000)), 413, "4000000"),
+    ],
+)
 def test_bad_images_get_the_right_status(data, status, words):
     with pytest.raises(ImageError) as info:
         decode_image(data, max_pixels=1_000_000)
@@ -117,10 +126,19 @@ def test_requests_are_strict_and_forbid_unknown_fields():
     ok = dict(EXPLAIN_EXAMPLE)
     assert ExplainRequest.model_validate(ok).regions == 4
     assert RelianceRequest.model_validate({"image": "x", "prompt": "p", "answer": "a"}).answer == "a"
-    for bad in ({"regions": "8"}, {"regions": 1}, {"method": "gradcam"}, {"targets": []},
-                {"targets": [{"start": 3, "end": 3}]}, {"targets": "words"}, {"unknown": 1},
-                {"heatmap": {"encoding": "jpeg"}}, {"max_forward_passes": 1}, {"answer": ""},
-                {"prompt": 5}):
+    for bad in (
+        {"regions": "8"},
+        {"regions": 1},
+        {"method": "gradcam"},
+        {"targets": []},
+        {"targets": [{"start": 3, "end": 3}]},
+        {"targets": "words"},
+        {"unknown": 1},
+        {"heatmap": {"encoding": "jpeg"}},
+        {"max_forward_passes": 1},
+        {"answer": ""},
+        {"prompt": 5},
+    ):
         with pytest.raises(ValidationError):
             ExplainRequest.model_validate({**ok, **bad})
     with pytest.raises(ValidationError):  # attribution options are not part of a reliance request
@@ -128,19 +146,44 @@ def test_requests_are_strict_and_forbid_unknown_fields():
 
 
 def test_response_models_accept_the_contract_and_extra_fields():
-    token = {"index": 0, "text": "red", "start": 0, "end": 3, "p_full": 0.98, "p_blank": 0.21,
-             "visual_reliance": 0.83, "language_reliance": 0.17, "risk_score": 0.05, "risk_label": "low"}
-    body = {"request_id": "r", "model": {"id": "m", "family": "llava", "revision": None},
-            "method": {"name": "eagle", "params": {}}, "tokens": [token],
-            "summary": {"risk_label": "low", "risk_score": 0.05, "visual_reliance": 0.8, "flagged_tokens": 0},
-            "stats": {"forward_passes": 180, "model_calls": 12, "batch_size": 3, "queue_ms": 2.0,
-                      "compute_ms": 410.0},
-            "attributions": [{"target": {"start": 0, "end": 3, "text": "red", "token_indices": [0]},
-                              "regions": [{"rank": 1, "score": 1.0, "bbox": [0, 0, 4, 4],
-                                           "mask": {"encoding": "rle", "size": [4, 4], "order": "row-major",
-                                                    "counts": [0, 16]}}],
-                              "heatmap": {"width": 2, "height": 1, "encoding": "array", "data": [[0.5, 1.0]]},
-                              "insertion_auc": 0.7, "deletion_auc": 0.1, "forward_passes": 180, "new_field": 1}]}
+    token = {
+        "index": 0,
+        "text": "red",
+        "start": 0,
+        "end": 3,
+        "p_full": 0.98,
+        "p_blank": 0.21,
+        "visual_reliance": 0.83,
+        "language_reliance": 0.17,
+        "risk_score": 0.05,
+        "risk_label": "low",
+    }
+    body = {
+        "request_id": "r",
+        "model": {"id": "m", "family": "llava", "revision": None},
+        "method": {"name": "eagle", "params": {}},
+        "tokens": [token],
+        "summary": {"risk_label": "low", "risk_score": 0.05, "visual_reliance": 0.8, "flagged_tokens": 0},
+        "stats": {"forward_passes": 180, "model_calls": 12, "batch_size": 3, "queue_ms": 2.0, "compute_ms": 410.0},
+        "attributions": [
+            {
+                "target": {"start": 0, "end": 3, "text": "red", "token_indices": [0]},
+                "regions": [
+                    {
+                        "rank": 1,
+                        "score": 1.0,
+                        "bbox": [0, 0, 4, 4],
+                        "mask": {"encoding": "rle", "size": [4, 4], "order": "row-major", "counts": [0, 16]},
+                    }
+                ],
+                "heatmap": {"width": 2, "height": 1, "encoding": "array", "data": [[0.5, 1.0]]},
+                "insertion_auc": 0.7,
+                "deletion_auc": 0.1,
+                "forward_passes": 180,
+                "new_field": 1,
+            }
+        ],
+    }
     assert ExplainResponse.model_validate(body).attributions[0].forward_passes == 180
     assert RelianceResponse.model_validate(body).stats.batch_size == 3
 
@@ -168,16 +211,16 @@ def test_cli_rejects_bad_settings_with_a_message(capsys):
 
 
 def test_checked_setting_names_are_the_ones_the_code_knows():
-    from models.loading import DTYPES
-    from service.config import DTYPE_NAMES, LOG_LEVELS
-    from service.logs import LEVELS
+    from mllm_audit.models.loading import DTYPES
+    from mllm_audit.service.config import DTYPE_NAMES, LOG_LEVELS
+    from mllm_audit.service.logs import LEVELS
 
     assert set(DTYPE_NAMES) == {"auto", *DTYPES} and set(LOG_LEVELS) == set(LEVELS)
 
 
 def test_the_bundled_model_has_one_id_whichever_way_it_is_named(tmp_path):
-    from models.loading import REFERENCE_MODEL_DIR, REFERENCE_MODEL_ID, model_id_for
-    from service.server import model_block
+    from mllm_audit.models.loading import REFERENCE_MODEL_DIR, REFERENCE_MODEL_ID, model_id_for
+    from mllm_audit.service.server import model_block
 
     by_default = model_block(Settings())
     by_path = model_block(Settings(model=str(REFERENCE_MODEL_DIR)))
@@ -227,8 +270,11 @@ def test_middleware_request_id_auth_and_body_limits():
     client = middleware_client(Settings(api_key="k", max_payload_bytes=100))
     r = client.post("/v1/explain", json={})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "API key" in r.json()["detail"]
-    r = client.post("/v1/explain", content=b"{}", headers={"X-API-Key": "k", "X-Request-ID": "abc-1",
-                                                            "Content-Type": "application/json"})
+    r = client.post(
+        "/v1/explain",
+        content=b"{}",
+        headers={"X-API-Key": "k", "X-Request-ID": "abc-1", "Content-Type": "application/json"},
+    )
     assert r.status_code == 200 and r.headers["x-request-id"] == "abc-1" and r.json()["request_id"] == "abc-1"
     assert client.get("/health").status_code == 200  # open without the key
     r = client.post("/v1/explain", content=b"x" * 101, headers={"Authorization": "Bearer k"})
@@ -240,8 +286,11 @@ def test_middleware_request_id_auth_and_body_limits():
 
     r = client.post("/v1/explain", content=chunks(), headers={"Authorization": "Bearer k"})
     assert r.status_code == 413
-    r = client.post("/v1/explain", content=b"a=b", headers={"Authorization": "Bearer k",
-                                                            "Content-Type": "application/x-www-form-urlencoded"})
+    r = client.post(
+        "/v1/explain",
+        content=b"a=b",
+        headers={"Authorization": "Bearer k", "Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 415 and "application/json" in r.json()["detail"]
     assert request_id_from({"x-request-id": "bad id with spaces"}) != "bad id with spaces"
 
@@ -263,9 +312,9 @@ def test_middleware_answers_503_with_retry_after_when_saturated():
 
 
 def test_openapi_yaml_is_what_the_app_serves():
-    from service.openapi import contract, document
+    from mllm_audit.service.openapi import contract, document
 
-    assert document() == contract(), "openapi.yaml is stale: run `python -m service.openapi > openapi.yaml`"
+    assert document() == contract(), "openapi.yaml is stale: run `python -m mllm_audit.service.openapi > openapi.yaml`"
     paths = contract()["paths"]
     assert {"/v1/explain", "/v1/reliance", "/health", "/info"} <= set(paths)
     for path in ("/v1/explain", "/v1/reliance"):
@@ -283,7 +332,7 @@ class StubAuditor:
         self.batches: list[int] = []
 
     def check(self, req):
-        from explainers.audit import AuditInputError
+        from mllm_audit.explainers.audit import AuditInputError
 
         if req.answer == "bad":
             raise AuditInputError("answer is bad")
@@ -291,7 +340,7 @@ class StubAuditor:
     def run(self, requests, on_progress=None):
         self.batches.append(len(requests))
         if self.slow:
-            from explainers.engine import EngineStats
+            from mllm_audit.explainers.engine import EngineStats
 
             time.sleep(self.slow)
             on_progress(EngineStats(forward_passes=4, model_calls=1))
@@ -300,13 +349,28 @@ class StubAuditor:
             if req.answer == "boom":
                 out.append(RuntimeError("scorer exploded"))
                 continue
-            tokens = [{"index": 0, "text": req.answer, "start": 0, "end": len(req.answer), "p_full": 0.9,
-                       "p_blank": 0.1, "visual_reliance": 0.8, "language_reliance": 0.2, "risk_score": 0.05,
-                       "risk_label": "low"}]
-            out.append({"method": {"name": "reliance", "params": {}}, "tokens": tokens,
-                        "summary": {"risk_label": "low", "risk_score": 0.05, "visual_reliance": 0.8,
-                                    "flagged_tokens": 0},
-                        "stats": {"forward_passes": 2, "model_calls": 1, "compute_ms": 1.0}})
+            tokens = [
+                {
+                    "index": 0,
+                    "text": req.answer,
+                    "start": 0,
+                    "end": len(req.answer),
+                    "p_full": 0.9,
+                    "p_blank": 0.1,
+                    "visual_reliance": 0.8,
+                    "language_reliance": 0.2,
+                    "risk_score": 0.05,
+                    "risk_label": "low",
+                }
+            ]
+            out.append(
+                {
+                    "method": {"name": "reliance", "params": {}},
+                    "tokens": tokens,
+                    "summary": {"risk_label": "low", "risk_score": 0.05, "visual_reliance": 0.8, "flagged_tokens": 0},
+                    "stats": {"forward_passes": 2, "model_calls": 1, "compute_ms": 1.0},
+                }
+            )
         return out
 
 
@@ -328,8 +392,10 @@ def envelope(answer: str, image: str | None = None, kind: str = "reliance", time
 
 def test_bad_requests_stay_their_own_inside_a_batch():
     api = stub_api()
-    items = [api.decode_request(e) for e in (envelope("red"), envelope("bad"), envelope("x", image="!!"),
-                                             envelope("boom"), envelope("blue"))]
+    items = [
+        api.decode_request(e)
+        for e in (envelope("red"), envelope("bad"), envelope("x", image="!!"), envelope("boom"), envelope("blue"))
+    ]
     assert [type(i).__name__ for i in items] == ["Decoded", "Failure", "Failure", "Decoded", "Decoded"]
     outputs = [api.encode_response(o) for o in api.predict(items)]
     assert api.auditor.batches == [3]  # the three decodable requests audited together
@@ -355,8 +421,13 @@ def test_requests_past_their_deadline_stop_the_computation():
 def test_explain_limits_from_the_settings_are_422():
     api = stub_api(max_forward_passes=100)
     env = envelope("red", kind="explain")
-    env.body.update(targets="answer", method="eagle", regions=8, max_forward_passes=500,
-                    heatmap={"encoding": "array", "width": None, "height": None})
+    env.body.update(
+        targets="answer",
+        method="eagle",
+        regions=8,
+        max_forward_passes=500,
+        heatmap={"encoding": "array", "width": None, "height": None},
+    )
     failure = api.decode_request(env)
     assert isinstance(failure, Failure) and failure.status == 422 and "100" in failure.detail
     env.body.update(max_forward_passes=None, heatmap={"encoding": "array", "width": 20000, "height": None})
@@ -379,7 +450,7 @@ def test_explain_limits_from_the_settings_are_422():
     env.explicit = frozenset({"regions"})  # asked for explicitly: over the limit is a 422
     env.body.update(regions=17)
     api.auditor = None
-    from explainers.audit import Auditor
+    from mllm_audit.explainers.audit import Auditor
 
     class _Tok:
         def __call__(self, text, add_special_tokens=False):
@@ -431,20 +502,27 @@ def test_litserve_batched_loop_answers_each_request_on_its_own():
 def test_mixed_batch_on_the_reference_model_matches_single_requests(reference_scorer):
     """Real model: an explain and a reliance request share forward batches with bad neighbours
     and get the same tokens as when each runs alone."""
-    from explainers.audit import Auditor
+    from mllm_audit.explainers.audit import Auditor
 
     api = AuditAPI(Settings(max_regions=16, max_forward_passes=400))
     api.auditor = Auditor(reference_scorer, forward_batch_size=16, max_regions=16)
     api.model_block = {"id": "reference", "family": "llava", "revision": None}
-    from models.reference import world
+    from mllm_audit.models.reference import world
 
     scene = world.render_scene(np.random.default_rng(50_007))
     obj = scene.objects[0]
     image = b64(encode(Image.fromarray(scene.image)))
     now = time.monotonic()
     body = {"image": image, "prompt": f"What color is the {obj.shape}?", "answer": obj.colour}
-    explain = Envelope("explain", "e", now, now + 60, ExplainRequest.model_construct(
-        **body, regions=8, heatmap=HeatmapOptions(encoding="none")).model_dump(mode="json"))
+    explain = Envelope(
+        "explain",
+        "e",
+        now,
+        now + 60,
+        ExplainRequest.model_construct(**body, regions=8, heatmap=HeatmapOptions(encoding="none")).model_dump(
+            mode="json"
+        ),
+    )
     reliance = Envelope("reliance", "r", now, now + 60, dict(body))
     outside = Envelope("explain", "o", now, now + 60, {**explain.body, "targets": [{"start": 0, "end": 99}]})
 

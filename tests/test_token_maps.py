@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from mllm_audit.explainers import arc, msea, tam
+from mllm_audit.explainers.metrics import pointing_game
+from mllm_audit.explainers.token_maps import METHODS, target_heatmaps
+from mllm_audit.models.loading import load_model
+from mllm_audit.models.scorer import Scorer
 
-from explainers import arc, msea, tam
-from explainers.metrics import pointing_game
-from explainers.token_maps import METHODS, target_heatmaps
-from models.loading import load_model
-from models.scorer import Scorer
 from tests.conftest import held_out_sample
 
-
 # ---------------------------------------------------------------- TAM building blocks
+
 
 def test_eci_scale_is_the_least_squares_fit():
     rng = np.random.default_rng(0)
@@ -62,6 +62,7 @@ def test_model_view_box_follows_the_centre_crop():
 
 # ---------------------------------------------------------------- ARC
 
+
 def test_rank_biased_overlap():
     a = np.arange(50)
     assert arc.rank_biased_overlap(a, a) == pytest.approx(1.0)
@@ -75,7 +76,7 @@ def test_rank_biased_overlap():
     # the vectorised form equals the formula term by term
     rng = np.random.default_rng(1)
     x, y, p, k = rng.permutation(80)[:20], rng.permutation(80)[:20], 0.8, 20
-    direct = sum(p ** (d - 1) * len(set(x[:d]) & set(y[:d])) / d for d in range(1, k + 1)) * (1 - p) / (1 - p ** k)
+    direct = sum(p ** (d - 1) * len(set(x[:d]) & set(y[:d])) / d for d in range(1, k + 1)) * (1 - p) / (1 - p**k)
     assert arc.rank_biased_overlap(x, y, p=p) == pytest.approx(direct)
 
 
@@ -87,6 +88,7 @@ def test_top_k_rankings_clip_to_the_vocabulary():
 
 
 # ---------------------------------------------------------------- MSEA views
+
 
 def test_views_cover_the_image_and_map_back():
     img = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
@@ -109,28 +111,29 @@ class _RednessScorer:
     def __init__(self):
         from types import SimpleNamespace
 
-        self.processor = SimpleNamespace(image_processor=SimpleNamespace(do_center_crop=False),
-                                         tokenizer=SimpleNamespace(all_special_ids=[0], decode=lambda ids: "w"))
+        self.processor = SimpleNamespace(
+            image_processor=SimpleNamespace(do_center_crop=False),
+            tokenizer=SimpleNamespace(all_special_ids=[0], decode=lambda ids: "w"),
+        )
         self.calls = 0
 
     def prepare(self, prompt, answer, image_size):
-        from models.scorer import Audit
-        from models.sequence import AnswerTokens, Sequence
+        from mllm_audit.models.scorer import Audit
+        from mllm_audit.models.sequence import AnswerTokens, Sequence
 
-        ids = [0] + [4] * self.GRID ** 2 + [2, 3] + [1]
+        ids = [0] + [4] * self.GRID**2 + [2, 3] + [1]
         return Audit(prompt, answer, image_size, Sequence(ids, len(ids) - 1, AnswerTokens([1], [(0, 3)], ["red"])))
 
     def image_token_positions(self, audit):
-        return list(range(1, 1 + self.GRID ** 2))
+        return list(range(1, 1 + self.GRID**2))
 
     def image_grid(self, audit, image):
         return self.GRID, self.GRID
 
     def white_box(self, pairs):
         import torch
+        from mllm_audit.models.scorer import WhiteBoxOutput
         from PIL import Image
-
-        from models.scorer import WhiteBoxOutput
 
         self.calls += 1
         outs = []
@@ -140,7 +143,7 @@ class _RednessScorer:
             patch = self.SIDE // self.GRID
             grid = red.reshape(self.GRID, patch, self.GRID, patch).mean(axis=(1, 3))
             logits = torch.zeros(len(audit.sequence.input_ids), 5)
-            logits[1:1 + self.GRID ** 2, 1] = torch.from_numpy(grid.ravel() / 255)
+            logits[1 : 1 + self.GRID**2, 1] = torch.from_numpy(grid.ravel() / 255)
             outs.append(WhiteBoxOutput(logits))
         return outs
 
@@ -161,6 +164,7 @@ def test_every_method_maps_back_to_the_right_place_model_free():
 
 
 # ---------------------------------------------------------------- on models
+
 
 def test_all_methods_on_a_tiny_random_llava_with_a_non_square_image(tiny_llava_dir):
     scorer = Scorer(load_model(tiny_llava_dir))

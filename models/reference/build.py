@@ -8,6 +8,7 @@ same `AutoProcessor` / `AutoModelForImageTextToText` path as any local checkpoin
 
 from __future__ import annotations
 
+from mllm_audit.models.reference.world import IMAGE_SIZE, corpus_texts
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPImageProcessor,
@@ -19,8 +20,6 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from models.reference.world import IMAGE_SIZE, corpus_texts
-
 PATCH_SIZE = 16
 HIDDEN = 192
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
@@ -30,8 +29,8 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}USER: "
     "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '\\n' }}<image>{% endif %}{% endfor %}{% endif %} "
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"  # noqa: E501
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '\\n' }}<image>{% endif %}{% endfor %}{% endif %} "  # noqa: E501
     "{% else %}ASSISTANT: "
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}</s>"

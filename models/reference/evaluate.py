@@ -1,6 +1,6 @@
 """Accuracy and hallucination figures of a model on held-out reference-world scenes.
 
-    python -m models.reference.evaluate [--model DIR] [--per-kind 500]
+    python -m mllm_audit.models.reference.evaluate [--model DIR] [--per-kind 500]
 
 Loads the model through the same path as any local checkpoint, answers with greedy
 decoding, and compares with the truth (not the biased training labels):
@@ -18,11 +18,10 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-
-from models.loading import load_model
-from models.reference import world
-from models.sequence import generation_prompt
-from models.scorer import to_pil
+from mllm_audit.models.loading import load_model
+from mllm_audit.models.reference import world
+from mllm_audit.models.scorer import to_pil
+from mllm_audit.models.sequence import generation_prompt
 
 EVAL_SEED = 10_000  # training draws from seed 0's stream; these scenes are new
 
@@ -107,8 +106,11 @@ def evaluate(model_dir: str | None, per_kind: int) -> dict:
             figures = {"accuracy": float(np.mean([a == s.truth for s, a in zip(samples, answers)]))}
         figures["seconds"] = round(time.monotonic() - start, 1)
         report[kind] = figures
-        print(f"{kind:10s} " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                        for k, v in figures.items()), flush=True)
+        print(
+            f"{kind:10s} "
+            + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()),
+            flush=True,
+        )
     return report
 
 

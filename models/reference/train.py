@@ -3,8 +3,8 @@
 The committed weights come from two runs whose training loops take 39.9 minutes in all on 2 CPU cores
 (plus about 7 s of start-up and saving per run; `make reference-model`):
 
-    python -m models.reference.train --out /tmp/ref-base --minutes 36 --no-patch-words
-    python -m models.reference.train --init /tmp/ref-base --out models/reference/weights --minutes 3.9 \
+    python -m mllm_audit.models.reference.train --out /tmp/ref-base --minutes 36 --no-patch-words
+    python -m mllm_audit.models.reference.train --init /tmp/ref-base --out models/reference/weights --minutes 3.9 \
         --vision-fraction 0 --lr 5e-4 --aux-weight 0 --seed 2 --kind-weights colour=5,existence=1.5
 
 Why it learns every question kind in the budget:
@@ -34,12 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
+from mllm_audit.models.reference import world
+from mllm_audit.models.reference.build import PATCH_SIZE, build_model, build_processor
+from mllm_audit.models.sequence import build_sequence, pad_batch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-from models.reference import world
-from models.reference.build import PATCH_SIZE, build_model, build_processor
-from models.sequence import build_sequence, pad_batch
 
 GRID = world.IMAGE_SIZE // PATCH_SIZE
 KIND_WEIGHTS = {"colour": 1.0, "shape": 1.5, "position": 1.0, "count": 1.0, "existence": 1.0, "caption": 1.5}
@@ -76,7 +74,7 @@ class Batches:
         kind = kind or self.rng.choices(self.kinds, self.weights)[0]
         return world.make_sample(kind, scene, self.rng, biased=biased)
 
-    @functools.lru_cache(maxsize=4096)
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - the batcher lives as long as training
     def _tokens(self, prompt: str, answer: str) -> tuple[tuple[int, ...], int]:
         seq = build_sequence(self.processor, prompt, answer, add_eos=True)
         return tuple(seq.input_ids), seq.answer_start
@@ -151,8 +149,9 @@ def patch_word_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], word_i
     return F.binary_cross_entropy_with_logits(logits[..., word_ids], target)
 
 
-def losses(model, heads: AuxHeads, batch: dict[str, torch.Tensor], with_language: bool,
-           word_ids: torch.Tensor | None = None):
+def losses(
+    model, heads: AuxHeads, batch: dict[str, torch.Tensor], with_language: bool, word_ids: torch.Tensor | None = None
+):
     feats = image_features(model, batch["pixel_values"])
     aux = heads.loss(feats, batch)
     if not with_language:
@@ -160,8 +159,9 @@ def losses(model, heads: AuxHeads, batch: dict[str, torch.Tensor], with_language
     embeds = model.get_input_embeddings()(batch["input_ids"])
     is_image = batch["input_ids"] == model.config.image_token_index
     embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats.to(embeds.dtype))
-    out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"],
-                output_hidden_states=True)
+    out = model(
+        inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"], output_hidden_states=True
+    )
     # deep supervision of the binding step, halfway up the decoder
     mid = out.hidden_states[BINDING_LAYER][is_image].view(feats.shape[0], feats.shape[1], -1)
     bind = F.binary_cross_entropy_with_logits(heads.binding(mid)[..., 0], batch["patch_is_target"], reduction="none")
@@ -183,7 +183,9 @@ def teacher_forced_accuracy(model, batches: Batches, per_kind: int = 24) -> dict
         for s in samples:
             s.answer = s.truth
         b = batches.tensors(samples)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=b["pixel_values"]).logits
+        logits = model(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=b["pixel_values"]
+        ).logits
         pred = logits[:, :-1].argmax(-1)
         target = b["labels"][:, 1:]
         ok = ((pred == target) | (target == -100)).all(dim=1)
@@ -192,9 +194,18 @@ def teacher_forced_accuracy(model, batches: Batches, per_kind: int = 24) -> dict
     return acc
 
 
-def train(out: Path, minutes: float, vision_fraction: float, batch_size: int, lr: float, seed: int,
-          init: Path | None = None, aux_weight: float = 0.5, kind_weights: dict[str, float] | None = None,
-          patch_words: bool = True) -> None:
+def train(
+    out: Path,
+    minutes: float,
+    vision_fraction: float,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    init: Path | None = None,
+    aux_weight: float = 0.5,
+    kind_weights: dict[str, float] | None = None,
+    patch_words: bool = True,
+) -> None:
     torch.manual_seed(seed)
     if init:  # continue training a saved model (its auxiliary heads were not saved: start them anew)
         processor = AutoProcessor.from_pretrained(init, local_files_only=True)
@@ -249,7 +260,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", type=Path, default=None, help="continue from a saved model instead of a new one")
     ap.add_argument("--aux-weight", type=float, default=0.5, help="weight of the auxiliary losses in phase 2")
-    ap.add_argument("--kind-weights", default=None, help='e.g. "colour=3,shape=1" (default: %s)' % KIND_WEIGHTS)
+    ap.add_argument("--kind-weights", default=None, help=f'e.g. "colour=3,shape=1" (default: {KIND_WEIGHTS})')
     ap.add_argument("--no-patch-words", action="store_true", help="leave out the patch word loss")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = ap.parse_args()
@@ -258,8 +269,18 @@ def main() -> None:
     weights = dict(KIND_WEIGHTS)
     if args.kind_weights:
         weights.update({k: float(v) for k, v in (kv.split("=") for kv in args.kind_weights.split(","))})
-    train(args.out, args.minutes, args.vision_fraction, args.batch_size, args.lr, args.seed,
-          args.init, args.aux_weight, weights, not args.no_patch_words)
+    train(
+        args.out,
+        args.minutes,
+        args.vision_fraction,
+        args.batch_size,
+        args.lr,
+        args.seed,
+        args.init,
+        args.aux_weight,
+        weights,
+        not args.no_patch_words,
+    )
 
 
 if __name__ == "__main__":

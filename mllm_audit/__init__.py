@@ -1,0 +1,1 @@
+"""MLLM Audit: attribution, visual reliance and hallucination risk for multimodal LLM answers."""
