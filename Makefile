@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # the project needs Python 3.11 (requires-python): python3.11 where it is installed, else python3
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 
-.PHONY: install serve test eval train openapi load reference-model
+.PHONY: install serve test eval train openapi load reference-model docs
 
 install: $(VENV)/.installed
 
@@ -47,3 +47,8 @@ reference-model: install
 	$(PY) -m mllm_audit.models.reference.train --out /tmp/ref-base --minutes 36 --no-patch-words
 	$(PY) -m mllm_audit.models.reference.train --init /tmp/ref-base --out models/reference/weights --minutes 3.9 \
 		--vision-fraction 0 --lr 5e-4 --aux-weight 0 --seed 2 --kind-weights colour=5,existence=1.5
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict fails on any warning or broken link.
+docs: install
+	$(PY) -m pip install --quiet -e ".[test,docs]"
+	$(PY) -m mkdocs build --strict --site-dir site

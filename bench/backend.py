@@ -15,9 +15,10 @@ import time
 
 import numpy as np
 import torch
-from mllm_audit.explainers.audit import Auditor, AuditRequest
+from mllm_audit.explainers.audit import Auditor
+from mllm_audit.explainers.request import AuditRequest
 from mllm_audit.models.loading import load_model
-from mllm_audit.models.onnx_backend import OnnxLlava
+from mllm_audit.models.onnx_backend import OnnxBackend
 from mllm_audit.models.scorer import Scorer
 
 from bench.samples import bench_samples
@@ -35,7 +36,7 @@ def seconds_per_explanation(scorer: Scorer, samples, regions: int) -> float:
     auditor = Auditor(scorer, forward_batch_size=32)
     start = time.perf_counter()
     for s in samples:
-        [out] = auditor.run([AuditRequest(s.scene.image, s.prompt, s.truth, regions=regions, heatmap_encoding="none")])
+        [out] = auditor.run([AuditRequest(s.scene.image, s.prompt, s.truth, regions=regions)])
         assert not isinstance(out, Exception), out
     return (time.perf_counter() - start) / len(samples)
 
@@ -49,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model()
-    scorers = {"torch": Scorer(loaded), "onnx": Scorer(loaded, OnnxLlava(loaded))}
+    scorers = {"torch": Scorer(loaded), "onnx": Scorer(loaded, OnnxBackend(loaded))}
     print(f"ONNX Runtime providers: {scorers['onnx'].run_model.providers}; {args.threads} threads")
 
     samples = bench_samples(args.n)

@@ -23,7 +23,7 @@ import time
 import numpy as np
 from mllm_audit.explainers import eagle
 from mllm_audit.explainers.engine import Job, run_jobs
-from mllm_audit.explainers.metrics import pixel_ranking_curves, pointing_game
+from mllm_audit.explainers.faithfulness import pixel_ranking_curves, pointing_game
 from mllm_audit.explainers.regions import region_masks, superpixel_regions
 from mllm_audit.models.loading import load_model
 from mllm_audit.models.scorer import Scorer

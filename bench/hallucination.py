@@ -16,8 +16,10 @@ import argparse
 import time
 
 import numpy as np
-from mllm_audit.explainers.audit import Auditor, AuditRequest
+from mllm_audit.explainers.audit import Auditor
 from mllm_audit.explainers.reliance import LABEL_ORDER
+from mllm_audit.explainers.request import AuditRequest
+from mllm_audit.explainers.results import AuditResult
 from mllm_audit.models.loading import load_model
 from mllm_audit.models.reference import world
 from mllm_audit.models.reference.evaluate import generate_answers, held_out_samples
@@ -40,10 +42,10 @@ def auprc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((precision * hits).sum() / max(hits.sum(), 1))
 
 
-def object_risks(result: dict, answer: str) -> list[tuple[str, float, str]]:
+def object_risks(result: AuditResult, answer: str) -> list[tuple[str, float, str]]:
     """(object name, max risk over its words, worst label) for each object a caption names."""
     out = []
-    tokens = result["tokens"]
+    tokens = result.tokens
     words = answer.replace(",", " ").replace(".", " ").split()
     pos = 0
     spans = []
@@ -54,9 +56,9 @@ def object_risks(result: dict, answer: str) -> list[tuple[str, float, str]]:
     order = LABEL_ORDER
     for (a, s0, _), (b, _, e1) in zip(spans, spans[1:]):
         if a in world.COLOURS and b in world.SHAPES:
-            mine = [t for t in tokens if t["start"] < e1 and t["end"] > s0]
-            risk = max(t["risk_score"] for t in mine)
-            label = max((t["risk_label"] for t in mine), key=order.get)
+            mine = [t for t in tokens if t.start < e1 and t.end > s0]
+            risk = max(t.risk_score for t in mine)
+            label = max((t.risk_label for t in mine), key=order.get)
             out.append((f"{a} {b}", risk, label))
     return out
 
@@ -101,9 +103,9 @@ def main() -> None:
     results = auditor.run([AuditRequest(s.scene.image, s.prompt, a, with_attributions=False) for s, a in yes])
     kept = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
     yes, results = [yes[i] for i in kept], [results[i] for i in kept]
-    risks = np.array([r["tokens"][0]["risk_score"] for r in results])
+    risks = np.array([r.tokens[0].risk_score for r in results])
     labels = np.array([int(s.truth == "no") for s, _ in yes])
-    names = np.array([r["tokens"][0]["risk_label"] for r in results])
+    names = np.array([r.tokens[0].risk_label for r in results])
     report("existence 'yes' answers", risks, labels, names)
     print(f"{time.perf_counter() - start:.0f} s in all")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from mllm_audit.explainers.metrics import box_mask
+from mllm_audit.explainers.faithfulness import box_mask
 from mllm_audit.models.reference import world
 from mllm_audit.models.reference.evaluate import held_out_samples
 

@@ -8,7 +8,7 @@ is an object word about the object it names, and "a" / "and" are function words.
 
 Per object word (one map per word, explained with the method's white-box forwards):
 - insertion / deletion AUC: pixels ranked by the map, 64 equal-area steps, black baseline
-  (explainers.metrics.pixel_ranking_curves driven by the engine with scorer.log_probs);
+  (explainers.faithfulness.pixel_ranking_curves driven by the engine with scorer.log_probs);
 - pointing game on the object's mask and on its box ((map * mask).max() == map.max());
 - Obj-IoU: the Otsu-binarised map against the object's mask.
 Per function word, Func-IoU: the word names nothing, so the map should activate nothing;
@@ -31,9 +31,10 @@ import time
 
 import numpy as np
 from mllm_audit.explainers.engine import Job, run_jobs
-from mllm_audit.explainers.metrics import box_mask, pixel_ranking_curves, pointing_game
+from mllm_audit.explainers.faithfulness import box_mask, pixel_ranking_curves, pointing_game
+from mllm_audit.explainers.methods import WHITE_BOX as METHODS
+from mllm_audit.explainers.methods import get as get_method
 from mllm_audit.explainers.tam import words_of_tokens
-from mllm_audit.explainers.token_maps import METHODS, target_heatmaps
 from mllm_audit.models.loading import load_model
 from mllm_audit.models.reference import world
 from mllm_audit.models.scorer import Scorer
@@ -126,7 +127,7 @@ def evaluate_token_maps(
         jobs: list[tuple[str, Job]] = []
         for m in methods:
             start = time.perf_counter()
-            maps = target_heatmaps(scorer, audit, image, m, targets)
+            maps = get_method(m).heatmaps(scorer, audit, image, targets)
             ms = (time.perf_counter() - start) * 1000
             r = rows[m]
             r["ms_call"].append(ms)

@@ -1,76 +1,30 @@
-"""One entry point for the service: audit a batch of requests against one scorer.
+"""The auditor: audit a batch of requests against one model, their images sharing forward batches.
 
-Contract (the service depends on it):
-    auditor = Auditor(scorer, forward_batch_size=32, risk_medium=0.35, risk_high=0.65)
-    auditor.check(request)          # raises AuditInputError (-> HTTP 422) for bad input
-    results = auditor.run(requests) # one dict or one Exception per request, same order
+    auditor = Auditor(scorer)               # or Auditor.from_pretrained(path)
+    auditor.explain(image, prompt, answer)  # one request -> AuditResult (raises AuditInputError)
+    auditor.run(requests)                   # one AuditResult or one Exception per request, same order
 
-Each dict has the response fields of the API contract that do not depend on the service:
-`tokens`, `summary`, `method` ({"name", "params"}), `attributions` (explain only) and
-`stats` ({"forward_passes", "model_calls", "compute_ms"}).
-
-The scorer is duck-typed (models.scorer.Scorer): `prepare(prompt, answer, image_size)`,
-`log_probs(pairs)`, and for white-box methods `white_box(pairs)`,
-`image_token_positions(audit)`, `image_grid(audit, image)`.
+Every request gets per-token reliance and risk (`mllm_audit.explainers.reliance`); with
+attributions, its method (`mllm_audit.explainers.methods`) plans the images to score.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from mllm_audit.explainers import eagle, reliance
+from mllm_audit.explainers import methods, reliance
 from mllm_audit.explainers.engine import EngineStats, Job, run_jobs
 from mllm_audit.explainers.masking import BASELINES
-from mllm_audit.explainers.metrics import pixel_ranking_curves
-from mllm_audit.explainers.regions import region_bbox, region_masks, rle_encode, superpixel_regions
+from mllm_audit.explainers.methods import MethodResult, Plan, PlanContext
+from mllm_audit.explainers.request import AuditInputError, AuditRequest, TokenRange
+from mllm_audit.explainers.results import AuditResult, MethodInfo, Stats, Target
+from numpy.typing import NDArray
 from PIL import Image
-
-METHODS = ("eagle", "eagle_greedy", "tam", "msea", "arc", "msea+arc")
-WHITE_BOX = ("tam", "msea", "arc", "msea+arc")
-CURVE_STEPS = 64  # equal-area steps of a heatmap's insertion / deletion curves
-FAST_SEARCH = {"s": 6, "p": 4, "u": 15}
-
-
-class AuditInputError(ValueError):
-    """The request is well-formed JSON but cannot be audited (HTTP 422)."""
-
-
-@dataclass(frozen=True)
-class TokenSpan:
-    """Answer tokens [start, end) as one target (indices as /v1/reliance returns them)."""
-
-    start: int
-    end: int
-
-
-@dataclass
-class AuditRequest:
-    image: np.ndarray  # H x W x 3 uint8
-    prompt: str
-    answer: str
-    method: str = "eagle"
-    # "answer", "tokens", or a list of targets: (start, end) character spans or TokenSpans
-    targets: str | list[tuple[int, int] | TokenSpan] = "answer"
-    regions: int = 64
-    max_forward_passes: int | None = None
-    heatmap_encoding: str = "array"  # "png", "array" or "none"
-    heatmap_size: tuple[int, int] | None = None  # (width, height); default the image size
-    with_attributions: bool = True  # False: the cheap reliance path (/v1/reliance)
-    baseline: str = "black"  # EAGLE: what removed regions become (black, blur or mean colour)
-    lambda1: float = 1.0  # EAGLE: weight of insight, p_t(keep S)
-    lambda2: float = 1.0  # EAGLE: weight of necessity, 1 - p_t(remove S)
-
-
-@dataclass
-class _Target:
-    start: int
-    end: int
-    text: str
-    token_indices: list[int]
 
 
 @dataclass
@@ -78,16 +32,17 @@ class _Work:
     """A request on its way through the engine."""
 
     request: AuditRequest
-    audit: object
-    image: np.ndarray  # the working image (downscaled when large)
-    targets: list[_Target]
-    jobs: list[Job] = field(default_factory=list)  # every job of the request, `contrast` included
-    contrast: Job | None = None  # p_full and p_blank (black), when no explainer job yields them
-    labels: np.ndarray | None = None  # superpixel label map of the working image
-    maps: list[dict] | None = None  # white-box heatmaps per target
+    audit: Any
+    targets: list[Target]
+    plan: Plan | None  # None on the cheap reliance path
+    contrast: Job | None  # p_full and p_blank (black), when the method does not measure them
+
+    @property
+    def jobs(self) -> list[Job]:
+        return ([self.contrast] if self.contrast else []) + (self.plan.jobs if self.plan else [])
 
 
-def working_image(image: np.ndarray, max_side: int) -> np.ndarray:
+def working_image(image: NDArray[np.uint8], max_side: int) -> NDArray[np.uint8]:
     """Masked images are built at this size; results are mapped back to client pixels."""
     h, w = image.shape[:2]
     scale = max_side / max(h, w)
@@ -97,23 +52,16 @@ def working_image(image: np.ndarray, max_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
-def encode_heatmap(heat: np.ndarray, encoding: str, size: tuple[int, int]) -> dict | None:
-    if encoding == "none":
-        return None
-    width, height = size
-    img = Image.fromarray(np.asarray(heat, dtype=np.float32)).resize((width, height), Image.Resampling.BILINEAR)
-    data = np.clip(np.asarray(img), 0.0, 1.0)
-    if encoding == "array":
-        return {"width": width, "height": height, "encoding": "array", "data": np.round(data, 4).tolist()}
-    buf = io.BytesIO()
-    Image.fromarray(np.round(data * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
-    return {"width": width, "height": height, "encoding": "png", "data": base64.b64encode(buf.getvalue()).decode()}
+def as_rgb_array(image: Image.Image | NDArray[Any]) -> NDArray[np.uint8]:
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    return np.asarray(image, dtype=np.uint8)
 
 
 class Auditor:
     def __init__(
         self,
-        scorer,
+        scorer: Any,
         forward_batch_size: int = 32,
         risk_medium: float = 0.35,
         risk_high: float = 0.65,
@@ -124,17 +72,50 @@ class Auditor:
     ):
         self.scorer = scorer
         self.forward_batch_size = forward_batch_size
-        self.risk = {"risk_medium": risk_medium, "risk_high": risk_high}
+        self.risk_medium, self.risk_high = risk_medium, risk_high
         self.max_prompt_tokens = max_prompt_tokens
         self.max_answer_tokens = max_answer_tokens
         self.max_regions = max_regions
         self.work_side = work_side
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        backend: str = "torch",
+        **options: Any,
+    ) -> Auditor:
+        """An auditor of the model in a local directory (the bundled reference model by default).
+
+        `backend` is "torch" or "onnx" (LLaVA family, exported at load); `options` are the
+        constructor's (forward_batch_size, risk thresholds, limits).
+        """
+        from mllm_audit.models.backends import load_scorer
+
+        return cls(load_scorer(path, device=device, dtype=dtype, backend=backend), **options)
+
+    # ------------------------------------------------------------------ one request
+    def explain(self, image: Image.Image | NDArray[Any], prompt: str, answer: str, **options: Any) -> AuditResult:
+        """Attributions, reliance and risk of one answer; options are AuditRequest's fields."""
+        return self._one(AuditRequest(as_rgb_array(image), prompt, answer, **options))
+
+    def reliance(self, image: Image.Image | NDArray[Any], prompt: str, answer: str) -> AuditResult:
+        """Per-token reliance and risk only: two forward passes (the image and a black one)."""
+        return self._one(AuditRequest(as_rgb_array(image), prompt, answer, with_attributions=False, regions=2))
+
+    def _one(self, request: AuditRequest) -> AuditResult:
+        [result] = self.run([request])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
     # ------------------------------------------------------------------ input checks
     def check(self, req: AuditRequest) -> None:
         """Raise AuditInputError for a request that cannot be audited; cheap, no model call."""
-        if req.method not in METHODS:
-            raise AuditInputError(f"unknown method {req.method!r}; use one of {', '.join(METHODS)}")
+        if req.with_attributions:
+            methods.get(req.method)  # raises for an unknown name
         if not req.answer.strip():
             raise AuditInputError("answer is empty: there is nothing to audit")
         if not req.prompt.strip():
@@ -145,24 +126,21 @@ class Auditor:
             raise AuditInputError(f"regions must be between 2 and {self.max_regions}, got {req.regions}")
         if req.max_forward_passes is not None and req.max_forward_passes < 2:
             raise AuditInputError("max_forward_passes must be at least 2 (the full and the blank image)")
-        if req.heatmap_encoding not in ("png", "array", "none"):
-            raise AuditInputError(f"unknown heatmap encoding {req.heatmap_encoding!r}")
         if req.baseline not in BASELINES:
             raise AuditInputError(f"unknown baseline {req.baseline!r}; use one of {', '.join(BASELINES)}")
         if min(req.lambda1, req.lambda2) < 0 or req.lambda1 + req.lambda2 <= 0:
             raise AuditInputError("lambda1 and lambda2 must be non-negative and not both 0")
-        tokenizer = self.scorer.processor.tokenizer
-        n_prompt = len(tokenizer(req.prompt, add_special_tokens=False)["input_ids"])
+        n_prompt = self.scorer.count_tokens(req.prompt)
         if n_prompt > self.max_prompt_tokens:
             raise AuditInputError(f"prompt has {n_prompt} tokens; the limit is {self.max_prompt_tokens}")
-        n_answer = len(tokenizer(req.answer, add_special_tokens=False)["input_ids"])
+        n_answer = self.scorer.count_tokens(req.answer)
         if n_answer > self.max_answer_tokens:
             raise AuditInputError(f"answer has {n_answer} tokens; the limit is {self.max_answer_tokens}")
         if isinstance(req.targets, str) and req.targets not in ("answer", "tokens"):
             raise AuditInputError(f"targets must be 'answer', 'tokens' or a list of spans, got {req.targets!r}")
         if not isinstance(req.targets, str):
             for target in req.targets:
-                if isinstance(target, TokenSpan):
+                if isinstance(target, TokenRange):
                     if not 0 <= target.start < target.end:
                         raise AuditInputError(f"token span [{target.start}, {target.end}) is empty or negative")
                     continue  # its upper end is checked against the answer's tokens in _targets
@@ -170,16 +148,16 @@ class Auditor:
                 if not 0 <= start < end <= len(req.answer):
                     raise AuditInputError(f"target span [{start}, {end}) is outside the answer (0..{len(req.answer)})")
 
-    def _targets(self, req: AuditRequest, audit) -> list[_Target]:
+    def _targets(self, req: AuditRequest, audit: Any) -> list[Target]:
         tokens = audit.tokens
         every = list(range(len(tokens.ids)))
         if req.targets == "answer":
-            return [_Target(0, len(req.answer), req.answer, every)]
+            return [Target(0, len(req.answer), req.answer, every)]
         if req.targets == "tokens":
-            return [_Target(s, e, t, [i]) for i, ((s, e), t) in enumerate(zip(tokens.spans, tokens.texts))]
+            return [Target(s, e, t, [i]) for i, ((s, e), t) in enumerate(zip(tokens.spans, tokens.texts))]
         out = []
         for target in req.targets:
-            if isinstance(target, TokenSpan):
+            if isinstance(target, TokenRange):
                 if target.end > len(tokens.ids):
                     raise AuditInputError(
                         f"token span [{target.start}, {target.end}) is outside the answer's {len(tokens.ids)} tokens"
@@ -191,223 +169,100 @@ class Auditor:
                 idx = [i for i, (s, e) in enumerate(tokens.spans) if s < end and e > start]
                 if not idx:
                     raise AuditInputError(f"target span [{start}, {end}) covers no answer token")
-            out.append(_Target(start, end, req.answer[start:end], idx))
+            out.append(Target(start, end, req.answer[start:end], idx))
         return out
 
     # ------------------------------------------------------------------ jobs per request
-    def _plan(self, req: AuditRequest) -> _Work:
-        self.check(req)
+    def _plan(self, req: AuditRequest, checked: bool) -> _Work:
+        if not checked:
+            self.check(req)
         image = working_image(req.image, self.work_side)
         audit = self.scorer.prepare(req.prompt, req.answer, (image.shape[1], image.shape[0]))
-        work = _Work(req, audit, image, self._targets(req, audit))
-        if not req.with_attributions or req.method in WHITE_BOX or req.baseline != "black":
-            # p_full and p_blank (black) for reliance; EAGLE's own first yield has them when its baseline is black
-            work.contrast = Job(audit, reliance.blank_contrast(image))
-            work.jobs.append(work.contrast)
-        if not req.with_attributions:
-            return work
-        n_targets = len(work.targets)
-        if req.method in WHITE_BOX:
-            from mllm_audit.explainers.msea import make_views
-            from mllm_audit.explainers.token_maps import target_heatmaps
-
-            # the budget covers everything: contrast (2), the views, each target's pixel-ranking curves
-            views = len(make_views(image)) if req.method.startswith("msea") else 1
-            cost = 2 + views + n_targets * 2 * CURVE_STEPS
-            if req.max_forward_passes is not None and cost > req.max_forward_passes:
-                raise AuditInputError(
-                    f"{req.method} with {n_targets} targets needs {cost} forward passes "
-                    f"(maps and insertion/deletion curves); max_forward_passes is "
-                    f"{req.max_forward_passes}: ask for fewer targets or a larger budget"
-                )
-            work.maps = target_heatmaps(self.scorer, audit, image, req.method, [t.token_indices for t in work.targets])
-            for target, m in zip(work.targets, work.maps):
-                work.jobs.append(
-                    Job(
-                        audit,
-                        pixel_ranking_curves(
-                            image, m["heatmap"], target.token_indices, baseline=req.baseline, steps=CURVE_STEPS
-                        ),
-                    )
-                )
-            return work
-        work.labels = superpixel_regions(image, req.regions)
-        masks = region_masks(work.labels)
-        budget = None if req.max_forward_passes is None else req.max_forward_passes // n_targets
-        if budget is not None and budget < 2:  # each target's search scores at least the full and blank images
-            raise AuditInputError(
-                f"max_forward_passes {req.max_forward_passes} is too small for {n_targets} "
-                f"targets: each needs at least 2"
-            )
-        options = {"baseline": req.baseline, "lam1": req.lambda1, "lam2": req.lambda2, "max_forward_passes": budget}
-        for target in work.targets:
-            if req.method == "eagle_greedy":
-                search = eagle.greedy_search(image, masks, target.token_indices, **options)
-            else:
-                search = eagle.fast_search(image, masks, target.token_indices, **options, **FAST_SEARCH)
-            work.jobs.append(Job(audit, search))
-        return work
+        targets = self._targets(req, audit)
+        contrast = None
+        # created before the method plans, so its images come first in the engine's queue
+        needs_contrast = not req.with_attributions or req.method in methods.WHITE_BOX or req.baseline != "black"
+        if needs_contrast:
+            contrast = Job(audit, reliance.blank_contrast(image))
+        plan = None
+        if req.with_attributions:
+            plan = methods.get(req.method).plan(PlanContext(req, self.scorer, audit, image, targets))
+            if contrast is None and not plan.measures_contrast:
+                raise RuntimeError(f"method {req.method} measures no contrast and none was planned")
+        return _Work(req, audit, targets, plan, contrast)
 
     # ------------------------------------------------------------------ results
-    def _eagle_attribution(self, work: _Work, target: _Target, result: eagle.EagleResult) -> dict:
-        req = work.request
-        h, w = req.image.shape[:2]
-        size = req.heatmap_size or (w, h)
-        labels = np.asarray(Image.fromarray(work.labels.astype(np.int32)).resize((w, h), Image.Resampling.NEAREST))
-        regions = []
-        for rank, region in enumerate(result.ranking, start=1):
-            mask = labels == region
-            if not mask.any():  # a sliver lost when mapping back to client pixels
-                continue
-            regions.append(
-                {
-                    "rank": rank,
-                    "region_id": int(region),
-                    "score": round(float(result.region_scores[region]), 6),
-                    "bbox": region_bbox(mask),
-                    "mask": rle_encode(mask),
-                }
-            )
-        heat = eagle.heatmap_from_regions(work.labels, result.region_scores, size)  # flat regions at any size
-        return {
-            "target": {
-                "start": target.start,
-                "end": target.end,
-                "text": target.text,
-                "token_indices": target.token_indices,
-            },
-            "regions": regions,
-            "heatmap": encode_heatmap(heat, req.heatmap_encoding, size),
-            "insertion_auc": result.insertion_auc(),
-            "deletion_auc": result.deletion_auc(),
-            "insertion_curve": _curve(result.areas, result.insertion, target.token_indices),
-            "deletion_curve": _curve(result.areas, result.deletion, target.token_indices),
-            "forward_passes": result.forward_passes,
-            "search_complete": result.search_complete,
-        }
-
-    def _white_box_attribution(self, work: _Work, target: _Target, maps: dict, job: Job) -> dict:
-        req = work.request
-        h, w = req.image.shape[:2]
-        ins_auc, del_auc, curves = job.result
-        out = {
-            "target": {
-                "start": target.start,
-                "end": target.end,
-                "text": target.text,
-                "token_indices": target.token_indices,
-            },
-            "regions": [],
-            "heatmap": encode_heatmap(maps["heatmap"], req.heatmap_encoding, req.heatmap_size or (w, h)),
-            "insertion_auc": ins_auc,
-            "deletion_auc": del_auc,
-            "insertion_curve": _curve(curves.areas, curves.insertion, target.token_indices),
-            "deletion_curve": _curve(curves.areas, curves.deletion, target.token_indices),
-            "forward_passes": job.forward_passes + maps.get("forward_passes", 0),
-            "search_complete": True,
-        }
-        if maps.get("context") is not None:
-            out["context"] = maps["context"]
-        return out
-
-    def _finish(self, work: _Work, model_calls: int, compute_ms: float) -> dict:
+    def _finish(self, work: _Work, model_calls: int, compute_ms: float) -> AuditResult:
         req = work.request
         failed = [j.error for j in work.jobs if j.error is not None]
         if failed:
             raise failed[0]
         tokens = work.audit.tokens
-        claims = reliance.visual_claims(req.answer, tokens.spans)
-        explainer_jobs = [j for j in work.jobs if j is not work.contrast]
-        attributions = []
-        if req.with_attributions and req.method not in WHITE_BOX:
-            results = [j.result for j in explainer_jobs]
-            first = results[0]
-            p_full, p_blank = work.contrast.result if work.contrast else (first.p_full, first.p_blank)
-            # each token's insertion curve comes from the ranking of the first target that holds it
-            owner = {t: r for target, r in reversed(list(zip(work.targets, results))) for t in target.token_indices}
+        visual = reliance.visual_claims(req.answer, tokens.spans)
+        found: MethodResult | None = work.plan.finish() if work.plan else None
+        if work.contrast is not None:
+            p_full, p_blank = work.contrast.result
+        else:
+            assert found is not None and found.contrast is not None
+            p_full, p_blank = found.contrast
+        risk = {"risk_medium": self.risk_medium, "risk_high": self.risk_high}
+        if found is not None and found.token_curves is not None:
             assessed = []
             for t in range(len(tokens.ids)):
-                curve = owner.get(t, first)
+                areas, insertion = found.token_curves[t]
                 assessed += reliance.assess_tokens(
-                    [tokens.texts[t]],
-                    p_full[[t]],
-                    p_blank[[t]],
-                    curve.areas,
-                    curve.insertion[:, [t]],
-                    visual=[claims[t]],
-                    **self.risk,
+                    [tokens.texts[t]], p_full[[t]], p_blank[[t]], areas, insertion, visual=[visual[t]], **risk
                 )
-            attributions = [self._eagle_attribution(work, tg, r) for tg, r in zip(work.targets, results)]
         else:
-            p_full, p_blank = work.contrast.result
-            assessed = reliance.assess_tokens(tokens.texts, p_full, p_blank, visual=claims, **self.risk)
-            if req.with_attributions:
-                attributions = [
-                    self._white_box_attribution(work, target, maps, job)
-                    for target, maps, job in zip(work.targets, work.maps, explainer_jobs)
-                ]
-        token_context = {t: c for maps in work.maps or [] for t, c in maps["token_context"].items()}
-        token_rows = []
-        for t, a in enumerate(assessed):
-            row = a.as_dict()
-            row["index"] = t
-            row["start"], row["end"] = tokens.spans[t]
-            if t in token_context:
-                row["context"] = token_context[t]
-            token_rows.append(row)
-        out = {
-            "method": {"name": req.method if req.with_attributions else "reliance", "params": self._params(req)},
-            "tokens": token_rows,
-            "summary": reliance.summarize(assessed),
-            "stats": {
-                "forward_passes": sum(j.forward_passes for j in work.jobs) + _map_stats(work).forward_passes,
-                "model_calls": model_calls,
-                "compute_ms": round(compute_ms, 2),
-            },
-        }
-        if req.with_attributions:
-            out["attributions"] = attributions
-        return out
+            assessed = reliance.assess_tokens(tokens.texts, p_full, p_blank, visual=visual, **risk)
+        context = found.token_context if found else {}
+        for t, row in enumerate(assessed):
+            row.index, (row.start, row.end), row.context = t, tokens.spans[t], context.get(t)
+        planning = work.plan.planning_cost if work.plan else EngineStats()
+        return AuditResult(
+            method=MethodInfo(req.method if req.with_attributions else "reliance", self._params(req)),
+            tokens=assessed,
+            summary=reliance.summarize(assessed),
+            stats=Stats(
+                sum(j.forward_passes for j in work.jobs) + planning.forward_passes, model_calls, round(compute_ms, 2)
+            ),
+            attributions=found.attributions if found else None,
+        )
 
-    def _params(self, req: AuditRequest) -> dict:
+    def _params(self, req: AuditRequest) -> dict[str, Any]:
         # the cheap path's only masked image is the black one (p_blank)
-        params: dict = {"baseline": req.baseline if req.with_attributions else "black"}
-        if not req.with_attributions:
-            return params
-        if req.method.startswith("eagle"):
-            params.update(
-                {
-                    "regions": req.regions,
-                    "lambda1": req.lambda1,
-                    "lambda2": req.lambda2,
-                    "max_forward_passes": req.max_forward_passes,
-                }
-            )
-            if req.method == "eagle":
-                params.update(FAST_SEARCH)
-        elif req.method in WHITE_BOX:
-            from mllm_audit.explainers.token_maps import method_params
-
-            params.update(method_params(req.method))
+        params: dict[str, Any] = {"baseline": req.baseline if req.with_attributions else "black"}
+        if req.with_attributions:
+            params.update(methods.get(req.method).params(req))
         return params
 
-    def run(self, requests: list[AuditRequest], on_progress=None) -> list[dict | Exception]:
-        """Audit every request; their masked images share forward batches."""
+    def run(
+        self,
+        requests: list[AuditRequest],
+        on_progress: Callable[[EngineStats], None] | None = None,
+        checked: bool = False,
+    ) -> list[AuditResult | Exception]:
+        """Audit every request; their masked images share forward batches.
+
+        `on_progress` is called after every engine round with the forwards so far (it may raise
+        to stop the run, e.g. when a deadline has passed). `checked`: the caller has run
+        `check` on every request already.
+        """
         start = time.perf_counter()
         works: list[_Work | Exception] = []
         for req in requests:
             try:
-                works.append(self._plan(req))
-            except Exception as exc:
+                works.append(self._plan(req, checked))
+            except Exception as exc:  # one bad request stays one bad request
                 works.append(exc)
         planned = [w for w in works if isinstance(w, _Work)]
         jobs = [j for w in planned for j in w.jobs]
         # white-box maps ran while planning, outside the engine: their forwards count too
-        maps = EngineStats(
-            sum(_map_stats(w).forward_passes for w in planned), sum(_map_stats(w).model_calls for w in planned)
-        )
+        spent = [w.plan.planning_cost for w in planned if w.plan]
+        maps = EngineStats(sum(s.forward_passes for s in spent), sum(s.model_calls for s in spent))
 
         def progress(engine: EngineStats) -> None:
+            assert on_progress is not None
             on_progress(EngineStats(engine.forward_passes + maps.forward_passes, engine.model_calls + maps.model_calls))
 
         if on_progress and maps.forward_passes:
@@ -417,7 +272,7 @@ class Auditor:
         )
         model_calls = stats.model_calls + maps.model_calls
         compute_ms = (time.perf_counter() - start) * 1000
-        results: list[dict | Exception] = []
+        results: list[AuditResult | Exception] = []
         for work in works:
             if isinstance(work, Exception):
                 results.append(work)
@@ -427,16 +282,3 @@ class Auditor:
             except Exception as exc:
                 results.append(exc)
         return results
-
-
-def _map_stats(work: _Work) -> EngineStats:
-    """White-box forwards of a request: shared by all its targets, counted once."""
-    if not work.maps:
-        return EngineStats()
-    return EngineStats(work.maps[0]["forward_passes"], work.maps[0]["model_calls"])
-
-
-def _curve(areas: np.ndarray, probs: np.ndarray, token_indices: list[int]) -> list[list[float]]:
-    """[[area, mean target probability], ...] for plotting."""
-    ys = probs[:, token_indices].mean(axis=1)
-    return [[round(float(a), 5), round(float(y), 6)] for a, y in zip(areas, ys)]

@@ -65,7 +65,7 @@ class EagleResult:
     p_t(remove S_k) for k = prefix_sizes[i], for every answer token t (probabilities).
     """
 
-    method: str
+    search: str  # "greedy" or "fast"
     ranking: list[int]  # region ids, most important first
     gains: np.ndarray  # [K] marginal gain of F at each rank (rank 1 first)
     region_scores: np.ndarray  # [K] heatmap value per region id, top region 1, last 0
@@ -233,7 +233,7 @@ def _spread(candidates: list[int], count: int) -> list[int]:
 
 def _finish(
     ev: _SubsetScores,
-    method: str,
+    search: str,
     ranking: list[int],
     tokens: list[int],
     lam1: float,
@@ -276,7 +276,7 @@ def _finish(
     else:
         areas = np.array([ev.area(prefixes[i]) for i in points])
     return EagleResult(
-        method=method,
+        search=search,
         ranking=list(ranking),
         gains=gains,
         region_scores=scores_from_gains(ranking, gains),
@@ -348,7 +348,7 @@ def greedy_search(
         selected.append(best)
         remaining.remove(best)
     ranking = selected + _order_by_estimate(remaining, estimate)
-    return (yield from _finish(ev, "eagle_greedy", ranking, tokens, lam1, lam2, budget, complete))
+    return (yield from _finish(ev, "greedy", ranking, tokens, lam1, lam2, budget, complete))
 
 
 def fast_search(
@@ -434,7 +434,7 @@ def fast_search(
             remaining.remove(worst)
         step += 1
     ranking = selected + _order_by_estimate(remaining, estimate) + tail[::-1]
-    return (yield from _finish(ev, "eagle", ranking, tokens, lam1, lam2, budget, complete))
+    return (yield from _finish(ev, "fast", ranking, tokens, lam1, lam2, budget, complete))
 
 
 # ---------------------------------------------------------------- heatmap

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-Explainer = Generator[list[np.ndarray], np.ndarray, Any]
+# A job's work: yields images to score, receives their log-probs, returns its result.
+ScoringGenerator = Generator[list[np.ndarray], np.ndarray, Any]
 # Scores (audit, image) pairs from any mix of audits: one log-prob array per pair.
 ScoreFn = Callable[[list[tuple[Any, np.ndarray]]], list[np.ndarray]]
 
@@ -24,7 +25,7 @@ ScoreFn = Callable[[list[tuple[Any, np.ndarray]]], list[np.ndarray]]
 @dataclass
 class Job:
     audit: Any  # opaque to the engine: handed to the score function with each image
-    explainer: Explainer
+    explainer: ScoringGenerator
     forward_passes: int = 0  # images scored for this job
     result: Any = None
     error: BaseException | None = None

@@ -18,15 +18,12 @@ from skimage.segmentation import slic
 
 
 def superpixel_regions(
-    image: np.ndarray, n_regions: int = 64, seed: int = 0, compactness: float = 10.0, max_num_iter: int = 20
+    image: np.ndarray, n_regions: int = 64, compactness: float = 10.0, max_num_iter: int = 20
 ) -> np.ndarray:
     """Label every pixel of an H x W x 3 uint8 image with a region id in 0..K-1, K ~ n_regions.
 
-    Deterministic: SLIC itself uses no randomness, so the same image always gives the
-    same labels. `seed` is accepted for API stability (a future randomised segmenter)
-    and does not change the result today.
+    Deterministic: SLIC uses no randomness, so the same image always gives the same labels.
     """
-    del seed  # SLIC is deterministic; see docstring
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 image, got shape {image.shape}")

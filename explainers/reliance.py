@@ -31,11 +31,11 @@ import re
 import string
 import unicodedata
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
+from mllm_audit.explainers.faithfulness import auc
 from mllm_audit.explainers.masking import resolve_baseline
-from mllm_audit.explainers.metrics import auc
+from mllm_audit.explainers.results import Summary, TokenResult
 
 EPS = 1e-8
 NOT_VISUAL = "not_visual"
@@ -286,22 +286,6 @@ def risk_label(risk: float, risk_medium: float = 0.35, risk_high: float = 0.65) 
     return "medium" if risk >= risk_medium else "low"
 
 
-@dataclass
-class TokenReliance:
-    index: int
-    text: str
-    p_full: float
-    p_blank: float
-    visual_reliance: float
-    language_reliance: float
-    risk_score: float
-    risk_label: str  # low | medium | high | not_visual
-    eagle_reliance: float | None = None  # I_t, when an insertion curve exists
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 def assess_tokens(
     texts: Sequence[str],
     p_full: np.ndarray,
@@ -313,7 +297,7 @@ def assess_tokens(
     contrast_weight: float = 0.5,
     prior_exponent: float = 0.5,
     visual: Sequence[bool] | None = None,
-) -> list[TokenReliance]:
+) -> list[TokenResult]:
     """Reliance and risk for every answer token (probabilities, not log-probs).
 
     ``areas`` / ``insertion`` ([n_points, T]) are an EAGLE insertion curve when the
@@ -338,7 +322,7 @@ def assess_tokens(
         else:
             risk, label = 0.0, NOT_VISUAL
         out.append(
-            TokenReliance(
+            TokenResult(
                 t,
                 text,
                 float(pf[t]),
@@ -353,7 +337,7 @@ def assess_tokens(
     return out
 
 
-def summarize(tokens: Sequence[TokenReliance]) -> dict:
+def summarize(tokens: Sequence[TokenResult]) -> Summary:
     """Answer-level view: worst label and highest risk among visual tokens.
 
     ``visual_reliance`` is the mean over visual tokens (over all tokens when none is
@@ -363,14 +347,14 @@ def summarize(tokens: Sequence[TokenReliance]) -> dict:
     pool = visual or list(tokens)
     reliance = float(np.mean([t.visual_reliance for t in pool])) if pool else 0.0
     if not visual:
-        return {"risk_label": NOT_VISUAL, "risk_score": 0.0, "visual_reliance": reliance, "flagged_tokens": 0}
+        return Summary(NOT_VISUAL, 0.0, reliance, 0)
     worst = max(visual, key=lambda t: LABEL_ORDER[t.risk_label])
-    return {
-        "risk_label": worst.risk_label,
-        "risk_score": max(t.risk_score for t in visual),
-        "visual_reliance": reliance,
-        "flagged_tokens": sum(t.risk_label == "high" for t in visual),
-    }
+    return Summary(
+        risk_label=worst.risk_label,
+        risk_score=max(t.risk_score for t in visual),
+        visual_reliance=reliance,
+        flagged_tokens=sum(t.risk_label == "high" for t in visual),
+    )
 
 
 def blank_contrast(

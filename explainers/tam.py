@@ -102,11 +102,11 @@ def grid_to_pixels(grid_map: np.ndarray, shape: tuple[int, int], box: tuple[int,
     """Nearest upsampling of a grid map onto ``box`` (x0, y0, x1, y1) of an [h, w] canvas, 0 elsewhere.
 
     A token map knows nothing finer than a patch: nearest keeps each patch's value over the
-    patch. (Bilinear would put the peak at the patch centre, which can miss a thin object the
-    patch does show: on the reference model it took the pointing game from 50/50 to 34/50.)
+    patch; bilinear would put the peak at the patch centre, which can miss a thin object the
+    patch does show.
 
     ``box`` is the part of the image the token grid covers (all of it unless the processor
-    crops, see `model_view_box`).
+    crops, see the scorer's `view_box`).
     """
     h, w = shape
     x0, y0, x1, y1 = box
@@ -116,27 +116,6 @@ def grid_to_pixels(grid_map: np.ndarray, shape: tuple[int, int], box: tuple[int,
     img = Image.fromarray(np.asarray(grid_map, dtype=np.float32), mode="F")
     out[y0:y1, x0:x1] = np.asarray(img.resize((x1 - x0, y1 - y0), Image.Resampling.NEAREST))
     return np.maximum(out, 0.0)
-
-
-def model_view_box(image_processor, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The box (x0, y0, x1, y1) of an [h, w] image that the model's image tokens cover.
-
-    CLIP-style processors (LLaVA) resize the shortest edge and centre-crop, so a non-square
-    image is seen only in its central square; pixels outside it get no activation. Processors
-    that resize the whole image (Qwen2-VL, Idefics3) cover it all.
-    """
-    h, w = shape
-    size = getattr(image_processor, "size", None) or {}
-    crop = getattr(image_processor, "crop_size", None) or {}
-    if not getattr(image_processor, "do_center_crop", False) or not crop:
-        return 0, 0, w, h
-    short = size.get("shortest_edge") if isinstance(size, dict) else None
-    scale = short / min(h, w) if short else 1.0
-    crop_h, crop_w = crop.get("height", h * scale), crop.get("width", w * scale)
-    # the crop, measured back in the original image's pixels
-    ch, cw = min(h, crop_h / scale), min(w, crop_w / scale)
-    y0, x0 = int(round((h - ch) / 2)), int(round((w - cw) / 2))
-    return x0, y0, x0 + int(round(cw)), y0 + int(round(ch))
 
 
 def normalise(heat: np.ndarray) -> np.ndarray:
@@ -186,11 +165,10 @@ def sequence_layout(scorer, audit, image: np.ndarray) -> SequenceLayout:
             "(several images or tiles per request are not supported by white-box maps)"
         )
     seq = audit.sequence
-    tokenizer = scorer.processor.tokenizer
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special = scorer.special_token_ids()
     image_set = set(positions.tolist())
     prompt = [j for j in range(1, seq.answer_start) if j not in image_set and seq.input_ids[j] not in special]
-    texts = {j: tokenizer.decode([seq.input_ids[j]]) for j in prompt}
+    texts = dict(zip(prompt, scorer.token_texts([seq.input_ids[j] for j in prompt])))
     tokens = audit.tokens
     return SequenceLayout(
         positions,

@@ -1,6 +1,6 @@
 """White-box token maps for an audit: TAM, MSEA, ARC and MSEA+ARC (arXiv 2506.23270 and 2509.22415).
 
-    target_heatmaps(scorer, audit, image, method, targets)
+    target_heatmaps(scorer, audit, image, variant, targets)
         -> [{"heatmap", "context", "token_context", "forward_passes", "model_calls", "peak"}]
 
 - ``tam``: one white-box forward; per answer token, the logit lens of its class at the image
@@ -32,7 +32,13 @@ import numpy as np
 from mllm_audit.explainers import msea, tam
 from mllm_audit.explainers.arc import ArcParams
 
-METHODS = ("tam", "msea", "arc", "msea+arc")
+
+@dataclass(frozen=True)
+class MapVariant:
+    """Which of the papers' additions a map uses on top of TAM."""
+
+    multiscale: bool = False  # MSEA: maps of several image scales, aggregated
+    arc: bool = False  # ARC: context weighted by rank-biased-overlap coherence
 
 
 @dataclass(frozen=True)
@@ -45,13 +51,13 @@ class TokenMapParams:
     context_top: int = 10
 
 
-def method_params(method: str, params: TokenMapParams | None = None) -> dict:
-    """The parameters a method ran with, for the response's ``method.params``."""
+def variant_params(variant: MapVariant, params: TokenMapParams | None = None) -> dict:
+    """The parameters a map ran with, for the response's ``method.params``."""
     params = params or TokenMapParams()
     out: dict = {"rank_filter": params.rank_filter, "filter_size": params.filter_size, "eci": True}
-    if method in ("msea", "msea+arc"):
+    if variant.multiscale:
         out["scales"] = list(params.scales)
-    if method in ("arc", "msea+arc"):
+    if variant.arc:
         out.update({"rbo_k": params.arc.k, "rbo_p": params.arc.p, "arc_weighting": "1 - rho"})
     return out
 
@@ -80,11 +86,14 @@ def _context(
 
 
 def target_heatmaps(
-    scorer, audit, image: np.ndarray, method: str, targets: list[list[int]], params: TokenMapParams | None = None
+    scorer,
+    audit,
+    image: np.ndarray,
+    variant: MapVariant,
+    targets: list[list[int]],
+    params: TokenMapParams | None = None,
 ) -> list[dict]:
     """One dict per target (a list of answer-token indices); see the module docstring."""
-    if method not in METHODS:
-        raise ValueError(f"unknown white-box method {method!r}; use one of {', '.join(METHODS)}")
     params = params or TokenMapParams()
     image = np.asarray(image, dtype=np.uint8)
     h, w = image.shape[:2]
@@ -94,11 +103,11 @@ def target_heatmaps(
             raise ValueError(f"target token indices {target} are not within the answer's {n_answer} tokens")
     layout = tam.sequence_layout(scorer, audit, image)
     tokens = sorted({int(t) for target in targets for t in target})
-    scales = params.scales if method in ("msea", "msea+arc") else (1.0,)
-    arc_params = params.arc if method in ("arc", "msea+arc") else None
+    scales = params.scales if variant.multiscale else (1.0,)
+    arc_params = params.arc if variant.arc else None
     views = msea.make_views(image, scales)
 
-    box = tam.model_view_box(scorer.processor.image_processor, (h, w))
+    box = scorer.view_box((h, w))
     seen = np.zeros((h, w), dtype=np.float32)
     seen[box[1] : box[3], box[0] : box[2]] = 1.0
     stitchers = {t: msea.ScaleStitcher((h, w)) for t in tokens}

@@ -6,9 +6,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
-from mllm_audit.models.families import Family, family_of
+from mllm_audit.models.families import Family, Processor, family_of
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 REFERENCE_MODEL_DIR = Path(__file__).resolve().parent / "reference" / "weights"
 REFERENCE_MODEL_ID = "mllm-audit-reference"
@@ -22,8 +26,8 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
-    processor: object
+    model: PreTrainedModel
+    processor: Processor
     family: Family
     path: Path
     model_id: str
@@ -65,7 +69,7 @@ def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def check_model_dir(path: Path) -> dict:
+def check_model_dir(path: Path) -> dict[str, Any]:
     """Fail early, with the path in the message, on anything that would break loading later."""
     if not path.exists():
         raise ModelLoadError(f"model directory {path} does not exist")
@@ -75,7 +79,7 @@ def check_model_dir(path: Path) -> dict:
     if not config_file.is_file():
         raise ModelLoadError(f"model directory {path} has no config.json")
     try:
-        config = json.loads(config_file.read_text())
+        config: dict[str, Any] = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{config_file} is not valid JSON: {exc}") from exc
     if "model_type" not in config:
@@ -90,7 +94,7 @@ def check_model_dir(path: Path) -> dict:
 
 
 def load_model(
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike[str] | None = None,
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
@@ -99,27 +103,27 @@ def load_model(
     """Load weights and processor from a local directory (default: the bundled reference model)."""
     from transformers import AutoModelForImageTextToText
 
-    path = Path(path) if path else REFERENCE_MODEL_DIR
-    path = path.expanduser().resolve()
-    config = check_model_dir(path)
+    directory = (Path(path) if path else REFERENCE_MODEL_DIR).expanduser().resolve()
+    config = check_model_dir(directory)
     dev = choose_device(device)
     dt = choose_dtype(dtype, dev)
     family = family_of(config["model_type"])
     try:
-        processor = family.load_processor(path, trust_remote_code=trust_remote_code)
+        processor = family.load_processor(directory, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dt, use_safetensors=True
+            directory, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dt, use_safetensors=True
         )
     except Exception as exc:  # transformers raises many types; the caller needs one with the path
-        raise ModelLoadError(f"could not load the model in {path}: {type(exc).__name__}: {exc}") from exc
-    model.to(dev).eval()
-    revision = (path / "REVISION").read_text().strip() if (path / "REVISION").is_file() else None
+        raise ModelLoadError(f"could not load the model in {directory}: {type(exc).__name__}: {exc}") from exc
+    # transformers wraps `to` with functools.wraps(Module.to), which hides its signature from mypy
+    model.to(dev).eval()  # type: ignore[arg-type]
+    revision = (directory / "REVISION").read_text().strip() if (directory / "REVISION").is_file() else None
     return LoadedModel(
         model=model,
         processor=processor,
         family=family,
-        path=path,
-        model_id=model_id_for(path, model_id),
+        path=directory,
+        model_id=model_id_for(directory, model_id),
         revision=revision,
         device=dev,
         dtype=dt,

@@ -1,14 +1,18 @@
-"""ONNX Runtime backend for the scorer (LLaVA family), chosen with MLLM_AUDIT_BACKEND=onnx.
+"""ONNX Runtime backend for the scorer, chosen with MLLM_AUDIT_BACKEND=onnx.
 
-At start-up the loaded model is exported to two ONNX graphs, both with a dynamic batch:
+It runs families whose forward splits into an image part and a text part (`separable_forward`
+in models/families.py: LLaVA). At start-up the loaded model's two parts, as its family computes
+them, are exported to two ONNX graphs, both with a dynamic batch:
 
-* vision: `pixel_values [images, 3, H, W]` -> projected image features `[images, tokens, d]`
-  (vision tower, the configured hidden layer and feature selection, the projector);
-* language: `inputs_embeds [batch, seq, d]`, `attention_mask` -> `logits [batch, seq, vocab]`.
+* vision: `pixel_values [images, 3, H, W]` -> image features `[images, tokens, d]`
+  (`Family.image_features`; for LLaVA the vision tower's configured hidden layer and feature
+  selection, then the projector);
+* language: `inputs_embeds [batch, seq, d]`, `attention_mask` -> `logits [batch, seq, vocab]`
+  (`Family.text_logits`).
 
 Between them the text embeddings are looked up and each image's features written into its
-image-token positions, as LlavaForConditionalGeneration does. Exporting the whole model as one
-graph does not work: its per-image split of the features freezes the batch size at export.
+image-token positions, as the model's own forward does. Exporting the whole model as one
+graph does not work: LLaVA's per-image split of the features freezes the batch size at export.
 
 ONNX Runtime silently falls back to the CPU provider when CUDA is asked for but its libraries
 are missing, so `providers` holds what the sessions really use, and the worker logs it.
@@ -22,60 +26,69 @@ import tempfile
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from mllm_audit.models.families import FAMILIES, Family
 from mllm_audit.models.loading import LoadedModel
+from numpy.typing import NDArray
+from PIL import Image
 
-ONNX_FAMILIES = ("llava",)
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+ONNX_FAMILIES = tuple(f.name for f in FAMILIES if f.separable_forward)
 OPSET = 17
 
 
 class _Vision(torch.nn.Module):
-    def __init__(self, model):
+    def __init__(self, family: Family, model: PreTrainedModel) -> None:
         super().__init__()
+        self.family = family
         self.model = model
 
-    def forward(self, pixel_values):
-        cfg = self.model.config
-        out = self.model.model.vision_tower(pixel_values, output_hidden_states=True)
-        hidden = out.hidden_states[cfg.vision_feature_layer]
-        if cfg.vision_feature_select_strategy == "default":  # drop the CLS token
-            hidden = hidden[:, 1:]
-        return self.model.model.multi_modal_projector(hidden)
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.family.image_features(self.model, pixel_values)
 
 
 class _Language(torch.nn.Module):
-    def __init__(self, model):
+    def __init__(self, family: Family, model: PreTrainedModel) -> None:
         super().__init__()
+        self.family = family
         self.model = model
 
-    def forward(self, inputs_embeds, attention_mask):
-        out = self.model.model.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
-        )
-        return self.model.lm_head(out.last_hidden_state)
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.family.text_logits(self.model, inputs_embeds, attention_mask)
 
 
-class OnnxLlava:
-    """The loaded LLaVA model's forward, run by ONNX Runtime."""
+class OnnxBackend:
+    """The loaded model's forward, run by ONNX Runtime (families with a separable forward)."""
 
-    def __init__(self, loaded: LoadedModel, use_cuda: bool = False, directory: Path | None = None):
+    def __init__(self, loaded: LoadedModel, use_cuda: bool = False, directory: Path | None = None) -> None:
         import onnxruntime as ort
 
-        if loaded.family.name not in ONNX_FAMILIES:
+        if not loaded.family.separable_forward:
             raise ValueError(
                 f"the onnx backend supports the {', '.join(ONNX_FAMILIES)} family; "
                 f"{loaded.model_id} is {loaded.family.name}: use MLLM_AUDIT_BACKEND=torch"
             )
         if loaded.device.type != "cpu" or loaded.dtype != torch.float32:
             raise ValueError("the onnx backend exports a model loaded on the CPU in float32")
+        self.family = loaded.family
         model = loaded.model
-        self.image_token_id = loaded.family.image_token_id(model)
-        self.embeddings = model.get_input_embeddings().weight.detach().numpy()
-        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="mllm-audit-onnx-")
-        directory = Path(directory or self._tmp.name)
-        vision_file, language_file = self._export(model, directory)
+        self.image_token_id = self.family.image_token_id(model)
+        weight = model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)
+        self.embeddings: NDArray[np.float32] = weight.detach().numpy()
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="mllm-audit-onnx-")
+            directory = Path(self._tmp.name)
+        # two images of the processor's pixel shape, for the export to trace
+        probe = Image.new("RGB", (224, 224))
+        pixels = torch.zeros_like(self.family.image_inputs(loaded.processor, [probe, probe])["pixel_values"])
+        vision_file, language_file = self._export(model, pixels, Path(directory))
         wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the worker's share of the cores
@@ -84,22 +97,20 @@ class OnnxLlava:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.vision = ort.InferenceSession(str(vision_file), options, providers=wanted)
         self.language = ort.InferenceSession(str(language_file), options, providers=wanted)
-        self.providers = self.language.get_providers()  # what ORT granted, not what was asked for
+        self.providers: list[str] = self.language.get_providers()  # what ORT granted, not what was asked for
         self.requested = wanted
 
-    def _export(self, model, directory: Path) -> tuple[Path, Path]:
-        cfg = model.config
-        side = cfg.vision_config.image_size
-        pixels = torch.zeros(2, 3, side, side)
+    def _export(self, model: PreTrainedModel, pixels: torch.Tensor, directory: Path) -> tuple[Path, Path]:
+        vision, language = _Vision(self.family, model), _Language(self.family, model)
         with torch.inference_mode():
-            n_features = _Vision(model)(pixels).shape[1]
-        embeds = torch.zeros(2, n_features + 4, cfg.text_config.hidden_size)
+            n_features = vision(pixels).shape[1]
+        embeds = torch.zeros(2, n_features + 4, self.embeddings.shape[1])
         mask = torch.ones(2, n_features + 4, dtype=torch.long)
         vision_file, language_file = directory / "vision.onnx", directory / "language.onnx"
         with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _Vision(model),
+                vision,
                 (pixels,),
                 str(vision_file),
                 input_names=["pixel_values"],
@@ -109,7 +120,7 @@ class OnnxLlava:
                 dynamic_axes={"pixel_values": {0: "batch"}, "features": {0: "batch"}},
             )
             torch.onnx.export(
-                _Language(model),
+                language,
                 (embeds, mask),
                 str(language_file),
                 input_names=["inputs_embeds", "attention_mask"],
@@ -125,7 +136,7 @@ class OnnxLlava:
         return vision_file, language_file
 
     def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor, **_
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor, **_: Any
     ) -> SimpleNamespace:
         """The model's output (`.logits`) for a right-padded batch, one image per row."""
         ids = input_ids.cpu().numpy()
@@ -146,3 +157,6 @@ class OnnxLlava:
             },
         )[0]
         return SimpleNamespace(logits=torch.from_numpy(logits))
+
+
+# Temporary alias of the old name (the backend is no longer LLaVA's own); callers move to OnnxBackend.

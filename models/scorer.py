@@ -9,18 +9,27 @@ Family specifics (how images become model inputs, where an image's tokens sit an
 form) live in models/families.py. Each audit's sequence and image-token layout are built for
 its image size in `prepare`; where a family's token sequence depends on the size (Qwen2-VL,
 Idefics3), an image of another size is refused rather than scored against the wrong sequence.
+
+`ScorerProtocol` is what explainers may ask of a scorer: scores and white-box logits, the image
+tokens' layout, token counts and texts, and the part of an image the model sees. They never see
+the Hugging Face processor or the model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 import torch
-from mllm_audit.models.families import ImageLayout
+from mllm_audit.models.families import Box, ImageLayout
 from mllm_audit.models.loading import LoadedModel
-from mllm_audit.models.sequence import AnswerTokens, Sequence, build_sequence, pad_batch
+from mllm_audit.models.sequence import AnswerTokens, TokenizedSequence, build_sequence, pad_batch
+from numpy.typing import NDArray
 from PIL import Image
+
+ImageArray: TypeAlias = NDArray[np.uint8]  # [height, width, 3] RGB
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,7 @@ class Audit:
     prompt: str
     answer: str
     image_size: tuple[int, int]  # (width, height)
-    sequence: Sequence = field(repr=False)
+    sequence: TokenizedSequence = field(repr=False)
     layout: ImageLayout | None = field(default=None, repr=False)  # image tokens of an image of image_size
 
     @property
@@ -49,21 +58,62 @@ class WhiteBoxOutput:
     logits: torch.Tensor  # [seq, vocab]
 
 
-def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
+class ScorerProtocol(Protocol):
+    """What explainers use of a scorer (`Scorer` is the one implementation)."""
+
+    def prepare(self, prompt: str, answer: str, image_size: tuple[int, int]) -> Audit:
+        """The audit's token sequence for images of `image_size` (width, height)."""
+        ...
+
+    def log_probs(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[NDArray[np.float64]]:
+        """Log-probability of every answer token, `[answer_tokens]` per (audit, image) pair."""
+        ...
+
+    def white_box(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[WhiteBoxOutput]:
+        """Full-vocabulary logits at every real position, per (audit, image) pair."""
+        ...
+
+    def image_token_positions(self, audit: Audit) -> list[int]:
+        """Sequence positions of the image's tokens, row-major over `image_grid`."""
+        ...
+
+    def image_grid(self, audit: Audit, image: ImageArray) -> tuple[int, int]:
+        """(rows, cols) of the image's tokens."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` is on its own, without special tokens."""
+        ...
+
+    def special_token_ids(self) -> frozenset[int]:
+        """The tokenizer's special token ids (BOS, EOS, padding, the image placeholder, ...)."""
+        ...
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """The text of each token id, decoded on its own."""
+        ...
+
+    def view_box(self, image_shape: tuple[int, int]) -> Box:
+        """The box (x0, y0, x1, y1) of an image of `image_shape` (height, width) that its tokens cover."""
+        ...
+
+
+def to_pil(image: NDArray[Any] | Image.Image) -> Image.Image:
     return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
 
 
 class Scorer:
-    def __init__(self, loaded: LoadedModel, backend=None):
-        """`backend` runs the model's forward instead of torch (models.onnx_backend.OnnxLlava)."""
+    def __init__(self, loaded: LoadedModel, backend: Callable[..., Any] | None = None) -> None:
+        """`backend` runs the model's forward instead of torch (models.onnx_backend.OnnxBackend)."""
         self.loaded = loaded
         self.model = loaded.model
-        self.run_model = backend or loaded.model
+        self.run_model: Callable[..., Any] = backend or loaded.model
         self.processor = loaded.processor
+        self.tokenizer = loaded.processor.tokenizer
         self.pad_id = self._pad_id()
 
     def _pad_id(self) -> int:
-        tok = self.processor.tokenizer
+        tok = self.tokenizer
         for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
             if candidate is not None:
                 return int(candidate)
@@ -74,13 +124,15 @@ class Scorer:
         token count and layout depend on it, so each audit is built for its own size."""
         size = (int(image_size[0]), int(image_size[1]))
         seq = build_sequence(self.processor, prompt, answer, image_size=size)
+        layout: ImageLayout | None
         try:
             layout = self.loaded.family.image_layout(self.model, self.processor, seq.input_ids, Image.new("RGB", size))
         except ValueError:
             layout = None  # no known grid (an unknown family): fine for black-box methods, white-box raises
         return Audit(prompt, answer, size, seq, layout)
 
-    def _forward(self, pairs: list[tuple[Audit, np.ndarray]]):
+    def _forward(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> torch.Tensor:
+        """Logits `[batch, seq, vocab]` of the right-padded batch."""
         ids, mask = pad_batch([a.sequence.input_ids for a, _ in pairs], self.pad_id)
         images = [to_pil(img) for _, img in pairs]
         for (audit, _), image in zip(pairs, images):
@@ -88,33 +140,35 @@ class Scorer:
         inputs = self.loaded.family.model_inputs(self.model, self.processor, images, ids)
         dev, dt = self.loaded.device, self.loaded.dtype
         inputs = {k: (v.to(dev, dt) if v.is_floating_point() else v.to(dev)) for k, v in inputs.items()}
-        return self.run_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, **inputs)
+        out = self.run_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, **inputs)
+        logits: torch.Tensor = out.logits
+        return logits
 
     @torch.inference_mode()
-    def log_probs(self, pairs: list[tuple[Audit, np.ndarray]]) -> list[np.ndarray]:
+    def log_probs(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[NDArray[np.float64]]:
         """Log-probability of every answer token, one float64 array `[answer_tokens]` per pair."""
         if not pairs:
             return []
-        out = self._forward(pairs)
+        all_logits = self._forward(pairs)
         results = []
         for row, (audit, _) in enumerate(pairs):
             start, n = audit.sequence.answer_start, audit.n_tokens
-            logits = out.logits[row, start - 1 : start - 1 + n].float()
+            logits = all_logits[row, start - 1 : start - 1 + n].float()
             targets = torch.tensor(audit.tokens.ids, device=logits.device)
             lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
             results.append(lp.double().cpu().numpy())
         return results
 
-    def score_images(self, audit: Audit, images: list[np.ndarray]) -> np.ndarray:
+    def score_images(self, audit: Audit, images: Sequence[ImageArray]) -> NDArray[np.float64]:
         """One audit against a batch of images: log-probabilities `[images, answer_tokens]`."""
         return np.stack(self.log_probs([(audit, image) for image in images]))
 
     @torch.inference_mode()
-    def white_box(self, pairs: list[tuple[Audit, np.ndarray]]) -> list[WhiteBoxOutput]:
+    def white_box(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[WhiteBoxOutput]:
         """Full-vocabulary logits at every real position, for white-box token maps."""
-        out = self._forward(pairs)
+        logits = self._forward(pairs)
         return [
-            WhiteBoxOutput(out.logits[row, : len(audit.sequence.input_ids)].float().cpu())
+            WhiteBoxOutput(logits[row, : len(audit.sequence.input_ids)].float().cpu())
             for row, (audit, _) in enumerate(pairs)
         ]
 
@@ -125,7 +179,7 @@ class Scorer:
                 f"{audit.image_size[0]}x{audit.image_size[1]} (its image tokens depend on the size)"
             )
 
-    def _layout(self, audit: Audit, image: np.ndarray | Image.Image | None = None) -> ImageLayout:
+    def _layout(self, audit: Audit, image: NDArray[Any] | Image.Image | None = None) -> ImageLayout:
         probe = Image.new("RGB", audit.image_size)
         if image is not None:
             probe = to_pil(image)
@@ -138,6 +192,32 @@ class Scorer:
         """Sequence positions of the image's tokens, row-major over `image_grid`."""
         return list(self._layout(audit).positions)
 
-    def image_grid(self, audit: Audit, image: np.ndarray) -> tuple[int, int]:
+    def image_grid(self, audit: Audit, image: ImageArray) -> tuple[int, int]:
         """(rows, cols) of the image's tokens; rows * cols == len(image_token_positions(audit))."""
         return self._layout(audit, image).grid
+
+    # ------------------------------------------------------------------ text and view, without the processor
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` is on its own, without special tokens (what request limits count)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def special_token_ids(self) -> frozenset[int]:
+        """The tokenizer's special token ids (BOS, EOS, padding, the image placeholder, ...)."""
+        return frozenset(int(i) for i in (getattr(self.tokenizer, "all_special_ids", None) or []))
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """The text of each token id decoded on its own (a word piece keeps its leading space)."""
+        return [str(self.tokenizer.decode([int(i)])) for i in ids]
+
+    def view_box(self, image_shape: tuple[int, int]) -> Box:
+        """The box (x0, y0, x1, y1) of an image of `image_shape` (height, width) that its tokens
+        cover: all of it, except where the family's processor crops (LLaVA centre-crops a
+        non-square image to its central square)."""
+        h, w = image_shape
+        return self.loaded.family.view_box(self.processor, (int(h), int(w)))
+
+
+if TYPE_CHECKING:
+
+    def _is_a_scorer_protocol(scorer: Scorer) -> ScorerProtocol:
+        return scorer  # mypy checks that Scorer has every method of ScorerProtocol, with its signature

@@ -9,8 +9,13 @@ token keeps its character span.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+from mllm_audit.models.families import Processor
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -21,17 +26,24 @@ class AnswerTokens:
 
 
 @dataclass(frozen=True)
-class Sequence:
-    """Token ids of `prompt + answer` for one audit; image positions still to be filled."""
+class TokenizedSequence:
+    """Token ids of `prompt + answer` for one audit, as the model reads them under teacher forcing.
+
+    The prompt's image placeholder tokens stand where the image's features go at the forward.
+    """
 
     input_ids: list[int]
     answer_start: int  # index of the first answer token in input_ids
     answer: AnswerTokens
 
 
-def generation_prompt(processor, prompt: str) -> str:
+# Temporary alias of the old name (it shadowed collections.abc.Sequence); callers move to TokenizedSequence.
+
+
+def generation_prompt(processor: Processor, prompt: str) -> str:
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text: str = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text
 
 
 def answer_separator(prompt_text: str) -> str:
@@ -39,7 +51,7 @@ def answer_separator(prompt_text: str) -> str:
     return "" if not prompt_text or prompt_text[-1].isspace() else " "
 
 
-def tokenize_answer(tokenizer, answer: str, prompt_text: str) -> AnswerTokens:
+def tokenize_answer(tokenizer: PreTrainedTokenizerBase, answer: str, prompt_text: str) -> AnswerTokens:
     """The answer's tokens as they follow `prompt_text`, with their character spans in the answer.
 
     Prompt and answer are tokenized as one text and the prompt's own tokens dropped, so the
@@ -58,7 +70,9 @@ def tokenize_answer(tokenizer, answer: str, prompt_text: str) -> AnswerTokens:
             [],
             len(separator),
         )
-    ids, spans, texts = [], [], []
+    ids: list[int] = []
+    spans: list[tuple[int, int]] = []
+    texts: list[str] = []
     for tid, (start, end) in zip(enc["input_ids"][len(head) :], enc["offset_mapping"][len(head) :]):
         start, end = min(max(start - shift, 0), len(answer)), min(max(end - shift, 0), len(answer))
         while start < end and answer[start].isspace():  # a span names the token's text, not the space before it
@@ -70,19 +84,19 @@ def tokenize_answer(tokenizer, answer: str, prompt_text: str) -> AnswerTokens:
 
 
 def build_sequence(
-    processor, prompt: str, answer: str, image_size: tuple[int, int] | None = None, add_eos: bool = False
-) -> Sequence:
+    processor: Processor, prompt: str, answer: str, image_size: tuple[int, int] | None = None, add_eos: bool = False
+) -> TokenizedSequence:
     """`image_size` (width, height) matters for families whose image token count depends on it."""
     from PIL import Image
 
     text = generation_prompt(processor, prompt)
     probe = Image.new("RGB", image_size or (224, 224))
-    prompt_ids = processor(text=text, images=probe, return_tensors="pt")["input_ids"][0].tolist()
+    prompt_ids: list[int] = processor(text=text, images=probe, return_tensors="pt")["input_ids"][0].tolist()
     tokens = tokenize_answer(processor.tokenizer, answer, text)
     ids = prompt_ids + tokens.ids
     if add_eos:
         ids = ids + [processor.tokenizer.eos_token_id]
-    return Sequence(ids, len(prompt_ids), tokens)
+    return TokenizedSequence(ids, len(prompt_ids), tokens)
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

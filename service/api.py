@@ -25,9 +25,12 @@ from typing import Any
 import litserve as ls
 import numpy as np
 from litserve.loops.simple_loops import BatchedLoop
+from mllm_audit.explainers.request import AuditInputError, AuditRequest, TokenRange
+from mllm_audit.explainers.results import AuditResult
 from mllm_audit.service import logs, metrics
 from mllm_audit.service.config import Settings
 from mllm_audit.service.images import ImageError, decode_image
+from mllm_audit.service.serialize import audit_body
 
 API_PATH = "/v1/explain"  # LitServe's name for the queue; mllm_audit.service.server routes both endpoints to it
 
@@ -54,8 +57,10 @@ class Failure:
 @dataclass
 class Decoded:
     envelope: Envelope
-    request: Any  # mllm_audit.explainers.audit.AuditRequest
+    request: AuditRequest
     queue_s: float
+    heatmap_encoding: str = "array"
+    heatmap_size: tuple[int, int] | None = None  # (width, height); None: the image's
 
 
 class DeadlinePassed(Exception):
@@ -80,8 +85,7 @@ class AuditAPI(ls.LitAPI):
     def setup(self, device):
         import torch
         from mllm_audit.explainers.audit import Auditor
-        from mllm_audit.models.loading import load_model
-        from mllm_audit.models.scorer import Scorer
+        from mllm_audit.models.backends import load_scorer
         from PIL import Image
         from transformers.utils import logging as hf_logging
 
@@ -96,23 +100,20 @@ class AuditAPI(ls.LitAPI):
             torch.set_num_threads(cpu_threads(s))
         hf_logging.disable_progress_bar()  # the weights' loading bar is not a JSON log line
         started = time.monotonic()
-        onnx = s.backend == "onnx"  # exported from the float32 model on the CPU; ORT runs it on the device
-        loaded = load_model(
+        scorer = load_scorer(
             s.model or None,
-            device="cpu" if onnx else chosen,
-            dtype="float32" if onnx else s.dtype,
+            device=chosen,
+            dtype=s.dtype,
+            backend=s.backend,
             trust_remote_code=s.trust_remote_code,
             model_id=s.model_id or None,
         )
-        backend = None
-        if onnx:
-            from mllm_audit.models.onnx_backend import OnnxLlava
-
-            backend = OnnxLlava(loaded, use_cuda=chosen.startswith("cuda"))
-            if backend.providers[0] != backend.requested[0]:  # ORT falls back to the CPU without a word
-                log.warning("onnx_provider_fallback", requested=backend.requested, granted=backend.providers)
+        loaded = scorer.loaded
+        backend = scorer.run_model if s.backend == "onnx" else None
+        if backend is not None and backend.providers[0] != backend.requested[0]:  # ORT falls back without a word
+            log.warning("onnx_provider_fallback", requested=backend.requested, granted=backend.providers)
         self.auditor = Auditor(
-            Scorer(loaded, backend),
+            scorer,
             forward_batch_size=s.forward_batch_size,
             risk_medium=s.risk_medium,
             risk_high=s.risk_high,
@@ -140,8 +141,6 @@ class AuditAPI(ls.LitAPI):
 
     def _warm_up(self, log) -> None:
         """One tiny reliance audit, so lazy initialisation is paid before /health says ready."""
-        from mllm_audit.explainers.audit import AuditRequest
-
         image = np.full((32, 32, 3), 128, dtype=np.uint8)
         result = self.auditor.run([AuditRequest(image, "warm up", "warm", with_attributions=False, regions=2)])[0]
         if isinstance(result, Exception):
@@ -152,24 +151,23 @@ class AuditAPI(ls.LitAPI):
         queue_s = max(0.0, time.monotonic() - request.received)
         metrics.registry_metrics().queue_wait.observe(queue_s)
         try:
-            return Decoded(request, self.audit_request(request), queue_s)
+            return self.audit_request(request, queue_s)
         except Exception as exc:
             return failure_of(exc, request.request_id)
 
-    def audit_request(self, envelope: Envelope):
-        """The explainers' AuditRequest of a validated body; raises ImageError / AuditInputError."""
-        from mllm_audit.explainers.audit import AuditInputError, AuditRequest, TokenSpan
-
+    def audit_request(self, envelope: Envelope, queue_s: float = 0.0) -> Decoded:
+        """The explainers' AuditRequest of a validated body, checked; raises ImageError / AuditInputError."""
         s, body = self.settings, envelope.body
         image = decode_image(body["image"], s.max_image_pixels)
         if envelope.kind == "reliance":
             # regions is unused on this path, but Auditor.check range-checks it: keep it inside any limit
             req = AuditRequest(image, body["prompt"], body["answer"], with_attributions=False, regions=2)
+            decoded = Decoded(envelope, req, queue_s)
         else:
             targets = body["targets"]
             if not isinstance(targets, str):
                 targets = [
-                    TokenSpan(t["token_start"], t["token_end"]) if "token_start" in t else (t["start"], t["end"])
+                    TokenRange(t["token_start"], t["token_end"]) if "token_start" in t else (t["start"], t["end"])
                     for t in targets
                 ]
             budget = body.get("max_forward_passes")
@@ -187,14 +185,14 @@ class AuditAPI(ls.LitAPI):
                 targets=targets,
                 regions=regions,
                 max_forward_passes=s.max_forward_passes if budget is None else int(budget),
-                heatmap_encoding=heatmap.get("encoding", "array"),
-                heatmap_size=heatmap_size(heatmap, image.shape[1], image.shape[0], s.max_heatmap_pixels),
                 baseline=body["baseline"],
                 lambda1=body["lambda1"],
                 lambda2=body["lambda2"],
             )
+            size = heatmap_size(heatmap, image.shape[1], image.shape[0], s.max_heatmap_pixels)
+            decoded = Decoded(envelope, req, queue_s, heatmap.get("encoding", "array"), size)
         self.auditor.check(req)
-        return req
+        return decoded
 
     # ------------------------------------------------------------------ the batch
     def predict(self, items):
@@ -214,7 +212,7 @@ class AuditAPI(ls.LitAPI):
                 raise DeadlinePassed()
 
         try:
-            results = self.auditor.run([items[i].request for i in valid], on_progress=on_progress)
+            results = self.auditor.run([items[i].request for i in valid], on_progress=on_progress, checked=True)
         except Exception as exc:
             results = [exc] * len(valid)
         for i, result in zip(valid, results):
@@ -225,13 +223,11 @@ class AuditAPI(ls.LitAPI):
                 outputs[i] = self.response_body(item, result, len(items))
         return outputs
 
-    def response_body(self, item: Decoded, result: dict, batch_size: int) -> dict:
+    def response_body(self, item: Decoded, result: AuditResult, batch_size: int) -> dict:
         env = item.envelope
-        stats = dict(result.get("stats") or {})
-        stats.update(batch_size=batch_size, queue_ms=round(item.queue_s * 1000, 2))
-        body = {"request_id": env.request_id, "model": self.model_block, **result, "stats": stats}
-        if env.kind == "reliance":
-            body.pop("attributions", None)
+        fields = audit_body(result, item.heatmap_encoding, item.heatmap_size)
+        stats = {**fields["stats"], "batch_size": batch_size, "queue_ms": round(item.queue_s * 1000, 2)}
+        body = {"request_id": env.request_id, "model": self.model_block, **fields, "stats": stats}
         self._count(body, env)
         return body
 
@@ -239,7 +235,7 @@ class AuditAPI(ls.LitAPI):
         m = metrics.registry_metrics()
         stats = body["stats"]  # forward passes are counted as they run (predict's on_progress)
         m.images_scored.inc()
-        method = env.body.get("method", "eagle") if env.kind == "explain" else "reliance"
+        method = env.body["method"] if env.kind == "explain" else "reliance"
         m.explanation.labels(method=method).observe(stats.get("compute_ms", 0.0) / 1000)
         for token in body.get("tokens", []):
             m.tokens.labels(risk_label=token["risk_label"]).inc()
@@ -284,8 +280,6 @@ def heatmap_size(options: dict, width: int, height: int, max_pixels: int) -> tup
     then the largest size of its aspect ratio within the limit (a 12 MP photo's heatmap as
     JSON floats would be ~80 MB).
     """
-    from mllm_audit.explainers.audit import AuditInputError
-
     w, h = options.get("width"), options.get("height")
     if w is None and h is None:
         if width * height <= max_pixels:
@@ -303,7 +297,6 @@ def heatmap_size(options: dict, width: int, height: int, max_pixels: int) -> tup
 
 def failure_of(exc: BaseException, request_id: str) -> Failure:
     """The HTTP answer to an exception raised while auditing one request."""
-    from mllm_audit.explainers.audit import AuditInputError
 
     if isinstance(exc, ImageError):
         return Failure(exc.status, exc.detail)

@@ -76,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--prompt", required=True)
         p.add_argument("--answer", required=True)
         if name == "explain":
-            from mllm_audit.service.schemas import METHODS
+            from mllm_audit.explainers.methods import METHODS
+            from mllm_audit.explainers.request import DEFAULT_METHOD
 
-            p.add_argument("--method", default="eagle", choices=METHODS)
+            p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS)
             p.add_argument("--regions", type=int, default=None, help="superpixels (default 64, capped at the limit)")
             p.add_argument(
                 "--targets",
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("openapi", help="print the OpenAPI document (YAML) the service serves")
     env = sub.add_parser("env", help="list the MLLM_AUDIT_* environment variables")
-    env.add_argument("--markdown", action="store_true", help="as the Markdown table of the README")
+    env.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/configuration.md")
     return parser
 
 
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def env_table() -> str:
-    """The settings as a Markdown table (the README holds this output; a test keeps it current)."""
+    """The settings as a Markdown table (docs/configuration.md holds this output; a test keeps it current)."""
     rows = ["| variable | flag | default | meaning |", "| --- | --- | --- | --- |"]
     for name, (default, doc) in ENV_VARS.items():
         field_name = name.removeprefix("MLLM_AUDIT_").lower()
@@ -274,7 +275,8 @@ def write_overlay(image, result: dict, path: Path) -> None:
     import io
 
     import numpy as np
-    from PIL import Image, ImageDraw
+    from mllm_audit.explainers.overlay import overlay_heatmap
+    from PIL import Image
 
     attributions = result.get("attributions") or []
     if not attributions or not attributions[0].get("heatmap"):
@@ -285,17 +287,8 @@ def write_overlay(image, result: dict, path: Path) -> None:
         values = np.asarray(heat["data"], dtype=np.float32)
     else:
         values = np.asarray(Image.open(io.BytesIO(base64.b64decode(heat["data"]))), dtype=np.float32) / 255.0
-    h, w = image.shape[:2]
-    values = np.asarray(Image.fromarray(values).resize((w, h), Image.Resampling.BILINEAR))
-    values = np.clip(values, 0.0, 1.0)[..., None]
-    colour = np.concatenate([np.ones_like(values), values, np.zeros_like(values)], axis=2) * 255.0
-    alpha = 0.6 * values
-    blended = (image.astype(np.float32) * (1 - alpha) + colour * alpha).astype(np.uint8)
-    out = Image.fromarray(blended)
-    if first.get("regions"):
-        x0, y0, x1, y1 = first["regions"][0]["bbox"]  # x1, y1 exclusive; PIL's rectangle is inclusive
-        ImageDraw.Draw(out).rectangle([x0, y0, x1 - 1, y1 - 1], outline=(0, 255, 255))
-    out.save(path, format="PNG")
+    box = tuple(first["regions"][0]["bbox"]) if first.get("regions") else None
+    overlay_heatmap(image, values, box).save(path, format="PNG")
 
 
 if __name__ == "__main__":

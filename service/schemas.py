@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from mllm_audit.explainers.methods import METHODS, registered
+from mllm_audit.explainers.request import DEFAULT_METHOD
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-METHODS = ("eagle", "eagle_greedy", "tam", "msea", "arc", "msea+arc")
-Method = Literal["eagle", "eagle_greedy", "tam", "msea", "arc", "msea+arc"]
+# the registry of methods is the only list of them
+Method = Literal[METHODS]  # type: ignore[valid-type]
 RiskLabel = Literal["low", "medium", "high", "not_visual"]
 
 # Hard bounds of the schema; the service's own limits (config) may be lower, never higher.
@@ -35,7 +37,7 @@ RELIANCE_EXAMPLE = {"image": EXAMPLE_IMAGE, "prompt": "What color is the square?
 EXPLAIN_EXAMPLE = {
     **RELIANCE_EXAMPLE,
     "targets": "answer",
-    "method": "eagle",
+    "method": DEFAULT_METHOD,
     "regions": 4,
     "max_forward_passes": 16,
     "heatmap": {"encoding": "none"},
@@ -138,9 +140,8 @@ class ExplainRequest(RelianceRequest):
         "token span {token_start, token_end}; a span covering several tokens is one target",
     )
     method: Method = Field(
-        "eagle",
-        description="eagle (our best search), eagle_greedy (the published greedy), "
-        "tam, msea, arc, msea+arc (white-box maps)",
+        DEFAULT_METHOD,
+        description="; ".join(f"{name}: {e.summary}" for name, e in registered().items()),
     )
     regions: int = Field(
         64,

@@ -10,16 +10,23 @@ import numpy as np
 import pytest
 import torch
 from mllm_audit.explainers import eagle
-from mllm_audit.explainers.audit import AuditInputError, Auditor, AuditRequest, TokenSpan
+from mllm_audit.explainers.audit import Auditor
 from mllm_audit.explainers.engine import Job, run_jobs
 from mllm_audit.explainers.regions import region_masks, rle_decode, superpixel_regions
+from mllm_audit.explainers.request import AuditInputError, AuditRequest, TokenRange
 from mllm_audit.models.loading import load_model
 from mllm_audit.models.scorer import Scorer
+from mllm_audit.service.serialize import audit_body
 from PIL import Image
 from scipy.stats import spearmanr
 
 from bench.faithfulness import run as run_faithfulness
 from tests.conftest import held_out_sample
+
+
+def wire(results, encoding="array", size=None):
+    """Results as the service sends them (dicts), exceptions as they are."""
+    return [r if isinstance(r, Exception) else audit_body(r, encoding, size) for r in results]
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +61,8 @@ def test_explain_returns_the_contract_fields(auditor):
         targets="tokens",
         regions=10,
         max_forward_passes=400,
-        heatmap_encoding="png",
-        heatmap_size=(48, 32),
     )
-    [out] = auditor.run([req])
+    [out] = wire(auditor.run([req]), "png", (48, 32))
     assert not isinstance(out, Exception), out
     tokens = out["tokens"]
     assert [t["index"] for t in tokens] == list(range(len(tokens)))
@@ -95,7 +100,7 @@ def test_span_targets_and_bad_requests(auditor):
     n = len(auditor.scorer.prepare(s.prompt, s.truth, (96, 96)).tokens.ids)
     poor = AuditRequest(s.scene.image, s.prompt, s.truth, targets="tokens", max_forward_passes=2 * n - 1)
     poor_tam = AuditRequest(s.scene.image, s.prompt, s.truth, method="tam", max_forward_passes=2 + 1 + 127)
-    out = auditor.run([good, bad_span, bad_method, poor, poor_tam])
+    out = wire(auditor.run([good, bad_span, bad_method, poor, poor_tam]))
     assert out[0]["attributions"][0]["target"]["text"] == word
     assert isinstance(out[1], AuditInputError) and "outside the answer" in str(out[1])
     assert isinstance(out[2], AuditInputError) and "unknown method" in str(out[2])
@@ -105,10 +110,10 @@ def test_span_targets_and_bad_requests(auditor):
 
 def test_reliance_path_matches_explain_fields_in_two_passes(auditor):
     s = held_out_sample("colour", 23)
-    [cheap] = auditor.run([AuditRequest(s.scene.image, s.prompt, s.truth, with_attributions=False)])
+    [cheap] = wire(auditor.run([AuditRequest(s.scene.image, s.prompt, s.truth, with_attributions=False)]))
     assert cheap["stats"]["forward_passes"] == 2 and "attributions" not in cheap
     assert all(t["eagle_reliance"] is None for t in cheap["tokens"])
-    [full] = auditor.run([AuditRequest(s.scene.image, s.prompt, s.truth, regions=8)])
+    [full] = wire(auditor.run([AuditRequest(s.scene.image, s.prompt, s.truth, regions=8)]))
     for a, b in zip(cheap["tokens"], full["tokens"]):
         assert set(a) == set(b)
         assert a["p_full"] == pytest.approx(b["p_full"], abs=1e-6)
@@ -118,7 +123,7 @@ def test_reliance_path_matches_explain_fields_in_two_passes(auditor):
 def test_tiny_random_llava_is_explained_end_to_end(tiny_llava_dir):
     auditor = Auditor(Scorer(load_model(tiny_llava_dir)), forward_batch_size=16)
     image = np.random.default_rng(1).integers(0, 255, size=(50, 80, 3), dtype=np.uint8)
-    [out] = auditor.run([AuditRequest(image, "Describe the image.", "a red circle.", regions=6)])
+    [out] = wire(auditor.run([AuditRequest(image, "Describe the image.", "a red circle.", regions=6)]))
     assert not isinstance(out, Exception), out
     heat = np.array(out["attributions"][0]["heatmap"]["data"])
     assert heat.shape == (50, 80) and np.isfinite(heat).all()
@@ -158,11 +163,11 @@ def test_token_span_targets_baseline_and_weights(auditor):
     audit = auditor.scorer.prepare(s.prompt, s.truth, (96, 96))
     spans = audit.tokens.spans
     # a multi-token target, given as token indices and as the characters it covers, is one target
-    as_tokens = AuditRequest(s.scene.image, s.prompt, s.truth, targets=[TokenSpan(1, 3)], regions=8)
+    as_tokens = AuditRequest(s.scene.image, s.prompt, s.truth, targets=[TokenRange(1, 3)], regions=8)
     as_chars = AuditRequest(s.scene.image, s.prompt, s.truth, targets=[(spans[1][0], spans[2][1])], regions=8)
     blur = AuditRequest(s.scene.image, s.prompt, s.truth, regions=8, baseline="blur", lambda1=1.0, lambda2=0.0)
-    too_far = AuditRequest(s.scene.image, s.prompt, s.truth, targets=[TokenSpan(0, len(spans) + 1)], regions=8)
-    out = auditor.run([as_tokens, as_chars, blur, too_far])
+    too_far = AuditRequest(s.scene.image, s.prompt, s.truth, targets=[TokenRange(0, len(spans) + 1)], regions=8)
+    out = wire(auditor.run([as_tokens, as_chars, blur, too_far]))
     by_tokens, by_chars = out[0]["attributions"][0], out[1]["attributions"][0]
     assert by_tokens["target"] == by_chars["target"]
     assert by_tokens["target"]["token_indices"] == [1, 2]

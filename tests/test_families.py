@@ -272,6 +272,30 @@ def test_an_image_of_another_size_is_refused_where_the_sequence_depends_on_it(ti
         scorer.log_probs([(audit, random_images(1, (40, 70))[0])])
 
 
+def check_text_and_view_helpers(path) -> None:
+    """What explainers ask of the scorer instead of the processor, on families with other tokens
+    and processors: both show the model the whole image, whatever its shape."""
+    scorer = Scorer(load_model(path, device="cpu"))
+    tok = scorer.loaded.processor.tokenizer
+    for text in (PROMPT, ANSWER, ""):
+        assert scorer.count_tokens(text) == len(tok(text, add_special_tokens=False)["input_ids"])
+    assert scorer.view_box((40, 70)) == (0, 0, 70, 40) and scorer.view_box((64, 48)) == (0, 0, 48, 64)
+    audit = scorer.prepare(PROMPT, ANSWER, (70, 40))
+    ids = audit.sequence.input_ids
+    assert scorer.token_texts(ids) == [tok.decode([i]) for i in ids]
+    assert "".join(scorer.token_texts(audit.tokens.ids)).strip() == ANSWER
+    special = scorer.special_token_ids()
+    assert special == frozenset(tok.all_special_ids) and tok.eos_token_id in special
+
+
+def test_scorer_text_and_view_helpers_on_qwen(tiny_qwen_dir):
+    check_text_and_view_helpers(tiny_qwen_dir)
+
+
+def test_scorer_text_and_view_helpers_on_idefics3(tiny_idefics3_dir):
+    check_text_and_view_helpers(tiny_idefics3_dir)
+
+
 def test_qwen_checkpoint_names_the_stock_processor(tiny_qwen_dir):
     """The saved checkpoint names the stock processor, as a real one does; without torchvision
     the loader gives the same processor minus video support (with it, the stock one)."""
@@ -290,20 +314,22 @@ def test_qwen_checkpoint_names_the_stock_processor(tiny_qwen_dir):
 
 def check_white_box_maps(path) -> None:
     """Every token-map method runs: maps of the image's shape, in [0, 1], on the family's own grid."""
-    from mllm_audit.explainers.audit import Auditor, AuditRequest
-    from mllm_audit.explainers.token_maps import target_heatmaps
+    from mllm_audit.explainers.audit import Auditor
+    from mllm_audit.explainers.methods import get as get_method
+    from mllm_audit.explainers.request import AuditRequest
+    from mllm_audit.service.serialize import audit_body
 
     scorer = Scorer(load_model(path, device="cpu"))
     image = random_images(1, (70, 40), seed=4)[0]
     audit = scorer.prepare(PROMPT, ANSWER, (70, 40))
     for method in ("tam", "msea+arc"):  # msea+arc runs every part of msea and of arc
-        maps = target_heatmaps(scorer, audit, image, method, [[0], list(range(audit.n_tokens))])
+        maps = get_method(method).heatmaps(scorer, audit, image, [[0], list(range(audit.n_tokens))])
         for m in maps:
             assert m["heatmap"].shape == (40, 70) and np.isfinite(m["heatmap"]).all()
             assert m["heatmap"].min() >= 0 and m["heatmap"].max() <= 1
-    [out] = Auditor(scorer).run([AuditRequest(image, PROMPT, ANSWER, method="msea+arc", targets=[(2, 6)])])
-    assert not isinstance(out, Exception), out
-    [att] = out["attributions"]
+    [result] = Auditor(scorer).run([AuditRequest(image, PROMPT, ANSWER, method="msea+arc", targets=[(2, 6)])])
+    assert not isinstance(result, Exception), result
+    [att] = audit_body(result)["attributions"]
     assert att["target"]["text"] == ANSWER[2:6] and att["forward_passes"] > 15 and isinstance(att["context"], list)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from mllm_audit.models.loading import REFERENCE_MODEL_DIR, ModelLoadError, choose_device, choose_dtype, load_model
-from mllm_audit.models.scorer import Scorer, to_pil
+from mllm_audit.models.scorer import Scorer, ScorerProtocol, to_pil
 from mllm_audit.models.sequence import generation_prompt, tokenize_answer
 
 from tests.conftest import held_out_sample
@@ -87,6 +87,58 @@ def test_tiny_random_llava_scores_like_a_plain_forward(tiny_llava_dir):
     expected = torch.log_softmax(logits[-n - 1 : -1], -1).gather(1, ids[-n:, None])[:, 0].numpy()
     np.testing.assert_allclose(scores[1], expected, atol=1e-5)
     assert scorer.image_grid(audit, images[0]) == (4, 4)
+
+
+def test_scorer_counts_and_decodes_tokens_without_the_processor(reference, reference_scorer):
+    tok = reference.processor.tokenizer
+    for text in ("What color is the circle?", "a red circle, a blue square and a green cross.", ""):
+        assert reference_scorer.count_tokens(text) == len(tok(text, add_special_tokens=False)["input_ids"])
+    special = reference_scorer.special_token_ids()
+    assert special == frozenset(tok.all_special_ids)
+    assert {tok.pad_token_id, tok.eos_token_id, reference.family.image_token_id(reference.model)} <= special
+    audit = reference_scorer.prepare("Describe the image.", "a red circle.", (96, 96))
+    texts = reference_scorer.token_texts(audit.tokens.ids)
+    assert texts == [tok.decode([i]) for i in audit.tokens.ids]
+    assert "".join(texts).strip() == "a red circle." and reference_scorer.token_texts([]) == []
+
+
+def test_view_box_is_what_the_llava_processor_keeps_of_the_image(reference, reference_scorer):
+    """Shortest edge to 96 px, then the central 96x96: the box is that crop in the image's pixels.
+    Checked against the processor itself: an image whose grey level grows with the column (row)
+    index shows, at the processed image's first and last column (row), the box's edges."""
+    assert reference_scorer.view_box((96, 96)) == (0, 0, 96, 96)
+    assert reference_scorer.view_box((60, 100)) == (20, 0, 80, 60)  # the central square of a wide image
+    assert reference_scorer.view_box((200, 100)) == (0, 50, 100, 150)  # and of a tall one
+    image_processor = reference.processor.image_processor
+    mean, std = image_processor.image_mean[0], image_processor.image_std[0]
+    for h, w in ((60, 100), (200, 100), (50, 50), (90, 37)):
+        x0, y0, x1, y1 = reference_scorer.view_box((h, w))
+        for axis, (lo, hi) in ((1, (x0, x1)), (0, (y0, y1))):
+            n = w if axis == 1 else h
+            step = min(2.0, 255 / (n - 1))  # grey levels per pixel
+            ramp = np.round(np.arange(n) * step)
+            grey = np.broadcast_to(ramp[None, :] if axis == 1 else ramp[:, None], (h, w))
+            image = np.repeat(grey[:, :, None], 3, axis=2).astype(np.uint8)
+            pixels = image_processor(images=[to_pil(image)], return_tensors="pt")["pixel_values"][0, 0].numpy()
+            seen = (pixels * std + mean) * 255 / step  # back to pixel indices
+            line = seen[0] if axis == 1 else seen[:, 0]
+            assert abs(line[0] - lo) <= 1.5 and abs(line[-1] - (hi - 1)) <= 1.5, (h, w, axis, line[[0, -1]])
+
+
+def test_scorer_has_every_method_of_the_protocol():
+    methods = {name for name in vars(ScorerProtocol) if not name.startswith("_")}
+    assert methods == {
+        "prepare",
+        "log_probs",
+        "white_box",
+        "image_token_positions",
+        "image_grid",
+        "count_tokens",
+        "special_token_ids",
+        "token_texts",
+        "view_box",
+    }
+    assert all(callable(getattr(Scorer, name)) for name in methods)
 
 
 def test_device_and_dtype_are_chosen_automatically_and_overridable(tiny_llava_dir, monkeypatch):

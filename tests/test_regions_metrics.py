@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mllm_audit.explainers.eagle import fast_search, heatmap_from_regions
+from mllm_audit.explainers.faithfulness import auc, insertion_deletion_from_ranking, pixel_ranking_curves, pointing_game
 from mllm_audit.explainers.masking import baseline_image, compose
-from mllm_audit.explainers.metrics import auc, insertion_deletion_from_ranking, pixel_ranking_curves, pointing_game
 from mllm_audit.explainers.regions import region_bbox, region_masks, rle_decode, rle_encode, superpixel_regions
 from mllm_audit.explainers.reliance import (
     NOT_VISUAL,
@@ -215,11 +215,9 @@ def test_content_word_insensitive_to_the_image_is_high_risk():
     assert circle.risk_label == "high" and circle.visual_reliance == 0.0 and circle.language_reliance == 1.0
     assert red.risk_label == "low" and red.visual_reliance > 0.7
     summary = summarize(tokens)
-    assert summary["risk_label"] == "high" and summary["flagged_tokens"] == 1
-    assert summary["risk_score"] == pytest.approx(circle.risk_score)
-    assert (
-        summarize(assess_tokens(["the", "."], np.array([0.5, 0.5]), np.array([0.5, 0.5])))["risk_label"] == NOT_VISUAL
-    )
+    assert summary.risk_label == "high" and summary.flagged_tokens == 1
+    assert summary.risk_score == pytest.approx(circle.risk_score)
+    assert summarize(assess_tokens(["the", "."], np.array([0.5, 0.5]), np.array([0.5, 0.5]))).risk_label == NOT_VISUAL
 
 
 def test_risk_labels_follow_thresholds():

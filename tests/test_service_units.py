@@ -15,6 +15,7 @@ import zlib
 
 import numpy as np
 import pytest
+from mllm_audit.explainers.results import AuditResult, MethodInfo, Stats, Summary, TokenResult
 from mllm_audit.service import auth, cli
 from mllm_audit.service.api import AuditAPI, Decoded, Envelope, Failure
 from mllm_audit.service.config import ENV_VARS, Settings
@@ -332,12 +333,12 @@ class StubAuditor:
         self.batches: list[int] = []
 
     def check(self, req):
-        from mllm_audit.explainers.audit import AuditInputError
+        from mllm_audit.explainers.request import AuditInputError
 
         if req.answer == "bad":
             raise AuditInputError("answer is bad")
 
-    def run(self, requests, on_progress=None):
+    def run(self, requests, on_progress=None, checked=False):
         self.batches.append(len(requests))
         if self.slow:
             from mllm_audit.explainers.engine import EngineStats
@@ -349,27 +350,14 @@ class StubAuditor:
             if req.answer == "boom":
                 out.append(RuntimeError("scorer exploded"))
                 continue
-            tokens = [
-                {
-                    "index": 0,
-                    "text": req.answer,
-                    "start": 0,
-                    "end": len(req.answer),
-                    "p_full": 0.9,
-                    "p_blank": 0.1,
-                    "visual_reliance": 0.8,
-                    "language_reliance": 0.2,
-                    "risk_score": 0.05,
-                    "risk_label": "low",
-                }
-            ]
+            token = TokenResult(0, req.answer, 0.9, 0.1, 0.8, 0.2, 0.05, "low", start=0, end=len(req.answer))
             out.append(
-                {
-                    "method": {"name": "reliance", "params": {}},
-                    "tokens": tokens,
-                    "summary": {"risk_label": "low", "risk_score": 0.05, "visual_reliance": 0.8, "flagged_tokens": 0},
-                    "stats": {"forward_passes": 2, "model_calls": 1, "compute_ms": 1.0},
-                }
+                AuditResult(
+                    method=MethodInfo("reliance", {}),
+                    tokens=[token],
+                    summary=Summary("low", 0.05, 0.8, 0),
+                    stats=Stats(forward_passes=2, model_calls=1, compute_ms=1.0),
+                )
             )
         return out
 
@@ -435,12 +423,12 @@ def test_explain_limits_from_the_settings_are_422():
     assert isinstance(failure, Failure) and failure.status == 422 and "heatmap" in failure.detail
     env.body.update(heatmap={"encoding": "array", "width": 64, "height": None})
     decoded = api.decode_request(env)
-    assert decoded.request.heatmap_size == (64, 48) and decoded.request.max_forward_passes == 100
+    assert decoded.heatmap_size == (64, 48) and decoded.request.max_forward_passes == 100
     # by default the heatmap has the image's size, scaled down to fit the limit
     env.body.update(heatmap={"encoding": "array", "width": None, "height": None})
-    assert api.decode_request(env).request.heatmap_size is None
+    assert api.decode_request(env).heatmap_size is None
     small = stub_api(max_heatmap_pixels=300, max_forward_passes=100)
-    assert small.decode_request(env).request.heatmap_size == (20, 15)  # the 32x24 scene in 300 pixels
+    assert small.decode_request(env).heatmap_size == (20, 15)  # the 32x24 scene in 300 pixels
     env.body.update(heatmap={"encoding": "array", "width": 21, "height": None})
     failure = small.decode_request(env)
     assert isinstance(failure, Failure) and failure.status == 422 and "300" in failure.detail
@@ -452,11 +440,11 @@ def test_explain_limits_from_the_settings_are_422():
     api.auditor = None
     from mllm_audit.explainers.audit import Auditor
 
-    class _Tok:
-        def __call__(self, text, add_special_tokens=False):
-            return {"input_ids": text.split()}
+    class _WordScorer:  # counts words as tokens: enough for the limits Auditor.check applies
+        def count_tokens(self, text):
+            return len(text.split())
 
-    api.auditor = Auditor(type("S", (), {"processor": type("P", (), {"tokenizer": _Tok()})()})(), max_regions=16)
+    api.auditor = Auditor(_WordScorer(), max_regions=16)
     failure = api.decode_request(env)
     assert isinstance(failure, Failure) and failure.status == 422 and "between 2 and 16" in failure.detail
 
@@ -550,8 +538,8 @@ def test_mixed_batch_on_the_reference_model_matches_single_requests(reference_sc
             assert ta.risk_label == tb.risk_label
 
 
-def test_readme_holds_the_current_settings_table():
+def test_the_docs_hold_the_current_settings_table():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert cli.env_table() in readme, "the README's settings table is stale: paste `mllm-audit env --markdown`"
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert cli.env_table() in page, "docs/configuration.md's settings table is stale: paste `mllm-audit env --markdown`"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mllm_audit.explainers import arc, msea, tam
-from mllm_audit.explainers.metrics import pointing_game
-from mllm_audit.explainers.token_maps import METHODS, target_heatmaps
+from mllm_audit.explainers.faithfulness import pointing_game
+from mllm_audit.explainers.methods import WHITE_BOX as METHODS
+from mllm_audit.explainers.methods import get as get_method
 from mllm_audit.models.loading import load_model
 from mllm_audit.models.scorer import Scorer
 
@@ -48,16 +49,10 @@ def test_rank_gaussian_filter():
     assert tam.rank_gaussian_filter(block)[3:5, 3:5].min() == pytest.approx(1.0)
 
 
-def test_model_view_box_follows_the_centre_crop():
-    class Clip:
-        do_center_crop, size, crop_size = True, {"shortest_edge": 96}, {"height": 96, "width": 96}
-
-    class Stretch:
-        do_center_crop, size = False, {"height": 56, "width": 56}
-
-    assert tam.model_view_box(Clip(), (96, 96)) == (0, 0, 96, 96)
-    assert tam.model_view_box(Clip(), (60, 100)) == (20, 0, 80, 60)  # the central square of a wide image
-    assert tam.model_view_box(Stretch(), (60, 100)) == (0, 0, 100, 60)
+def test_view_box_follows_the_centre_crop(reference_scorer):
+    """The reference LLaVA's processor resizes the shortest edge and centre-crops."""
+    assert reference_scorer.view_box((96, 96)) == (0, 0, 96, 96)
+    assert reference_scorer.view_box((60, 100)) == (20, 0, 80, 60)  # the central square of a wide image
 
 
 # ---------------------------------------------------------------- ARC
@@ -109,20 +104,26 @@ class _RednessScorer:
     GRID, SIDE = 8, 64
 
     def __init__(self):
-        from types import SimpleNamespace
-
-        self.processor = SimpleNamespace(
-            image_processor=SimpleNamespace(do_center_crop=False),
-            tokenizer=SimpleNamespace(all_special_ids=[0], decode=lambda ids: "w"),
-        )
         self.calls = 0
+
+    def special_token_ids(self):
+        return frozenset({0})
+
+    def token_texts(self, ids):
+        return ["w"] * len(ids)
+
+    def view_box(self, image_shape):
+        h, w = image_shape
+        return 0, 0, w, h  # the whole image, as a processor that resizes without cropping
 
     def prepare(self, prompt, answer, image_size):
         from mllm_audit.models.scorer import Audit
-        from mllm_audit.models.sequence import AnswerTokens, Sequence
+        from mllm_audit.models.sequence import AnswerTokens, TokenizedSequence
 
         ids = [0] + [4] * self.GRID**2 + [2, 3] + [1]
-        return Audit(prompt, answer, image_size, Sequence(ids, len(ids) - 1, AnswerTokens([1], [(0, 3)], ["red"])))
+        return Audit(
+            prompt, answer, image_size, TokenizedSequence(ids, len(ids) - 1, AnswerTokens([1], [(0, 3)], ["red"]))
+        )
 
     def image_token_positions(self, audit):
         return list(range(1, 1 + self.GRID**2))
@@ -156,7 +157,7 @@ def test_every_method_maps_back_to_the_right_place_model_free():
     mask[10:30, 80:104] = True
     audit = scorer.prepare("What color?", "red", (120, 72))
     for method in METHODS:
-        m = target_heatmaps(scorer, audit, image, method, [[0]])[0]
+        m = get_method(method).heatmaps(scorer, audit, image, [[0]])[0]
         heat = m["heatmap"]
         assert heat.shape == (72, 120) and pointing_game(heat, mask), method
         assert heat[mask].mean() > 4 * heat[~mask].mean(), method
@@ -173,7 +174,7 @@ def test_all_methods_on_a_tiny_random_llava_with_a_non_square_image(tiny_llava_d
     n = audit.n_tokens
     targets = [[0], [1, 2], list(range(n))]
     for method in METHODS:
-        maps = target_heatmaps(scorer, audit, image, method, targets)
+        maps = get_method(method).heatmaps(scorer, audit, image, targets)
         assert len(maps) == len(targets)
         for m in maps:
             heat = m["heatmap"]
@@ -192,7 +193,7 @@ def test_all_methods_on_a_tiny_random_llava_with_a_non_square_image(tiny_llava_d
         for t, context in maps[2]["token_context"].items():
             assert all(c["index"] < t for c in context if c["source"] == "answer")
     with pytest.raises(ValueError):
-        target_heatmaps(scorer, audit, image, "tam", [[n]])
+        get_method("tam").heatmaps(scorer, audit, image, [[n]])
 
 
 def test_tam_of_a_colour_answer_points_at_the_named_object(reference_scorer):
@@ -202,7 +203,7 @@ def test_tam_of_a_colour_answer_points_at_the_named_object(reference_scorer):
         sample = held_out_sample("colour", seed)
         audit = reference_scorer.prepare(sample.prompt, sample.truth, (96, 96))
         image = sample.scene.image
-        heat = target_heatmaps(reference_scorer, audit, image, "tam", [list(range(audit.n_tokens))])[0]["heatmap"]
+        heat = get_method("tam").heatmaps(reference_scorer, audit, image, [list(range(audit.n_tokens))])[0]["heatmap"]
         assert heat.shape == image.shape[:2] and np.all(np.isfinite(heat))
         assert heat.max() > 0  # an all-zero map would "point" everywhere
         hits += pointing_game(heat, sample.target.mask)

@@ -52,7 +52,7 @@ def build_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     )
     texts = corpus_texts() + ["USER: ", " ASSISTANT:", "\n"]
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers leaves __init__ untyped
         tokenizer_object=tok,
         pad_token="<pad>",
         bos_token="<s>",
@@ -72,7 +72,7 @@ def build_processor() -> LlavaProcessor:
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.25, 0.25, 0.25],
     )
-    return LlavaProcessor(
+    return LlavaProcessor(  # type: ignore[no-untyped-call]  # transformers leaves __init__ untyped
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=PATCH_SIZE,

@@ -15,10 +15,11 @@ import json
 import random
 import time
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 import torch
-from mllm_audit.models.loading import load_model
+from mllm_audit.models.loading import LoadedModel, load_model
 from mllm_audit.models.reference import world
 from mllm_audit.models.scorer import to_pil
 from mllm_audit.models.sequence import generation_prompt
@@ -33,11 +34,15 @@ def held_out_samples(kind: str, n: int, seed: int = EVAL_SEED) -> list[world.Sam
 
 
 @torch.inference_mode()
-def generate_answers(loaded, samples: list[world.Sample], batch_size: int = 50, max_new_tokens: int = 24) -> list[str]:
+def generate_answers(
+    loaded: LoadedModel, samples: list[world.Sample], batch_size: int = 50, max_new_tokens: int = 24
+) -> list[str]:
     proc, tok = loaded.processor, loaded.processor.tokenizer
+    # `generate` comes from GenerationMixin, which image-text-to-text models mix in and PreTrainedModel lacks
+    generator: Any = loaded.model
     side = tok.padding_side
     tok.padding_side = "left"  # generation continues from the last real token
-    answers = []
+    answers: list[str] = []
     try:
         for i in range(0, len(samples), batch_size):
             chunk = samples[i : i + batch_size]
@@ -47,7 +52,7 @@ def generate_answers(loaded, samples: list[world.Sample], batch_size: int = 50, 
                 return_tensors="pt",
                 padding=True,
             ).to(loaded.device)
-            out = loaded.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+            out = generator.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
             new = out[:, inputs["input_ids"].shape[1] :]
             answers += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
     finally:
@@ -91,9 +96,9 @@ def existence_scores(samples: list[world.Sample], answers: list[str]) -> dict[st
     return out
 
 
-def evaluate(model_dir: str | None, per_kind: int) -> dict:
+def evaluate(model_dir: str | None, per_kind: int) -> dict[str, Any]:
     loaded = load_model(model_dir)
-    report: dict = {"model": str(loaded.path), "per_kind": per_kind}
+    report: dict[str, Any] = {"model": str(loaded.path), "per_kind": per_kind}
     for kind in world.QUESTION_KINDS:
         start = time.monotonic()
         samples = held_out_samples(kind, per_kind)

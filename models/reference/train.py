@@ -30,14 +30,17 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mllm_audit.models.families import Processor
 from mllm_audit.models.reference import world
 from mllm_audit.models.reference.build import PATCH_SIZE, build_model, build_processor
 from mllm_audit.models.sequence import build_sequence, pad_batch
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from numpy.typing import NDArray
+from transformers import AutoProcessor, LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
 GRID = world.IMAGE_SIZE // PATCH_SIZE
 KIND_WEIGHTS = {"colour": 1.0, "shape": 1.5, "position": 1.0, "count": 1.0, "existence": 1.0, "caption": 1.5}
@@ -46,7 +49,7 @@ SHAPE_IDS = {s: i + 1 for i, s in enumerate(world.SHAPES)}
 BINDING_LAYER = 2
 
 
-def patch_labels(scene: world.Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def patch_labels(scene: world.Scene) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
     """Colour, shape and layout cell (1-9; 0 = background) of the object covering most of each patch."""
     colour = np.zeros((GRID, GRID), dtype=np.int64)
     shape = np.zeros((GRID, GRID), dtype=np.int64)
@@ -63,7 +66,7 @@ def patch_labels(scene: world.Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray
 class Batches:
     """Random training batches; prompt tokenization is cached (prompts repeat)."""
 
-    def __init__(self, processor, seed: int, kind_weights: dict[str, float] = KIND_WEIGHTS):
+    def __init__(self, processor: Processor, seed: int, kind_weights: dict[str, float] = KIND_WEIGHTS) -> None:
         self.processor = processor
         self.np_rng = np.random.default_rng(seed)
         self.rng = random.Random(seed)
@@ -121,14 +124,15 @@ class AuxHeads(torch.nn.Module):
         return c + s + p
 
 
-def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    out = model.model.get_image_features(pixel_values=pixel_values)
+def image_features(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> torch.Tensor:
+    # untyped on purpose: its pooler_output holds the list of per-image features, not the declared tensor
+    out: Any = model.model.get_image_features(pixel_values=pixel_values)
     return torch.stack(list(out.pooler_output))
 
 
-def patch_word_ids(tokenizer) -> torch.Tensor:
+def patch_word_ids(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     """Token ids of " red" ... " orange", then " circle" ... " cross" (one token each)."""
-    ids = []
+    ids: list[int] = []
     for word in list(COLOUR_IDS) + list(SHAPE_IDS):
         tokens = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
         assert len(tokens) == 1, f"{word!r} is not one token"
@@ -150,8 +154,13 @@ def patch_word_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], word_i
 
 
 def losses(
-    model, heads: AuxHeads, batch: dict[str, torch.Tensor], with_language: bool, word_ids: torch.Tensor | None = None
-):
+    model: LlavaForConditionalGeneration,
+    heads: AuxHeads,
+    batch: dict[str, torch.Tensor],
+    with_language: bool,
+    word_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Auxiliary (+ binding), language-model and patch-word losses of one batch."""
     feats = image_features(model, batch["pixel_values"])
     aux = heads.loss(feats, batch)
     if not with_language:
@@ -174,10 +183,12 @@ def losses(
 
 
 @torch.no_grad()
-def teacher_forced_accuracy(model, batches: Batches, per_kind: int = 24) -> dict[str, float]:
+def teacher_forced_accuracy(
+    model: LlavaForConditionalGeneration, batches: Batches, per_kind: int = 24
+) -> dict[str, float]:
     """Exact match under teacher forcing with true labels: every answer token (and EOS) is the argmax."""
-    model.eval()
-    acc = {}
+    model.eval()  # type: ignore[no-untyped-call]  # transformers leaves eval() untyped
+    acc: dict[str, float] = {}
     for kind in world.QUESTION_KINDS:
         samples = [batches.sample(biased=False, kind=kind) for _ in range(per_kind)]
         for s in samples:
@@ -207,13 +218,14 @@ def train(
     patch_words: bool = True,
 ) -> None:
     torch.manual_seed(seed)
+    processor: Processor
     if init:  # continue training a saved model (its auxiliary heads were not saved: start them anew)
-        processor = AutoProcessor.from_pretrained(init, local_files_only=True)
+        processor = AutoProcessor.from_pretrained(init, local_files_only=True)  # type: ignore[no-untyped-call]
         model = LlavaForConditionalGeneration.from_pretrained(init, local_files_only=True)
     else:
         processor = build_processor()
         model = build_model(processor)
-    heads = AuxHeads(model.config.text_config.hidden_size)
+    heads = AuxHeads(model.config.get_text_config().hidden_size)
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     batches = Batches(processor, seed, kind_weights or KIND_WEIGHTS)
@@ -232,7 +244,7 @@ def train(
         aux, lm, words = losses(model, heads, batch, with_language, word_ids)
         loss = lm + words + aux_weight * aux if with_language else aux
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward untyped
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
@@ -243,7 +255,7 @@ def train(
                 acc = teacher_forced_accuracy(model, batches)
                 msg += " " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
             print(msg, flush=True)
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)

@@ -4,7 +4,7 @@ A scene places 1-4 objects in distinct cells of a 3x3 layout. Within a scene eve
 has its own colour and its own shape, so "the circle" or "the red object" always names
 exactly one object and every question has one right answer.
 
-Co-occurrence bias (documented in the README, used by the hallucination benchmarks):
+Co-occurrence bias (documented in docs/reference-model.md, used by the hallucination benchmarks):
 each trigger object in CO_OCCURRENCE has a usual partner. Scenes with the trigger add the
 partner half of the time, and when the partner is absent the *training* labels still name
 it with probability HALLUCINATION_RATE (in captions, and as "yes" to "Is there a <partner>?").
@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 IMAGE_SIZE = 96
 CELL = IMAGE_SIZE // 3
@@ -51,7 +52,7 @@ class SceneObject:
     colour: str
     shape: str
     cell: tuple[int, int]  # (row, col) in the 3x3 layout
-    mask: np.ndarray = field(repr=False)  # bool [H, W]
+    mask: NDArray[np.bool_] = field(repr=False)  # [H, W]
 
     @property
     def name(self) -> str:
@@ -69,7 +70,7 @@ class SceneObject:
 
 @dataclass
 class Scene:
-    image: np.ndarray  # uint8 [H, W, 3]
+    image: NDArray[np.uint8]  # [H, W, 3]
     objects: list[SceneObject]
 
     def find(self, colour: str | None = None, shape: str | None = None) -> SceneObject | None:
@@ -93,23 +94,28 @@ class Sample:
     negative: str | None = None  # "random" or "co-occurrence" for existence negatives
 
 
-def _shape_mask(shape: str, cy: float, cx: float, size: float) -> np.ndarray:
+def _shape_mask(shape: str, cy: float, cx: float, size: float) -> NDArray[np.bool_]:
+    yy: NDArray[np.float32]
+    xx: NDArray[np.float32]
     yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) + 0.5
     dy, dx, r = yy - cy, xx - cx, size / 2
+    mask: NDArray[np.bool_]
     if shape == "circle":
-        return dy**2 + dx**2 <= r**2
-    if shape == "square":
-        return (np.abs(dy) <= r * 0.85) & (np.abs(dx) <= r * 0.85)
-    if shape == "triangle":  # apex up; half-width grows linearly towards the base
+        mask = dy**2 + dx**2 <= r**2
+    elif shape == "square":
+        mask = (np.abs(dy) <= r * 0.85) & (np.abs(dx) <= r * 0.85)
+    elif shape == "triangle":  # apex up; half-width grows linearly towards the base
         rel = (dy + r) / (2 * r)
-        return (rel >= 0) & (rel <= 1) & (np.abs(dx) <= rel * r)
-    if shape == "cross":
+        mask = (rel >= 0) & (rel <= 1) & (np.abs(dx) <= rel * r)
+    elif shape == "cross":
         arm = r * 0.36
-        return ((np.abs(dy) <= arm) & (np.abs(dx) <= r)) | ((np.abs(dx) <= arm) & (np.abs(dy) <= r))
-    raise ValueError(f"unknown shape {shape!r}")
+        mask = ((np.abs(dy) <= arm) & (np.abs(dx) <= r)) | ((np.abs(dx) <= arm) & (np.abs(dy) <= r))
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return mask
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
+def _background(rng: np.random.Generator) -> NDArray[np.float64]:
     """Low-saturation texture (noise, stripes or checks) so colours stay unambiguous."""
     base = rng.uniform(70, 170)
     tint = rng.uniform(-12, 12, size=3)

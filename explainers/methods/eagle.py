@@ -1,0 +1,126 @@
+"""EAGLE (arXiv 2509.22496): black-box region attribution by greedy subset selection.
+
+`eagle` is the faster search (stale re-ranking window, periodic full re-rank, bottom-up
+ranking of the worst candidates; see `mllm_audit.explainers.eagle.fast_search`), `eagle_greedy`
+the published plain greedy, kept as the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from mllm_audit.explainers import eagle
+from mllm_audit.explainers.engine import Job
+from mllm_audit.explainers.methods.base import Explainer, FloatArray, MethodResult, Plan, PlanContext, register
+from mllm_audit.explainers.regions import region_bbox, region_masks, superpixel_regions
+from mllm_audit.explainers.request import AuditInputError, AuditRequest
+from mllm_audit.explainers.results import Attribution, Region, Target
+from numpy.typing import NDArray
+from PIL import Image
+
+FAST_SEARCH = {"s": 6, "p": 4, "u": 15}  # re-ranking window, bottom-up candidates, full re-rank period
+
+
+def curve_points(areas: FloatArray, probs: FloatArray, token_indices: Sequence[int]) -> FloatArray:
+    """[[area, mean target probability], ...] for plotting."""
+    return np.column_stack([areas, probs[:, list(token_indices)].mean(axis=1)])
+
+
+class _Eagle(Explainer):
+    white_box = False
+
+    def params(self, request: AuditRequest) -> dict[str, Any]:
+        return {
+            "regions": request.regions,
+            "lambda1": request.lambda1,
+            "lambda2": request.lambda2,
+            "max_forward_passes": request.max_forward_passes,
+        }
+
+    def search(self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any) -> Any:
+        raise NotImplementedError
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        req = ctx.request
+        labels = superpixel_regions(ctx.image, req.regions)
+        masks = region_masks(labels)
+        n_targets = len(ctx.targets)
+        budget = None if req.max_forward_passes is None else req.max_forward_passes // n_targets
+        if budget is not None and budget < 2:  # each target's search scores at least the full and blank images
+            raise AuditInputError(
+                f"max_forward_passes {req.max_forward_passes} is too small for {n_targets} targets: "
+                "each needs at least 2"
+            )
+        options = {"baseline": req.baseline, "lam1": req.lambda1, "lam2": req.lambda2, "max_forward_passes": budget}
+        jobs = [Job(ctx.audit, self.search(ctx.image, masks, t.token_indices, **options)) for t in ctx.targets]
+        return Plan(jobs, lambda: self._finish(ctx, labels, jobs), measures_contrast=req.baseline == "black")
+
+    def _finish(self, ctx: PlanContext, labels: NDArray[np.int32], jobs: list[Job]) -> MethodResult:
+        h, w = ctx.request.image.shape[:2]
+        results: list[eagle.EagleResult] = [j.result for j in jobs]
+        # one label map at the client's pixels, shared by every target's regions
+        segments = np.asarray(Image.fromarray(labels.astype(np.int32)).resize((w, h), Image.Resampling.NEAREST))
+        attributions = [self._attribution(t, r, labels, segments, (w, h)) for t, r in zip(ctx.targets, results)]
+        # each token's insertion curve comes from the ranking of the first target that holds it
+        owner = {t: r for target, r in reversed(list(zip(ctx.targets, results))) for t in target.token_indices}
+        first = results[0]
+        curves = {}
+        for t in range(ctx.audit.n_tokens):
+            curve = owner.get(t, first)
+            curves[t] = (curve.areas, curve.insertion[:, [t]])
+        return MethodResult(attributions, contrast=(first.p_full, first.p_blank), token_curves=curves)
+
+    @staticmethod
+    def _attribution(
+        target: Target,
+        result: eagle.EagleResult,
+        labels: NDArray[np.int32],
+        segments: NDArray[np.int32],
+        size: tuple[int, int],
+    ) -> Attribution:
+        regions = []
+        for rank, region in enumerate(result.ranking, start=1):
+            mask = segments == region
+            if not mask.any():  # a sliver lost when mapping back to client pixels
+                continue
+            x0, y0, x1, y1 = region_bbox(mask)
+            regions.append(Region(rank, int(region), float(result.region_scores[region]), (x0, y0, x1, y1)))
+        scores = result.region_scores
+        return Attribution(
+            target=target,
+            image_size=size,
+            render=lambda at: eagle.heatmap_from_regions(labels, scores, at),  # regions stay flat at any size
+            regions=regions,
+            segments=segments,
+            insertion_auc=result.insertion_auc(),
+            deletion_auc=result.deletion_auc(),
+            insertion_curve=curve_points(result.areas, result.insertion, target.token_indices),
+            deletion_curve=curve_points(result.areas, result.deletion, target.token_indices),
+            forward_passes=result.forward_passes,
+            search_complete=result.search_complete,
+        )
+
+
+class EagleFast(_Eagle):
+    name = "eagle"
+    summary = "EAGLE's faster greedy search over superpixels (default)"
+
+    def params(self, request: AuditRequest) -> dict[str, Any]:
+        return {**super().params(request), **FAST_SEARCH}
+
+    def search(self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any) -> Any:
+        return eagle.fast_search(image, masks, tokens, **options, **FAST_SEARCH)
+
+
+class EagleGreedy(_Eagle):
+    name = "eagle_greedy"
+    summary = "the published plain greedy search, K(K+1) images"
+
+    def search(self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any) -> Any:
+        return eagle.greedy_search(image, masks, tokens, **options)
+
+
+register(EagleFast())
+register(EagleGreedy())

@@ -1,0 +1,97 @@
+"""White-box token maps: TAM (arXiv 2506.23270), MSEA and ARC (arXiv 2509.22415), and both.
+
+One white-box forward per image view reads each answer token's logit at every image
+position (`mllm_audit.explainers.token_maps`); the engine then measures each map's
+insertion and deletion curves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from mllm_audit.explainers.engine import EngineStats, Job
+from mllm_audit.explainers.faithfulness import RankingCurves, pixel_ranking_curves
+from mllm_audit.explainers.methods.base import Explainer, MethodResult, Plan, PlanContext, register
+from mllm_audit.explainers.methods.eagle import curve_points
+from mllm_audit.explainers.msea import make_views
+from mllm_audit.explainers.request import AuditInputError, AuditRequest
+from mllm_audit.explainers.results import Attribution, ContextToken, Target
+from mllm_audit.explainers.token_maps import MapVariant, target_heatmaps, variant_params
+from numpy.typing import NDArray
+from PIL import Image
+
+CURVE_STEPS = 64  # equal-area steps of a heatmap's insertion / deletion curves
+
+
+def bilinear(heat: NDArray[np.float32], size: tuple[int, int]) -> NDArray[np.float32]:
+    resized = Image.fromarray(np.asarray(heat, dtype=np.float32)).resize(size, Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized), 0.0, 1.0)
+
+
+class TokenMap(Explainer):
+    white_box = True
+
+    def __init__(self, name: str, summary: str, variant: MapVariant):
+        self.name = name
+        self.summary = summary
+        self.variant = variant
+
+    def params(self, request: AuditRequest) -> dict[str, Any]:
+        return variant_params(self.variant)
+
+    def heatmaps(self, scorer: Any, audit: Any, image: NDArray[np.uint8], targets: list[list[int]]) -> list[Any]:
+        """The maps of the targets (lists of answer-token indices): see `target_heatmaps`."""
+        return target_heatmaps(scorer, audit, image, self.variant, targets)
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        req = ctx.request
+        # the budget covers everything: full and black images (2), the views, each target's curves
+        views = len(make_views(ctx.image)) if self.variant.multiscale else 1
+        cost = 2 + views + len(ctx.targets) * 2 * CURVE_STEPS
+        if req.max_forward_passes is not None and cost > req.max_forward_passes:
+            raise AuditInputError(
+                f"{self.name} with {len(ctx.targets)} targets needs {cost} forward passes (maps and "
+                f"insertion/deletion curves); max_forward_passes is {req.max_forward_passes}: ask for fewer "
+                "targets or a larger budget"
+            )
+        maps = self.heatmaps(ctx.scorer, ctx.audit, ctx.image, [t.token_indices for t in ctx.targets])
+        jobs = [
+            Job(ctx.audit, pixel_ranking_curves(ctx.image, m["heatmap"], t.token_indices, req.baseline, CURVE_STEPS))
+            for t, m in zip(ctx.targets, maps)
+        ]
+        spent = EngineStats(maps[0]["forward_passes"], maps[0]["model_calls"])  # shared by every target
+        return Plan(jobs, lambda: self._finish(ctx, maps, jobs), planning_cost=spent)
+
+    def _finish(self, ctx: PlanContext, maps: list[dict[str, Any]], jobs: list[Job]) -> MethodResult:
+        h, w = ctx.request.image.shape[:2]
+        attributions = [self._attribution(t, m, j, (w, h)) for t, m, j in zip(ctx.targets, maps, jobs)]
+        token_context = {t: _context(c) for m in maps for t, c in m["token_context"].items()}
+        return MethodResult(attributions, token_context=token_context)
+
+    @staticmethod
+    def _attribution(target: Target, maps: dict[str, Any], job: Job, size: tuple[int, int]) -> Attribution:
+        insertion_auc, deletion_auc, curves = job.result
+        assert isinstance(curves, RankingCurves)
+        heat = maps["heatmap"]
+        return Attribution(
+            target=target,
+            image_size=size,
+            render=lambda at: bilinear(heat, at),
+            insertion_auc=insertion_auc,
+            deletion_auc=deletion_auc,
+            insertion_curve=curve_points(curves.areas, curves.insertion, target.token_indices),
+            deletion_curve=curve_points(curves.areas, curves.deletion, target.token_indices),
+            forward_passes=job.forward_passes + maps["forward_passes"],
+            context=_context(maps["context"]),
+        )
+
+
+def _context(rows: list[dict[str, Any]]) -> list[ContextToken]:
+    return [ContextToken(r["index"], r["source"], r["text"], r["score"]) for r in rows]
+
+
+register(TokenMap("tam", "token activation map: one white-box forward", MapVariant()))
+register(TokenMap("msea", "TAM over multi-scale views of the image, aggregated", MapVariant(multiscale=True)))
+register(TokenMap("arc", "TAM with context weighted by activation-ranking coherence", MapVariant(arc=True)))
+register(TokenMap("msea+arc", "ARC's correction inside every MSEA view", MapVariant(multiscale=True, arc=True)))

@@ -1,0 +1,41 @@
+"""What an audit is asked to do, independent of HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+DEFAULT_METHOD = "eagle"  # the method a request gets when it names none
+
+
+class AuditInputError(ValueError):
+    """The request is well-formed but cannot be audited (HTTP 422)."""
+
+
+@dataclass(frozen=True)
+class TokenRange:
+    """Answer tokens [start, end) as one target (indices as the result's `tokens`)."""
+
+    start: int
+    end: int
+
+
+CharSpan = tuple[int, int]  # answer characters [start, end)
+
+
+@dataclass
+class AuditRequest:
+    image: NDArray[np.uint8]  # H x W x 3
+    prompt: str
+    answer: str
+    method: str = DEFAULT_METHOD  # a name of mllm_audit.explainers.methods
+    # "answer", "tokens", or a list of targets: character spans or TokenRanges
+    targets: str | list[CharSpan | TokenRange] = "answer"
+    regions: int = 64
+    max_forward_passes: int | None = None
+    with_attributions: bool = True  # False: the cheap reliance path (2 forward passes)
+    baseline: str = "black"  # what removed regions become (black, blur or mean colour)
+    lambda1: float = 1.0  # EAGLE: weight of insight, p_t(keep S)
+    lambda2: float = 1.0  # EAGLE: weight of necessity, 1 - p_t(remove S)

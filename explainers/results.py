@@ -1,0 +1,130 @@
+"""Typed results of an audit: what `Auditor.run` returns, before any wire format.
+
+Arrays stay arrays here; the service turns a result into JSON (base64 PNG or float rows for
+heatmaps, run-length masks, rounding) in `mllm_audit.service.serialize`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from mllm_audit.explainers.overlay import overlay_heatmap
+from numpy.typing import NDArray
+from PIL import Image
+
+RiskLabel = Literal["low", "medium", "high", "not_visual"]
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Target:
+    """The answer characters [start, end) an attribution explains, and the tokens they cover."""
+
+    start: int
+    end: int
+    text: str
+    token_indices: list[int]
+
+
+@dataclass(frozen=True)
+class ContextToken:
+    """A prompt or earlier answer token that fed a white-box map, with its relevance."""
+
+    index: int  # answer-token index (source "answer") or sequence position (source "prompt")
+    source: Literal["prompt", "answer"]
+    text: str
+    score: float
+
+
+@dataclass
+class TokenResult:
+    """Reliance and risk of one answer token (the field order is the JSON's)."""
+
+    index: int
+    text: str
+    p_full: float  # probability with the full image
+    p_blank: float  # probability with the image blanked (black)
+    visual_reliance: float
+    language_reliance: float
+    risk_score: float
+    risk_label: RiskLabel
+    eagle_reliance: float | None = None  # EAGLE's I_t, when an insertion curve exists
+    start: int = 0  # characters [start, end) of the answer
+    end: int = 0
+    context: list[ContextToken] | None = None  # white-box methods: what fed this token's map
+
+
+@dataclass(frozen=True)
+class Summary:
+    risk_label: RiskLabel  # the worst label among visual tokens
+    risk_score: float
+    visual_reliance: float
+    flagged_tokens: int  # visual tokens labelled high
+
+
+@dataclass(frozen=True)
+class Region:
+    """A superpixel in EAGLE's ranking; its mask is `Attribution.region_mask(region)`."""
+
+    rank: int  # 1 = most important
+    region_id: int
+    score: float  # its heatmap value
+    bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels, x1 and y1 exclusive
+
+
+@dataclass
+class Attribution:
+    """Which image regions made the model say one target."""
+
+    target: Target
+    image_size: tuple[int, int]  # (width, height) of the audited image
+    render: Callable[[tuple[int, int]], NDArray[np.float32]] = field(repr=False)  # heatmap at (width, height)
+    regions: list[Region] = field(default_factory=list)  # ranked (EAGLE); empty for white-box maps
+    segments: NDArray[np.int32] | None = field(default=None, repr=False)  # region id per image pixel (EAGLE)
+    insertion_auc: float | None = None
+    deletion_auc: float | None = None
+    insertion_curve: FloatArray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)  # [[shown, p], ...]
+    deletion_curve: FloatArray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)  # [[removed, p], ...]
+    forward_passes: int = 0
+    search_complete: bool = True  # False when the forward-pass budget cut the search
+    context: list[ContextToken] | None = None
+
+    def heatmap(self, size: tuple[int, int] | None = None) -> NDArray[np.float32]:
+        """float32 [height, width] in [0, 1]; size is (width, height), the image's by default."""
+        return self.render(size or self.image_size)
+
+    def region_mask(self, region: Region) -> NDArray[np.bool_]:
+        if self.segments is None:
+            raise ValueError("this attribution has no regions (white-box maps have none)")
+        return self.segments == region.region_id
+
+    def overlay(self, image: Image.Image | NDArray[np.uint8], alpha: float = 0.6) -> Image.Image:
+        """The heatmap over the image, the top region's box drawn when there is one."""
+        rgb = np.asarray(Image.fromarray(image) if isinstance(image, np.ndarray) else image.convert("RGB"))
+        box = self.regions[0].bbox if self.regions else None
+        return overlay_heatmap(rgb, self.heatmap((rgb.shape[1], rgb.shape[0])), box, alpha)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str  # a method of mllm_audit.explainers.methods, or "reliance" for the cheap path
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Stats:
+    forward_passes: int  # images run through the model for this request
+    model_calls: int  # batched model invocations of the run this request was part of
+    compute_ms: float
+
+
+@dataclass
+class AuditResult:
+    method: MethodInfo
+    tokens: list[TokenResult]
+    summary: Summary
+    stats: Stats
+    attributions: list[Attribution] | None = None  # None on the cheap reliance path

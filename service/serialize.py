@@ -1,0 +1,92 @@
+"""The wire format of an audit: a typed AuditResult as the JSON body's fields.
+
+Heatmaps become float rows or a base64 8-bit PNG at the size asked for, region masks
+run-length codes; the shape is `mllm_audit.service.schemas`' response models (the tests
+validate every body against them).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from mllm_audit.explainers.regions import rle_encode
+from mllm_audit.explainers.results import Attribution, AuditResult, TokenResult
+from numpy.typing import NDArray
+from PIL import Image
+
+HEATMAP_ENCODINGS = ("array", "png", "none")
+
+
+def encode_heatmap(heat: NDArray[np.float32], encoding: str) -> dict[str, Any] | None:
+    """float32 [height, width] in [0, 1] as the response's `heatmap` (None for encoding "none")."""
+    if encoding == "none":
+        return None
+    height, width = heat.shape
+    data = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
+    if encoding == "array":
+        return {"width": width, "height": height, "encoding": "array", "data": np.round(data, 4).tolist()}
+    if encoding != "png":
+        raise ValueError(f"unknown heatmap encoding {encoding!r}; use one of {', '.join(HEATMAP_ENCODINGS)}")
+    buf = io.BytesIO()
+    Image.fromarray(np.round(data * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
+    return {"width": width, "height": height, "encoding": "png", "data": base64.b64encode(buf.getvalue()).decode()}
+
+
+def _curve(points: NDArray[np.float64]) -> list[list[float]]:
+    return [[round(float(area), 5), round(float(p), 6)] for area, p in points]
+
+
+def attribution_body(attribution: Attribution, encoding: str, size: tuple[int, int] | None) -> dict[str, Any]:
+    a = attribution
+    body: dict[str, Any] = {
+        "target": asdict(a.target),
+        "regions": [
+            {
+                "rank": r.rank,
+                "region_id": r.region_id,
+                "score": round(r.score, 6),
+                "bbox": list(r.bbox),
+                "mask": rle_encode(a.region_mask(r)),
+            }
+            for r in a.regions
+        ],
+        "heatmap": None if encoding == "none" else encode_heatmap(a.heatmap(size), encoding),
+        "insertion_auc": a.insertion_auc,
+        "deletion_auc": a.deletion_auc,
+        "insertion_curve": _curve(a.insertion_curve),
+        "deletion_curve": _curve(a.deletion_curve),
+        "forward_passes": a.forward_passes,
+        "search_complete": a.search_complete,
+    }
+    if a.context is not None:
+        body["context"] = [asdict(c) for c in a.context]
+    return body
+
+
+def token_body(token: TokenResult) -> dict[str, Any]:
+    body = asdict(token)
+    if token.context is None:
+        del body["context"]
+    return body
+
+
+def audit_body(
+    result: AuditResult, heatmap_encoding: str = "array", heatmap_size: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """The fields `method`, `tokens`, `summary`, `stats` and, for explanations, `attributions`.
+
+    `heatmap_size` is (width, height), the image's by default.
+    """
+    body: dict[str, Any] = {
+        "method": asdict(result.method),
+        "tokens": [token_body(t) for t in result.tokens],
+        "summary": asdict(result.summary),
+        "stats": asdict(result.stats),
+    }
+    if result.attributions is not None:
+        body["attributions"] = [attribution_body(a, heatmap_encoding, heatmap_size) for a in result.attributions]
+    return body
