@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # the project needs Python 3.11 (requires-python): python3.11 where it is installed, else python3
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 
-.PHONY: install serve test eval train openapi load reference-model docs
+.PHONY: install serve test test-fast lint eval train openapi load reference-model docs
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,31 @@ $(VENV)/.installed: pyproject.toml
 serve: install
 	$(VENV)/bin/mllm-audit serve
 
+# Every test (what CI runs: .ci/run). Each test is of one kind: unit, integration, e2e or deploy
+# (markers in pyproject.toml, checked by tests/conftest.py); slow ones are marked slow as well.
 test: install
 	$(PY) -m pytest
+
+# unit and integration tests, not the slow ones: nothing runs the product in a child process
+# (server, CLI, example scripts) and no deploy tooling. About 45 s of CPU on one core; the e2e tests
+# take minutes: run `make test` before pushing.
+test-fast: install
+	$(PY) -m pytest -m "not e2e and not deploy and not slow"
+
+# ruff (pyproject's [tool.ruff]) and mypy (its [tool.mypy]: strict for mllm_audit.explainers and
+# mllm_audit.models). mypy cannot read the package-dir mapping (mllm_audit.service is service/, ...),
+# so build/mypy/mllm_audit holds the installed layout as symbolic links; pyproject points mypy there,
+# and after one `make lint` a plain `.venv/bin/mypy` works too.
+LINT_PINS := ruff==0.17.5 mypy==2.4.1 types-pyyaml==6.0.12.20261122
+MYPY_TREE := build/mypy/mllm_audit
+
+lint: install
+	$(PY) -m pip install --quiet $(LINT_PINS)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)
+	for entry in mllm_audit/*.py service explainers models; do ln -s ../../../$$entry $(MYPY_TREE)/; done
+	$(VENV)/bin/mypy
 
 eval: install
 	$(PY) -m mllm_audit.models.reference.evaluate
@@ -47,6 +70,18 @@ reference-model: install
 	$(PY) -m mllm_audit.models.reference.train --out /tmp/ref-base --minutes 36 --no-patch-words
 	$(PY) -m mllm_audit.models.reference.train --init /tmp/ref-base --out models/reference/weights --minutes 3.9 \
 		--vision-fraction 0 --lr 5e-4 --aux-weight 0 --seed 2 --kind-weights colour=5,existence=1.5
+
+# The same recipe and budget without the patch-word loss in either run: the realistic test bed for
+# white-box maps and grounding (docs/reference-model.md). One torch thread by default: on a shared
+# machine two threads stall each other (NPW_THREADS=0 takes every core of an idle one).
+NPW_THREADS ?= 1
+.PHONY: reference-model-no-patch-words
+reference-model-no-patch-words: install
+	$(PY) -m mllm_audit.models.reference.train --out /tmp/ref-base-npw --minutes 36 --no-patch-words \
+		--threads $(NPW_THREADS)
+	$(PY) -m mllm_audit.models.reference.train --init /tmp/ref-base-npw --out models/reference/weights-no-patch-words \
+		--minutes 3.9 --vision-fraction 0 --lr 5e-4 --aux-weight 0 --seed 2 --kind-weights colour=5,existence=1.5 \
+		--no-patch-words --threads $(NPW_THREADS)
 
 # The documentation site (mkdocs.yml, docs/) into site/; --strict fails on any warning or broken link.
 docs: install

@@ -6,10 +6,15 @@ batching on (MLLM_AUDIT_MAX_BATCH_SIZE > 1) versus off (= 1), measured in the sa
     python bench/load.py --clients 16 --duration 20 --regions 8 --json bench/results/load.json
     python bench/load.py --url http://127.0.0.1:8000    # one running server, no comparison
 
-Without --url it starts the real server twice (service.process.ServerProcess: the same
-`mllm-audit serve` a user runs), once per mode, with one API server and one worker, so the
-only difference is batching. Each client is closed-loop: it sends its next request as soon as
-the previous one is answered. Requests are colour questions about rendered reference scenes.
+Without --url it starts the real server twice (tests.server_process.ServerProcess, the tests'
+helper: the same `mllm-audit serve` a user runs), once per mode, with one API server and one
+worker, so the only difference is batching. Each client is closed-loop: it sends its next
+request as soon as the previous one is answered. Requests are colour questions about rendered
+reference scenes.
+
+Run it from a checkout (`python bench/load.py` from the repository root, or `make load`): the
+helper is imported from the repository's tests/ package, which this script puts on sys.path
+itself, so neither an installed `tests` package nor PYTHONPATH is needed.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-from mllm_audit.service.process import ServerProcess  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from tests.server_process import ServerProcess  # noqa: E402
 
 
 @dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,12 @@ def top_k_rankings(logits: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, order, axis=-1).reshape(*logits.shape[:-1], k).astype(np.int64)
 
 
-def _weights(k: int, p: float) -> np.ndarray:
+def _weights(k: int, p: float) -> NDArray[np.float64]:
     if not 0 < p <= 1:
         raise ValueError(f"p must be in (0, 1], got {p}")
-    w = p ** np.arange(k, dtype=np.float64)
-    return w / w.sum()  # = (1 - p) p^(d-1) / (1 - p^k); uniform when p = 1
+    w: NDArray[np.float64] = p ** np.arange(k, dtype=np.float64)
+    weights: NDArray[np.float64] = w / w.sum()  # = (1 - p) p^(d-1) / (1 - p^k); uniform when p = 1
+    return weights
 
 
 def coherence(target: np.ndarray, contexts: np.ndarray, p: float = 0.9) -> np.ndarray:
@@ -74,11 +76,11 @@ def coherence(target: np.ndarray, contexts: np.ndarray, p: float = 0.9) -> np.nd
     enters = np.where(rank_in_target < k, np.maximum(rank_in_target, np.arange(k)[None, :]), k)  # 0-based depth
     depths = np.arange(1, k + 1)
     overlap = (enters[:, :, None] < depths[None, None, :]).sum(axis=1)  # [m, k]: |R_t[:d] & R_j[:d]|
-    agreement = overlap / depths[None, :]
+    agreement: NDArray[np.float64] = overlap / depths[None, :]
     return agreement @ _weights(k, p)
 
 
-def rank_biased_overlap(a, b, p: float = 0.9, k: int | None = None) -> float:
+def rank_biased_overlap(a: ArrayLike, b: ArrayLike, p: float = 0.9, k: int | None = None) -> float:
     """Normalised RBO of two rankings (best first), truncated at depth k (default: the shorter one)."""
     a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
     depth = min(len(a), len(b)) if k is None else min(int(k), len(a), len(b))

@@ -12,19 +12,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from mllm_audit.explainers import methods, reliance
+from mllm_audit.explainers import methods, reliance, risk, signals
+from mllm_audit.explainers.calibration import Calibration
+from mllm_audit.explainers.claims import Claim, group_claims
+from mllm_audit.explainers.diagnosis import PairedAudit, correction_search
 from mllm_audit.explainers.engine import EngineStats, Job, run_jobs
 from mllm_audit.explainers.masking import BASELINES
 from mllm_audit.explainers.methods import MethodResult, Plan, PlanContext
+from mllm_audit.explainers.regions import region_bbox, region_masks, superpixel_regions
+from mllm_audit.explainers.reliance import NOT_VISUAL
 from mllm_audit.explainers.request import AuditInputError, AuditRequest, TokenRange
-from mllm_audit.explainers.results import AuditResult, MethodInfo, Stats, Target
+from mllm_audit.explainers.results import AuditResult, Diagnosis, MethodInfo, Stats, Target
 from numpy.typing import NDArray
 from PIL import Image
+
+if TYPE_CHECKING:  # the scorer module imports torch; explainers do not need it at run time
+    from mllm_audit.models.scorer import Audit, ScorerProtocol
 
 
 @dataclass
@@ -32,14 +40,21 @@ class _Work:
     """A request on its way through the engine."""
 
     request: AuditRequest
-    audit: Any
+    audit: Audit
     targets: list[Target]
+    image: NDArray[np.uint8]  # the working image
     plan: Plan | None  # None on the cheap reliance path
-    contrast: Job | None  # p_full and p_blank (black), when the method does not measure them
+    contrast: Job | None  # p_blank (black), when the method does not measure it
+    claims: list[Claim]
+    verified: dict[int, Job]  # claim index -> its verification question's job
+    diagnosis: Job | None = None
+    diagnosis_labels: NDArray[np.int32] | None = None  # the superpixels the diagnosis removes
+    readout: Any = None  # the scorer's Readout of the full image
 
     @property
     def jobs(self) -> list[Job]:
-        return ([self.contrast] if self.contrast else []) + (self.plan.jobs if self.plan else [])
+        jobs = ([self.contrast] if self.contrast else []) + (self.plan.jobs if self.plan else [])
+        return jobs + list(self.verified.values()) + ([self.diagnosis] if self.diagnosis else [])
 
 
 def working_image(image: NDArray[np.uint8], max_side: int) -> NDArray[np.uint8]:
@@ -61,7 +76,7 @@ def as_rgb_array(image: Image.Image | NDArray[Any]) -> NDArray[np.uint8]:
 class Auditor:
     def __init__(
         self,
-        scorer: Any,
+        scorer: ScorerProtocol,
         forward_batch_size: int = 32,
         risk_medium: float = 0.35,
         risk_high: float = 0.65,
@@ -69,6 +84,7 @@ class Auditor:
         max_answer_tokens: int = 256,
         max_regions: int = 256,
         work_side: int = 336,
+        calibration: Calibration | None = None,
     ):
         self.scorer = scorer
         self.forward_batch_size = forward_batch_size
@@ -77,6 +93,7 @@ class Auditor:
         self.max_answer_tokens = max_answer_tokens
         self.max_regions = max_regions
         self.work_side = work_side
+        self.calibration = calibration  # None: uncalibrated risk (see explainers.risk)
 
     @classmethod
     def from_pretrained(
@@ -136,6 +153,14 @@ class Auditor:
         n_answer = self.scorer.count_tokens(req.answer)
         if n_answer > self.max_answer_tokens:
             raise AuditInputError(f"answer has {n_answer} tokens; the limit is {self.max_answer_tokens}")
+        if req.correct_to is not None:
+            if not req.correct_to.strip():
+                raise AuditInputError("correct_to is empty: name the answer the model should have given")
+            if req.correct_to.strip() == req.answer.strip():
+                raise AuditInputError("correct_to equals the answer: there is nothing to correct")
+            n_alternative = self.scorer.count_tokens(req.correct_to)
+            if n_alternative > self.max_answer_tokens:
+                raise AuditInputError(f"correct_to has {n_alternative} tokens; the limit is {self.max_answer_tokens}")
         if isinstance(req.targets, str) and req.targets not in ("answer", "tokens"):
             raise AuditInputError(f"targets must be 'answer', 'tokens' or a list of spans, got {req.targets!r}")
         if not isinstance(req.targets, str):
@@ -148,13 +173,15 @@ class Auditor:
                 if not 0 <= start < end <= len(req.answer):
                     raise AuditInputError(f"target span [{start}, {end}) is outside the answer (0..{len(req.answer)})")
 
-    def _targets(self, req: AuditRequest, audit: Any) -> list[Target]:
+    def _targets(self, req: AuditRequest, audit: Audit) -> list[Target]:
         tokens = audit.tokens
         every = list(range(len(tokens.ids)))
         if req.targets == "answer":
             return [Target(0, len(req.answer), req.answer, every)]
         if req.targets == "tokens":
             return [Target(s, e, t, [i]) for i, ((s, e), t) in enumerate(zip(tokens.spans, tokens.texts))]
+        if isinstance(req.targets, str):  # any other word: check() refuses it
+            raise AuditInputError(f"targets must be 'answer', 'tokens' or a list of spans, got {req.targets!r}")
         out = []
         for target in req.targets:
             if isinstance(target, TokenRange):
@@ -183,13 +210,24 @@ class Auditor:
         # created before the method plans, so its images come first in the engine's queue
         needs_contrast = not req.with_attributions or req.method in methods.WHITE_BOX or req.baseline != "black"
         if needs_contrast:
-            contrast = Job(audit, reliance.blank_contrast(image))
+            contrast = Job(audit, reliance.black_probs(image))
         plan = None
         if req.with_attributions:
             plan = methods.get(req.method).plan(PlanContext(req, self.scorer, audit, image, targets))
             if contrast is None and not plan.measures_contrast:
                 raise RuntimeError(f"method {req.method} measures no contrast and none was planned")
-        return _Work(req, audit, targets, plan, contrast)
+        claims = group_claims(req.answer, audit.tokens.spans)
+        template = self.calibration.verify_template if self.calibration else risk.DEFAULT_VERIFY_TEMPLATE
+        verified = risk.verification_jobs(self.scorer, image, claims, template) if req.verify else {}
+        work = _Work(req, audit, targets, image, plan, contrast, claims, verified)
+        if req.correct_to is not None:
+            alternative = self.scorer.prepare(req.prompt, req.correct_to, (image.shape[1], image.shape[0]))
+            work.diagnosis_labels = superpixel_regions(image, req.regions)
+            masks = region_masks(work.diagnosis_labels)
+            work.diagnosis = Job(
+                PairedAudit(audit, alternative), correction_search(image, masks, audit.n_tokens, req.correct_to)
+            )
+        return work
 
     # ------------------------------------------------------------------ results
     def _finish(self, work: _Work, model_calls: int, compute_ms: float) -> AuditResult:
@@ -200,34 +238,98 @@ class Auditor:
         tokens = work.audit.tokens
         visual = reliance.visual_claims(req.answer, tokens.spans)
         found: MethodResult | None = work.plan.finish() if work.plan else None
+        p_full = np.exp(work.readout.log_probs)
         if work.contrast is not None:
-            p_full, p_blank = work.contrast.result
+            p_blank = work.contrast.result
         else:
             assert found is not None and found.contrast is not None
-            p_full, p_blank = found.contrast
-        risk = {"risk_medium": self.risk_medium, "risk_high": self.risk_high}
+            p_blank = found.contrast[1]
         if found is not None and found.token_curves is not None:
             assessed = []
             for t in range(len(tokens.ids)):
                 areas, insertion = found.token_curves[t]
                 assessed += reliance.assess_tokens(
-                    [tokens.texts[t]], p_full[[t]], p_blank[[t]], areas, insertion, visual=[visual[t]], **risk
+                    [tokens.texts[t]], p_full[[t]], p_blank[[t]], areas, insertion, visual=[visual[t]]
                 )
         else:
-            assessed = reliance.assess_tokens(tokens.texts, p_full, p_blank, visual=visual, **risk)
+            assessed = reliance.assess_tokens(tokens.texts, p_full, p_blank, visual=visual)
+        claims, risk_info = risk.assess_claims(
+            work.claims,
+            work.readout,
+            work.verified,
+            self.calibration,
+            risk.Thresholds(self.risk_medium, self.risk_high),
+            lambda patch: self._patch_box(work, patch),
+        )
         context = found.token_context if found else {}
+        owner = {t: c for c in claims for t in c.token_indices}
         for t, row in enumerate(assessed):
             row.index, (row.start, row.end), row.context = t, tokens.spans[t], context.get(t)
+            # a token carries its claim's risk; a token outside every claim claims nothing
+            claim = owner.get(t)
+            row.risk_score, row.risk_label = (claim.risk_score, claim.risk_label) if claim else (0.0, NOT_VISUAL)
         planning = work.plan.planning_cost if work.plan else EngineStats()
+        passes = sum(j.forward_passes for j in work.jobs) + planning.forward_passes + 1  # + the readout
+        diagnosis = None
+        if work.diagnosis is not None:
+            diagnosis = self._diagnosis(work)
+            passes += diagnosis.forward_passes - work.diagnosis.forward_passes  # each image under both answers
         return AuditResult(
             method=MethodInfo(req.method if req.with_attributions else "reliance", self._params(req)),
             tokens=assessed,
-            summary=reliance.summarize(assessed),
-            stats=Stats(
-                sum(j.forward_passes for j in work.jobs) + planning.forward_passes, model_calls, round(compute_ms, 2)
-            ),
+            summary=reliance.summarize(assessed, claims),
+            stats=Stats(passes, model_calls, round(compute_ms, 2)),
             attributions=found.attributions if found else None,
+            claims=claims,
+            risk=risk_info,
+            diagnosis=diagnosis,
         )
+
+    @staticmethod
+    def _client_scale(work: _Work) -> tuple[float, float]:
+        (h, w), (wh, ww) = work.request.image.shape[:2], work.image.shape[:2]
+        return w / ww, h / wh
+
+    def _patch_box(self, work: _Work, patch: int) -> tuple[int, int, int, int]:
+        grid = work.readout.grid
+        view = self.scorer.view_box(work.image.shape[:2])
+        return signals.patch_box(patch, grid, view, self._client_scale(work))
+
+    def _diagnosis(self, work: _Work) -> Diagnosis:
+        assert work.diagnosis is not None
+        found: Diagnosis = work.diagnosis.result
+        h, w = work.request.image.shape[:2]
+        assert work.diagnosis_labels is not None
+        segments = np.asarray(Image.fromarray(work.diagnosis_labels).resize((w, h), Image.Resampling.NEAREST))
+        boxes: list[tuple[int, int, int, int]] = []
+        for region in found.ranking:
+            mask = segments == region
+            x0, y0, x1, y1 = region_bbox(mask) if mask.any() else [0, 0, 0, 0]
+            boxes.append((x0, y0, x1, y1))
+        return replace(found, boxes=boxes)
+
+    def _read_out(self, works: list[_Work]) -> int:
+        """One full-image forward per request, batched: the risk signals. Returns the model calls."""
+        size = self.forward_batch_size
+        for start in range(0, len(works), size):
+            chunk = works[start : start + size]
+            for work, readout in zip(chunk, self.scorer.readout([(w.audit, w.image) for w in chunk])):
+                work.readout = readout
+        return -(-len(works) // size)
+
+    def _score(self, pairs: list[tuple[Any, NDArray[np.uint8]]]) -> list[NDArray[np.float64]]:
+        """The engine's score function: the scorer's, with a PairedAudit's image scored under both answers."""
+        expanded: list[tuple[Any, NDArray[np.uint8]]] = []
+        for audit, image in pairs:
+            if isinstance(audit, PairedAudit):
+                expanded += [(audit.answer, image), (audit.alternative, image)]
+            else:
+                expanded.append((audit, image))
+        scored = iter(self.scorer.log_probs(expanded))
+        return [
+            np.concatenate([next(scored), next(scored)]) if isinstance(a, PairedAudit) else next(scored)
+            for a, _ in pairs
+        ]
 
     def _params(self, req: AuditRequest) -> dict[str, Any]:
         # the cheap path's only masked image is the black one (p_blank)
@@ -257,9 +359,12 @@ class Auditor:
                 works.append(exc)
         planned = [w for w in works if isinstance(w, _Work)]
         jobs = [j for w in planned for j in w.jobs]
-        # white-box maps ran while planning, outside the engine: their forwards count too
+        readout_calls = self._read_out(planned)
+        # white-box maps ran while planning and the readouts before the engine: their forwards count too
         spent = [w.plan.planning_cost for w in planned if w.plan]
-        maps = EngineStats(sum(s.forward_passes for s in spent), sum(s.model_calls for s in spent))
+        maps = EngineStats(
+            sum(s.forward_passes for s in spent) + len(planned), sum(s.model_calls for s in spent) + readout_calls
+        )
 
         def progress(engine: EngineStats) -> None:
             assert on_progress is not None
@@ -267,9 +372,7 @@ class Auditor:
 
         if on_progress and maps.forward_passes:
             progress(EngineStats())  # report the maps (and check the deadline) before the engine starts
-        stats = run_jobs(
-            jobs, self.scorer.log_probs, self.forward_batch_size, on_round=progress if on_progress else None
-        )
+        stats = run_jobs(jobs, self._score, self.forward_batch_size, on_round=progress if on_progress else None)
         model_calls = stats.model_calls + maps.model_calls
         compute_ms = (time.perf_counter() - start) * 1000
         results: list[AuditResult | Exception] = []

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from mllm_audit.explainers.masking import compose, resolve_baseline
+from numpy.typing import NDArray
 from PIL import Image
 
 _Key = tuple[str, frozenset[int]]  # ("keep" | "remove", region set)
@@ -136,10 +137,11 @@ class _SubsetScores:
         if self.owner is not None:
             lut = np.zeros(self.k, dtype=bool)
             lut[list(regions)] = True
-            return lut[self.owner]
+            kept: NDArray[np.bool_] = lut[self.owner]
+            return kept
         if not regions:
             return np.zeros(self.masks.shape[1:], dtype=bool)
-        return self.masks[sorted(regions)].any(axis=0)
+        return np.asarray(self.masks[sorted(regions)].any(axis=0), dtype=np.bool_)
 
     def render(self, key: _Key) -> np.ndarray:
         mode, regions = key
@@ -165,7 +167,8 @@ class _SubsetScores:
 
     def value(self, regions: Iterable[int], tokens: list[int], lam1: float, lam2: float) -> float:
         regions = frozenset(regions)
-        return objective(self.scores[self.keep(regions)], self.scores[self.remove(regions)], lam1, lam2, tokens)
+        # one image pair: objective gives a float
+        return float(objective(self.scores[self.keep(regions)], self.scores[self.remove(regions)], lam1, lam2, tokens))
 
     def area(self, regions: Iterable[int]) -> float:
         return float(self.union(frozenset(regions)).mean())
@@ -193,9 +196,12 @@ def _resolve_tokens(token_indices: Sequence[int] | None, n_tokens: int) -> list[
     return tokens
 
 
-def _start(ev: _SubsetScores, token_indices: Sequence[int] | None):
+def _start(
+    ev: _SubsetScores, token_indices: Sequence[int] | None
+) -> Generator[list[np.ndarray], np.ndarray, list[int]]:
     """First yield: [full image, baseline image]; returns the resolved target tokens."""
     yield from ev.evaluate([ev.remove(()), ev.keep(())])
+    assert ev.n_tokens is not None  # set by the first scores
     return _resolve_tokens(token_indices, ev.n_tokens)
 
 
@@ -240,7 +246,7 @@ def _finish(
     lam2: float,
     budget: _Budget,
     complete: bool,
-):
+) -> Search:
     """Curves along the final ranking, scoring the prefix sets the search did not visit.
 
     Missing prefixes are scored in one extra yield. If the budget cannot pay for all of
@@ -455,4 +461,5 @@ def heatmap_from_regions(
         if (height, width) != labels.shape:
             resized = Image.fromarray(labels.astype(np.int32)).resize((width, height), Image.Resampling.NEAREST)
             labels = np.asarray(resized)
-    return np.clip(scores[labels], 0.0, 1.0).astype(np.float32)
+    painted: NDArray[np.float32] = scores[labels]
+    return np.clip(painted, 0.0, 1.0).astype(np.float32)

@@ -35,6 +35,13 @@ class Job:
     def done(self) -> bool:
         return self._pending is None
 
+    @property
+    def pending(self) -> list[np.ndarray]:
+        """The images the job waits on; only while it is not done."""
+        if self._pending is None:
+            raise RuntimeError("the job is done: it waits on no images")
+        return self._pending
+
 
 @dataclass
 class EngineStats:
@@ -71,7 +78,9 @@ def _fail(job: Job, exc: BaseException) -> None:
         pass
 
 
-def _score_isolated(score: ScoreFn, items: list[tuple[Job, int, np.ndarray]], stats: EngineStats):
+def _score_isolated(
+    score: ScoreFn, items: list[tuple[Job, int, np.ndarray]], stats: EngineStats
+) -> dict[tuple[int, int], np.ndarray]:
     """After a failed shared batch, score job by job so only the culprit fails."""
     results: dict[tuple[int, int], np.ndarray] = {}
     for job in {id(j): j for j, _, _ in items}.values():
@@ -96,7 +105,7 @@ def run_jobs(
     for job in jobs:
         _advance(job, None)
     while active := [j for j in jobs if not j.done]:
-        queue = [(job, i, img) for job in active for i, img in enumerate(job._pending)]
+        queue = [(job, i, img) for job in active for i, img in enumerate(job.pending)]
         results: dict[tuple[int, int], np.ndarray] = {}
         for start in range(0, len(queue), batch_size):
             chunk = queue[start : start + batch_size]
@@ -109,7 +118,7 @@ def run_jobs(
         for job in active:
             if job.done:  # failed while scoring
                 continue
-            n = len(job._pending)
+            n = len(job.pending)
             job.forward_passes += n
             stats.forward_passes += n
             try:  # rows of unequal length (a scorer bug) fail this job only

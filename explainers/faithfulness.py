@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from mllm_audit.explainers.masking import compose, resolve_baseline
+from numpy.typing import NDArray
 from PIL import Image
 
 
@@ -36,7 +37,8 @@ def _target_mean(curve: np.ndarray, token_indices: Sequence[int] | None) -> np.n
     if curve.ndim == 1:
         return curve
     idx = slice(None) if token_indices is None else list(token_indices)
-    return curve[:, idx].mean(axis=1)
+    mean: NDArray[np.float64] = curve[:, idx].mean(axis=1)
+    return mean
 
 
 def insertion_deletion_from_ranking(

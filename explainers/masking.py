@@ -8,6 +8,7 @@ EAGLE's baseline is black; blur and mean-colour baselines are offered for compar
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.ndimage import gaussian_filter
 
 BASELINES = ("black", "blur", "mean")
@@ -25,7 +26,7 @@ def baseline_image(image: np.ndarray, kind: str = "black", blur_sigma: float | N
         # Strong enough to erase object shapes while keeping the global colour layout;
         # the default scales with the image so it means the same at every resolution.
         sigma = blur_sigma if blur_sigma is not None else max(image.shape[:2]) / 16.0
-        out = gaussian_filter(image.astype(np.float32), sigma=(sigma, sigma, 0), mode="nearest")
+        out: NDArray[np.float32] = gaussian_filter(image.astype(np.float32), sigma=(sigma, sigma, 0), mode="nearest")
         return np.clip(np.round(out), 0, 255).astype(np.uint8)
     raise ValueError(f"unknown baseline {kind!r}; expected one of {BASELINES}")
 

@@ -24,10 +24,12 @@ to a maximum of 1 before the average, so every scale has the same say.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from mllm_audit.explainers.masking import baseline_image
+from numpy.typing import NDArray
 from PIL import Image
 
 DEFAULT_SCALES = (0.75, 1.0, 1.5, 2.0)
@@ -57,7 +59,7 @@ def tile_offsets(length: int, tile: int, n: int) -> list[int]:
     return sorted({int(round(i * (length - tile) / (n - 1))) for i in range(n)})
 
 
-def make_views(image: np.ndarray, scales=DEFAULT_SCALES) -> list[View]:
+def make_views(image: np.ndarray, scales: Iterable[float] = DEFAULT_SCALES) -> list[View]:
     """The views of ``image`` for each scale (see the module docstring), in order of ``scales``."""
     image = np.asarray(image, dtype=np.uint8)
     h, w = image.shape[:2]
@@ -89,7 +91,8 @@ def to_source(view: View, heat: np.ndarray) -> np.ndarray:
     """A map in the view's pixels, cut to the shown part and resized onto its place in the original."""
     x0, y0, x1, y1 = view.dst
     sx0, sy0, sx1, sy1 = view.src
-    return np.maximum(_resize(np.asarray(heat, dtype=np.float32)[y0:y1, x0:x1], (sx1 - sx0, sy1 - sy0)), 0.0)
+    shown: NDArray[np.float32] = _resize(np.asarray(heat, dtype=np.float32)[y0:y1, x0:x1], (sx1 - sx0, sy1 - sy0))
+    return np.maximum(shown, 0.0)
 
 
 class ScaleStitcher:

@@ -11,9 +11,10 @@ starting with a run of zeros (0 when the first pixel is set).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from skimage.segmentation import slic
 
 
@@ -52,7 +53,8 @@ def region_masks(labels: np.ndarray) -> np.ndarray:
     """One boolean mask per region id: bool [K, H, W] with K = labels.max() + 1."""
     labels = np.asarray(labels)
     k = int(labels.max()) + 1 if labels.size else 0
-    return labels[None, :, :] == np.arange(k)[:, None, None]
+    masks: NDArray[np.bool_] = labels[None, :, :] == np.arange(k)[:, None, None]
+    return masks
 
 
 def region_bbox(mask: np.ndarray) -> list[int]:
@@ -88,5 +90,5 @@ def rle_decode(rle: dict[str, Any]) -> np.ndarray:
         raise ValueError(f"RLE counts sum to {counts.sum()}, expected {h * w}")
     values = np.arange(counts.size) % 2 == 1  # runs alternate zeros, ones, zeros, ...
     flat = np.repeat(values, counts)
-    order = "F" if rle.get("order", "row-major") == "column-major" else "C"
+    order: Literal["C", "F"] = "F" if rle.get("order", "row-major") == "column-major" else "C"
     return flat.reshape((h, w), order=order)

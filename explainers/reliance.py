@@ -1,4 +1,4 @@
-"""Per-token visual reliance, language reliance and hallucination risk.
+"""Per-token visual and language reliance, and the answer's summary.
 
 Signals (EAGLE, arXiv 2509.22496: modality reliance and hallucination analysis), all from
 teacher-forced token probabilities:
@@ -14,15 +14,12 @@ teacher-forced token probabilities:
 ``w * contrast_t + (1 - w) * I_norm_t`` (w = ``contrast_weight``, 0.5) when an insertion
 curve exists; ``language_reliance_t = 1 - visual_reliance_t``.
 
-Risk (content words only): a hallucinated word is one the model would say without the
-image, so it is risky when it rests on the language prior AND that prior is strong:
-``risk_t = language_reliance_t * p_blank_t ** prior_exponent`` (exponent 0.5). A word the
-image actively argues against (p_full < p_blank) has contrast 0, so its risk is the
-prior strength. Labels: low < risk_medium (0.35) <= medium < risk_high (0.65) <= high.
-Function words and punctuation get ``not_visual`` and risk 0: they make no claim about
-the image. The rule reads whole words of the answer, not tokens: a piece of a longer word
-("is" in "island") claims what the word claims. A content word is never excused for being
-insensitive to the image.
+Reliance is not risk: a word bound to the wrong object ("purple triangle" where the purple
+object is a square) rests on the image as much as a correct one. Risk is estimated per claim
+(`explainers.risk`) and a token carries its claim's. Function words and punctuation get
+``not_visual`` and risk 0: they make no claim about the image. The rule reads whole words
+of the answer, not tokens: a piece of a longer word ("is" in "island") claims what the word
+claims.
 """
 
 from __future__ import annotations
@@ -31,14 +28,16 @@ import re
 import string
 import unicodedata
 from collections.abc import Generator, Sequence
+from typing import Final
 
 import numpy as np
 from mllm_audit.explainers.faithfulness import auc
 from mllm_audit.explainers.masking import resolve_baseline
-from mllm_audit.explainers.results import Summary, TokenResult
+from mllm_audit.explainers.results import ClaimResult, RiskLabel, Summary, TokenResult
+from numpy.typing import NDArray
 
 EPS = 1e-8
-NOT_VISUAL = "not_visual"
+NOT_VISUAL: Final[RiskLabel] = "not_visual"
 LABEL_ORDER = {NOT_VISUAL: -1, "low": 0, "medium": 1, "high": 2}
 
 # English function words: articles, determiners, pronouns, generic prepositions,
@@ -263,7 +262,10 @@ def normalised_reliance(areas: np.ndarray, insertion: np.ndarray) -> np.ndarray:
     curve = np.asarray(insertion, dtype=np.float64)
     if curve.ndim == 1:
         curve = curve[:, None]
-    return np.clip(reliance_score(areas, curve) / np.maximum(curve.max(axis=0), EPS), 0.0, 1.0)
+    normalised: NDArray[np.float64] = np.clip(
+        reliance_score(areas, curve) / np.maximum(curve.max(axis=0), EPS), 0.0, 1.0
+    )
+    return normalised
 
 
 def visual_reliance(
@@ -280,30 +282,22 @@ def visual_reliance(
     return contrast_weight * contrast + (1.0 - contrast_weight) * normalised_reliance(areas, insertion)
 
 
-def risk_label(risk: float, risk_medium: float = 0.35, risk_high: float = 0.65) -> str:
-    if risk >= risk_high:
-        return "high"
-    return "medium" if risk >= risk_medium else "low"
-
-
 def assess_tokens(
     texts: Sequence[str],
     p_full: np.ndarray,
     p_blank: np.ndarray,
     areas: np.ndarray | None = None,
     insertion: np.ndarray | None = None,
-    risk_medium: float = 0.35,
-    risk_high: float = 0.65,
     contrast_weight: float = 0.5,
-    prior_exponent: float = 0.5,
     visual: Sequence[bool] | None = None,
 ) -> list[TokenResult]:
-    """Reliance and risk for every answer token (probabilities, not log-probs).
+    """Visual and language reliance of every answer token (probabilities, not log-probs).
 
     ``areas`` / ``insertion`` ([n_points, T]) are an EAGLE insertion curve when the
     explain path has one; without them the cheap contrast-only formula is used.
     ``visual`` says which tokens make a visual claim (``visual_claims`` of the answer);
-    without it each token's own text is judged.
+    without it each token's own text is judged. Risk is a claim's (explainers.risk): here a
+    visual token gets risk 0 and "low" until its claim's risk is known, the others "not_visual".
     """
     pf = np.asarray(p_full, dtype=np.float64)
     pb = np.asarray(p_blank, dtype=np.float64)
@@ -316,11 +310,7 @@ def assess_tokens(
     out = []
     for t, text in enumerate(texts):
         lang = 1.0 - float(vis[t])
-        if visual[t]:
-            risk = lang * float(np.clip(pb[t], 0.0, 1.0)) ** prior_exponent
-            label = risk_label(risk, risk_medium, risk_high)
-        else:
-            risk, label = 0.0, NOT_VISUAL
+        label: RiskLabel = "low" if visual[t] else NOT_VISUAL
         out.append(
             TokenResult(
                 t,
@@ -329,7 +319,7 @@ def assess_tokens(
                 float(pb[t]),
                 float(vis[t]),
                 lang,
-                risk,
+                0.0,
                 label,
                 None if eagle is None else float(eagle[t]),
             )
@@ -337,40 +327,38 @@ def assess_tokens(
     return out
 
 
-def summarize(tokens: Sequence[TokenResult]) -> Summary:
-    """Answer-level view: worst label and highest risk among visual tokens.
+def summarize(tokens: Sequence[TokenResult], claims: Sequence[ClaimResult] = ()) -> Summary:
+    """Answer-level view: the worst claim, the mean visual reliance of visual tokens, counts.
 
-    ``visual_reliance`` is the mean over visual tokens (over all tokens when none is
-    visual); ``flagged_tokens`` counts visual tokens labelled high.
+    ``visual_reliance`` is the mean over visual tokens (over all tokens when none is visual).
     """
     visual = [t for t in tokens if t.risk_label != NOT_VISUAL]
     pool = visual or list(tokens)
     reliance = float(np.mean([t.visual_reliance for t in pool])) if pool else 0.0
-    if not visual:
-        return Summary(NOT_VISUAL, 0.0, reliance, 0)
-    worst = max(visual, key=lambda t: LABEL_ORDER[t.risk_label])
+    flagged_tokens = sum(t.risk_label == "high" for t in tokens)
+    if not claims:
+        return Summary(NOT_VISUAL, 0.0, reliance, flagged_tokens)
+    worst = max(claims, key=lambda c: (LABEL_ORDER[c.risk_label], c.risk_score))
     return Summary(
         risk_label=worst.risk_label,
-        risk_score=max(t.risk_score for t in visual),
+        risk_score=max(c.risk_score for c in claims),
         visual_reliance=reliance,
-        flagged_tokens=sum(t.risk_label == "high" for t in visual),
+        flagged_tokens=flagged_tokens,
+        claims=len(claims),
+        flagged_claims=sum(c.risk_label == "high" for c in claims),
+        expected_hallucinations=float(sum(c.risk_score for c in claims)),
     )
 
 
-def blank_contrast(
-    image: np.ndarray, baselines: Sequence[str] = ("black",)
-) -> Generator[list[np.ndarray], np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """Cheap-path engine generator: ONE yield ``[full, *baselines]``.
+def black_probs(image: np.ndarray) -> Generator[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Engine generator: ONE yield ``[black image]``; returns p_blank [T] (probabilities).
 
-    Returns ``(p_full, p_blank)`` probabilities [T]; with several baselines p_blank is
-    their mean probability. The default (black) matches EAGLE's c_t(0), so both paths
-    share p_blank.
+    The full image's probabilities come from the risk readout's pass, so the cheap path
+    stays at two forward passes.
     """
-    if not baselines:
-        raise ValueError("need at least one baseline")
     image = np.asarray(image, dtype=np.uint8)
-    received = np.asarray((yield [image] + [resolve_baseline(image, b) for b in baselines]), dtype=np.float64)
-    if received.ndim != 2 or received.shape[0] != 1 + len(baselines):
-        raise ValueError(f"expected log-probs of shape [{1 + len(baselines)}, n_tokens], got {received.shape}")
-    probs = np.exp(received)
-    return probs[0], probs[1:].mean(axis=0)
+    received = np.asarray((yield [resolve_baseline(image, "black")]), dtype=np.float64)
+    if received.ndim != 2 or received.shape[0] != 1:
+        raise ValueError(f"expected log-probs of shape [1, n_tokens], got {received.shape}")
+    p_blank: NDArray[np.float64] = np.exp(received[0])
+    return p_blank

@@ -39,3 +39,5 @@ class AuditRequest:
     baseline: str = "black"  # what removed regions become (black, blur or mean colour)
     lambda1: float = 1.0  # EAGLE: weight of insight, p_t(keep S)
     lambda2: float = 1.0  # EAGLE: weight of necessity, 1 - p_t(remove S)
+    verify: bool = False  # ask the model a yes/no question about each claim (one pass per claim)
+    correct_to: str | None = None  # diagnosis: which regions make the model prefer this answer instead

@@ -58,11 +58,39 @@ class TokenResult:
 
 
 @dataclass(frozen=True)
+class ClaimResult:
+    """A visual claim of the answer (an object with its attributes, a count, a yes/no, a relation)."""
+
+    index: int
+    kind: Literal["object", "count", "existence", "relation"]
+    start: int  # characters [start, end) of the answer
+    end: int
+    text: str
+    token_indices: list[int]
+    risk_score: float  # estimated probability that the claim is hallucinated (see RiskInfo)
+    risk_label: RiskLabel
+    signals: dict[str, float]  # the signals measured for it (mllm_audit.explainers.signals)
+    evidence_bbox: tuple[int, int, int, int] | None = None  # the grounding's best patch, image pixels
+
+
+@dataclass(frozen=True)
+class RiskInfo:
+    """How risk was estimated: the calibration file's id (None: uncalibrated) and the signals used."""
+
+    calibration: str | None
+    calibrated: bool  # False: a ranking score, not a probability
+    signals: list[str]
+
+
+@dataclass(frozen=True)
 class Summary:
-    risk_label: RiskLabel  # the worst label among visual tokens
-    risk_score: float
+    risk_label: RiskLabel  # the worst label among the claims
+    risk_score: float  # the highest claim risk
     visual_reliance: float
-    flagged_tokens: int  # visual tokens labelled high
+    flagged_tokens: int  # tokens labelled high
+    claims: int = 0
+    flagged_claims: int = 0  # claims labelled high
+    expected_hallucinations: float = 0.0  # sum of the claims' risk scores
 
 
 @dataclass(frozen=True)
@@ -99,7 +127,8 @@ class Attribution:
     def region_mask(self, region: Region) -> NDArray[np.bool_]:
         if self.segments is None:
             raise ValueError("this attribution has no regions (white-box maps have none)")
-        return self.segments == region.region_id
+        mask: NDArray[np.bool_] = self.segments == region.region_id
+        return mask
 
     def overlay(self, image: Image.Image | NDArray[np.uint8], alpha: float = 0.6) -> Image.Image:
         """The heatmap over the image, the top region's box drawn when there is one."""
@@ -127,4 +156,20 @@ class AuditResult:
     tokens: list[TokenResult]
     summary: Summary
     stats: Stats
+    claims: list[ClaimResult]
+    risk: RiskInfo
     attributions: list[Attribution] | None = None  # None on the cheap reliance path
+    diagnosis: Diagnosis | None = None  # with correct_to only
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """EAGLE's correction analysis: which regions, removed, make the model prefer an alternative answer."""
+
+    alternative: str
+    ranking: list[int]  # region ids, the strongest shift towards the alternative first
+    flip_area: float | None  # smallest share of the image whose removal makes it prefer the alternative
+    flip_regions: int | None  # how many top regions that is
+    curve: FloatArray = field(repr=False)  # [[area removed, log p(alternative) - log p(answer)], ...]
+    forward_passes: int = 0
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # of the ranked regions, image pixels

@@ -22,11 +22,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from mllm_audit.explainers import arc
 from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import NDArray
 from PIL import Image
+
+if TYPE_CHECKING:  # the scorer module imports torch; explainers do not need it at run time
+    from mllm_audit.models.scorer import Audit, ScorerProtocol
 
 # ---------------------------------------------------------------------------- building blocks
 
@@ -156,7 +161,7 @@ def words_of_tokens(answer: str, spans: list[tuple[int, int]]) -> list[int]:
     return out
 
 
-def sequence_layout(scorer, audit, image: np.ndarray) -> SequenceLayout:
+def sequence_layout(scorer: ScorerProtocol, audit: Audit, image: np.ndarray) -> SequenceLayout:
     positions = np.asarray(scorer.image_token_positions(audit), dtype=np.int64)
     rows, cols = scorer.image_grid(audit, image)
     if rows * cols != len(positions):
@@ -220,7 +225,7 @@ def token_grid_maps(
     """
     logits = np.asarray(logits, dtype=np.float32)
     rows, cols = layout.grid
-    image_logits = logits[layout.image_positions]  # [n_img, vocab]
+    image_logits: NDArray[np.float32] = logits[layout.image_positions]  # [n_img, vocab]
 
     def raw_map(cls: int) -> np.ndarray:
         return np.maximum(image_logits[:, cls].astype(np.float64), 0.0).reshape(rows, cols)
@@ -245,7 +250,7 @@ def token_grid_maps(
             np.maximum(logits[context_positions, cls].astype(np.float64), 0.0) if context_positions else np.zeros(0)
         )
         coherence = None
-        if rankings is not None and context_positions:
+        if arc_params is not None and rankings is not None and context_positions:
             coherence = arc.coherence(
                 rankings[pos_t - 1], np.stack([rankings[j - 1] for j in context_positions]), arc_params.p
             )

@@ -20,17 +20,21 @@ for the ARC methods the RBO coherence rho_j in [0, 1]. ``token_context`` is the 
 for each token of the target on its own. ``forward_passes`` (images) and ``model_calls``
 count the white-box forwards of the call; they are shared by all its targets.
 
-The scorer is duck-typed (models.scorer.Scorer): ``white_box(pairs)``,
-``image_token_positions(audit)``, ``image_grid(audit, image)`` and ``processor``.
+The scorer is a `ScorerProtocol` (mllm_audit.models.scorer): ``white_box``,
+``image_token_positions``, ``image_grid``, ``view_box`` and the token helpers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mllm_audit.explainers import msea, tam
 from mllm_audit.explainers.arc import ArcParams
+
+if TYPE_CHECKING:  # the scorer module imports torch; explainers do not need it at run time
+    from mllm_audit.models.scorer import Audit, ScorerProtocol
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,10 @@ class TokenMapParams:
     context_top: int = 10
 
 
-def variant_params(variant: MapVariant, params: TokenMapParams | None = None) -> dict:
+def variant_params(variant: MapVariant, params: TokenMapParams | None = None) -> dict[str, Any]:
     """The parameters a map ran with, for the response's ``method.params``."""
     params = params or TokenMapParams()
-    out: dict = {"rank_filter": params.rank_filter, "filter_size": params.filter_size, "eci": True}
+    out: dict[str, Any] = {"rank_filter": params.rank_filter, "filter_size": params.filter_size, "eci": True}
     if variant.multiscale:
         out["scales"] = list(params.scales)
     if variant.arc:
@@ -64,7 +68,7 @@ def variant_params(variant: MapVariant, params: TokenMapParams | None = None) ->
 
 def _context(
     layout: tam.SequenceLayout, grid_maps: dict[int, tam.TokenGridMap], token_indices: list[int], top: int
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Context relevance of one target: mean over its tokens, positions before its first token."""
     first = layout.position(min(token_indices))
     totals: dict[int, list[float]] = {}
@@ -86,13 +90,13 @@ def _context(
 
 
 def target_heatmaps(
-    scorer,
-    audit,
+    scorer: ScorerProtocol,
+    audit: Audit,
     image: np.ndarray,
     variant: MapVariant,
     targets: list[list[int]],
     params: TokenMapParams | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """One dict per target (a list of answer-token indices); see the module docstring."""
     params = params or TokenMapParams()
     image = np.asarray(image, dtype=np.uint8)
@@ -138,6 +142,8 @@ def target_heatmaps(
 
     results = []
     for target in targets:
+        if context_maps is None:  # no view was mapped: params.scales is empty
+            raise ValueError("no image views to map: the scales are empty")
         heat = tam.normalise(np.mean([token_heat[t] for t in target], axis=0)).astype(np.float32)
         results.append(
             {

@@ -58,6 +58,18 @@ class WhiteBoxOutput:
     logits: torch.Tensor  # [seq, vocab]
 
 
+@dataclass(frozen=True)
+class Readout:
+    """What one forward pass of the full image says about the answer (risk signals)."""
+
+    log_probs: NDArray[np.float64]  # [answer tokens]
+    entropy: NDArray[np.float64]  # [answer tokens], nats
+    # [image tokens, answer tokens]: each answer token's log-probability read at each image token
+    # with the LM head (logit lens); None when the family's image tokens are unknown
+    patch_log_probs: NDArray[np.float64] | None
+    grid: tuple[int, int] | None  # (rows, cols) of the image tokens
+
+
 class ScorerProtocol(Protocol):
     """What explainers use of a scorer (`Scorer` is the one implementation)."""
 
@@ -79,6 +91,10 @@ class ScorerProtocol(Protocol):
 
     def image_grid(self, audit: Audit, image: ImageArray) -> tuple[int, int]:
         """(rows, cols) of the image's tokens."""
+        ...
+
+    def readout(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[Readout]:
+        """Answer-token log-probabilities, entropies and patch readouts, one forward per pair."""
         ...
 
     def count_tokens(self, text: str) -> int:
@@ -157,6 +173,28 @@ class Scorer:
             targets = torch.tensor(audit.tokens.ids, device=logits.device)
             lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
             results.append(lp.double().cpu().numpy())
+        return results
+
+    @torch.inference_mode()
+    def readout(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[Readout]:
+        """Answer-token log-probabilities, entropies and patch readouts, one forward per pair."""
+        if not pairs:
+            return []
+        all_logits = self._forward(pairs)
+        results = []
+        for row, (audit, image) in enumerate(pairs):
+            start, n = audit.sequence.answer_start, audit.n_tokens
+            log_p = torch.log_softmax(all_logits[row, start - 1 : start - 1 + n].float(), dim=-1)
+            targets = torch.tensor(audit.tokens.ids, device=log_p.device)
+            entropy = -(log_p.exp() * log_p).sum(dim=-1)
+            patches, grid = None, None
+            if audit.layout is not None:
+                layout = self._layout(audit, image)
+                positions = torch.tensor(list(layout.positions), device=log_p.device)
+                readout = torch.log_softmax(all_logits[row, positions].float(), dim=-1)
+                patches, grid = readout[:, targets].double().cpu().numpy(), layout.grid
+            chosen = log_p.gather(1, targets[:, None])[:, 0]
+            results.append(Readout(chosen.double().cpu().numpy(), entropy.double().cpu().numpy(), patches, grid))
         return results
 
     def score_images(self, audit: Audit, images: Sequence[ImageArray]) -> NDArray[np.float64]:

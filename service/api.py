@@ -32,7 +32,8 @@ from mllm_audit.service.config import Settings
 from mllm_audit.service.images import ImageError, decode_image
 from mllm_audit.service.serialize import audit_body
 
-API_PATH = "/v1/explain"  # LitServe's name for the queue; mllm_audit.service.server routes both endpoints to it
+# LitServe's api_path, here only the key of the one request queue (never routed): service.server feeds both endpoints
+QUEUE_PATH = "/_audit_queue"
 
 
 @dataclass
@@ -73,12 +74,12 @@ class AuditAPI(ls.LitAPI):
         super().__init__(
             max_batch_size=settings.max_batch_size,
             batch_timeout=settings.batch_timeout,
-            api_path=API_PATH,
+            api_path=QUEUE_PATH,
             loop=BatchedLoop(),
         )
         self.settings = settings
         self.configure_logs = True  # False when the caller (the CLI) has set logging up itself
-        self.auditor = None
+        self.auditor: Any = None  # an Auditor once setup() has loaded the model
         self.model_block: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ worker start
@@ -86,6 +87,7 @@ class AuditAPI(ls.LitAPI):
         import torch
         from mllm_audit.explainers.audit import Auditor
         from mllm_audit.models.backends import load_scorer
+        from mllm_audit.service.calibrate import service_calibration
         from PIL import Image
         from transformers.utils import logging as hf_logging
 
@@ -112,8 +114,11 @@ class AuditAPI(ls.LitAPI):
         backend = scorer.run_model if s.backend == "onnx" else None
         if backend is not None and backend.providers[0] != backend.requested[0]:  # ORT falls back without a word
             log.warning("onnx_provider_fallback", requested=backend.requested, granted=backend.providers)
+        # checked by `serve` before the workers start; a file changed since fails the worker here
+        calibration = service_calibration(s, loaded.model_id, loaded.family.name)
         self.auditor = Auditor(
             scorer,
+            calibration=calibration,
             forward_batch_size=s.forward_batch_size,
             risk_medium=s.risk_medium,
             risk_high=s.risk_high,
@@ -135,6 +140,7 @@ class AuditAPI(ls.LitAPI):
             dtype=str(loaded.dtype).removeprefix("torch."),
             backend=s.backend,
             onnx_providers=backend.providers if backend else None,
+            risk_calibration=calibration.id if calibration else None,
             threads=torch.get_num_threads(),
             seconds=round(time.monotonic() - started, 2),
         )
@@ -161,7 +167,14 @@ class AuditAPI(ls.LitAPI):
         image = decode_image(body["image"], s.max_image_pixels)
         if envelope.kind == "reliance":
             # regions is unused on this path, but Auditor.check range-checks it: keep it inside any limit
-            req = AuditRequest(image, body["prompt"], body["answer"], with_attributions=False, regions=2)
+            req = AuditRequest(
+                image,
+                body["prompt"],
+                body["answer"],
+                with_attributions=False,
+                regions=2,
+                verify=bool(body.get("verify", False)),
+            )
             decoded = Decoded(envelope, req, queue_s)
         else:
             targets = body["targets"]
@@ -188,6 +201,8 @@ class AuditAPI(ls.LitAPI):
                 baseline=body["baseline"],
                 lambda1=body["lambda1"],
                 lambda2=body["lambda2"],
+                verify=bool(body.get("verify", False)),
+                correct_to=body.get("correct_to"),
             )
             size = heatmap_size(heatmap, image.shape[1], image.shape[0], s.max_heatmap_pixels)
             decoded = Decoded(envelope, req, queue_s, heatmap.get("encoding", "array"), size)
@@ -240,6 +255,9 @@ class AuditAPI(ls.LitAPI):
         for token in body.get("tokens", []):
             m.tokens.labels(risk_label=token["risk_label"]).inc()
         m.answers.labels(risk_label=body["summary"]["risk_label"]).inc()
+        for claim in body.get("claims", []):  # rate(claim_risk_sum) / rate(claims_total): estimated hallucination rate
+            m.claims.labels(risk_label=claim["risk_label"]).inc()
+            m.claim_risk.observe(claim["risk_score"])
 
     def encode_response(self, output):
         """(JSON bytes, fields for the API server's log line), or the request's Failure."""
@@ -287,6 +305,7 @@ def heatmap_size(options: dict, width: int, height: int, max_pixels: int) -> tup
         scale = math.sqrt(max_pixels / (width * height))
         return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
     if w is None:
+        assert h is not None
         w = max(1, round(h * width / height))
     if h is None:
         h = max(1, round(w * height / width))

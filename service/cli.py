@@ -3,6 +3,7 @@
     mllm-audit serve [--model DIR] [--host H] [--port P] [--workers N] ...
     mllm-audit explain --image FILE --prompt TEXT --answer TEXT [--method eagle] [--overlay out.png]
     mllm-audit reliance --image FILE --prompt TEXT --answer TEXT
+    mllm-audit calibrate --labelled FILE --out risk_calibration.json [--model DIR] [--verify]
     mllm-audit openapi            # the served OpenAPI document as YAML (same as python -m mllm_audit.service.openapi)
 
 Every `serve` flag has an MLLM_AUDIT_* environment variable (service.config); a flag given on
@@ -40,6 +41,21 @@ MODEL_FLAGS = (
     "max_answer_tokens",
     "risk_medium",
     "risk_high",
+    "risk_calibration",
+    "log_level",
+)
+# `calibrate` runs the model in-process like `explain`; thresholds and the calibration file are its output
+CALIBRATE_FLAGS = (
+    "model",
+    "model_id",
+    "device",
+    "dtype",
+    "backend",
+    "trust_remote_code",
+    "forward_batch_size",
+    "cpu_threads",
+    "max_prompt_tokens",
+    "max_answer_tokens",
     "log_level",
 )
 
@@ -99,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output", type=Path, default=None, help="write the JSON here instead of stdout")
         _add_setting_flags(p, MODEL_FLAGS)
 
+    from mllm_audit.service import calibrate as calibrate_module
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="fit the risk calibration of a model on labelled claims (docs/risk.md)",
+        description=calibrate_module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    calibrate_module.add_arguments(calibrate)
+    _add_setting_flags(calibrate, CALIBRATE_FLAGS)
+
     sub.add_parser("openapi", help="print the OpenAPI document (YAML) the service serves")
     env = sub.add_parser("env", help="list the MLLM_AUDIT_* environment variables")
     env.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/configuration.md")
@@ -112,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve(_settings(args, SERVE_FLAGS))
         if args.command in ("explain", "reliance"):
             return audit_one(args, _settings(args, MODEL_FLAGS))
+        if args.command == "calibrate":
+            return run_calibrate(args, _settings(args, CALIBRATE_FLAGS))
         if args.command == "openapi":
             from mllm_audit.service.openapi import document_yaml
 
@@ -149,6 +178,11 @@ def serve(settings: Settings) -> int:
         model = model_block(settings)
     except ModelLoadError as exc:
         raise ValueError(str(exc)) from None
+    from mllm_audit.service.calibrate import risk_block, service_calibration
+
+    # so does a calibration file that does not parse, is for another model or needs a signal it cannot give
+    # (CalibrationError is a ValueError: one line naming the file, exit 2)
+    risk = risk_block(service_calibration(settings, model["id"], model["family"]))
     # Before anything imports prometheus_client (all processes of the server inherit it).
     from mllm_audit.service import logs, metrics
 
@@ -158,7 +192,7 @@ def serve(settings: Settings) -> int:
 
     from mllm_audit.service.server import AuditServer
 
-    server = AuditServer(settings, model)
+    server = AuditServer(settings, model, risk)
     # SIGTERM (docker stop, Kubernetes) shuts down like Ctrl+C: workers and API servers are stopped.
     main_pid = os.getpid()
 
@@ -255,6 +289,23 @@ def audit_one(args: argparse.Namespace, settings: Settings) -> int:
         write_overlay(decoded.request.image, result, args.overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     return 0
+
+
+def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+    from mllm_audit.models.loading import ModelLoadError
+    from mllm_audit.service import logs
+    from mllm_audit.service.api import cpu_threads
+    from mllm_audit.service.calibrate import calibrate
+    from transformers.utils import logging as hf_logging
+
+    logs.configure(settings.log_level, stream=sys.stderr)
+    torch.set_num_threads(cpu_threads(settings))
+    hf_logging.disable_progress_bar()  # the progress line is the command's own
+    try:
+        return calibrate(args, settings)
+    except ModelLoadError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _parse_targets(text: str):

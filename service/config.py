@@ -64,6 +64,11 @@ class Settings:
     max_forward_passes: int = _describe(20_000, "largest forward-pass budget a request may ask for")
     risk_medium: float = _describe(0.35, "risk score from which a visual token is labelled medium")
     risk_high: float = _describe(0.65, "risk score from which a visual token is labelled high")
+    risk_calibration: str = _describe(
+        "",
+        "risk calibration file (mllm-audit calibrate); empty: the model directory's risk_calibration.json "
+        "if it has one, else uncalibrated; none: uncalibrated. A file that does not fit the model stops the start",
+    )
     api_key: str = _describe("", "API key; when set, requests need `Authorization: Bearer KEY` or `X-API-Key: KEY`")
     protect_health: bool = _describe(False, "require the API key on /health too")
     protect_metrics: bool = _describe(False, "require the API key on /metrics/ too")

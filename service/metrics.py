@@ -10,6 +10,7 @@ Where each metric is counted:
   API server:  requests_total{endpoint,status}, request_latency_seconds{endpoint}
   worker:      queue_wait_seconds, batch_size, forward_passes_total, images_scored_total,
                explanation_seconds{method}, tokens_total{risk_label}, answers_total{risk_label},
+               claims_total{risk_label}, claim_risk (its _sum: the claims' summed risk scores),
                model_info{model_id,family,revision}
 """
 
@@ -29,6 +30,7 @@ PREFIX = "mllm_audit_"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
+RISK_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95, 0.99)
 
 
 def configure(metrics_dir: str = "", clear: bool = True) -> Path:
@@ -47,9 +49,13 @@ def configure(metrics_dir: str = "", clear: bool = True) -> Path:
                     entry.unlink()
     else:
         path = Path(tempfile.mkdtemp(prefix="mllm-audit-metrics-"))
-        owner = os.getpid()
-        # only the process that made it removes it (forked children run atexit too)
-        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
+        owner, made = os.getpid(), path
+
+        def remove() -> None:  # only the process that made it removes it (forked children run atexit too)
+            if os.getpid() == owner:
+                shutil.rmtree(made, ignore_errors=True)
+
+        atexit.register(remove)
     os.environ[ENV] = str(path)
     return path
 
@@ -90,6 +96,10 @@ def registry_metrics():
         )
         tokens = Counter(PREFIX + "tokens_total", "Audited answer tokens by risk label", ["risk_label"])
         answers = Counter(PREFIX + "answers_total", "Audited answers by summary risk label", ["risk_label"])
+        claims = Counter(PREFIX + "claims_total", "Audited claims by risk label", ["risk_label"])
+        # with a calibration, a claim's risk score estimates its probability of being hallucinated:
+        # rate(claim_risk_sum) / rate(claims_total) is the estimated hallucination rate of the claims
+        claim_risk = Histogram(PREFIX + "claim_risk", "Risk scores of the audited claims", buckets=RISK_BUCKETS)
         model_info = Gauge(
             PREFIX + "model_info",
             "The model served (value 1)",

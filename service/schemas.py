@@ -33,8 +33,8 @@ EXAMPLE_IMAGE = (
     "iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAPklEQVR42mOsqKhgoCVgYqAxGLVg1ALKAQsuiZQNG0gyaE5A"
     "wGgcjFowasGoBaMWDMP6AFf5PhoHoxYMQwsAEkMF6BJwl5QAAAAASUVORK5CYII="
 )
-RELIANCE_EXAMPLE = {"image": EXAMPLE_IMAGE, "prompt": "What color is the square?", "answer": "red"}
-EXPLAIN_EXAMPLE = {
+RELIANCE_EXAMPLE: dict[str, Any] = {"image": EXAMPLE_IMAGE, "prompt": "What color is the square?", "answer": "red"}
+EXPLAIN_EXAMPLE: dict[str, Any] = {
     **RELIANCE_EXAMPLE,
     "targets": "answer",
     "method": DEFAULT_METHOD,
@@ -125,6 +125,12 @@ class RelianceRequest(_Request):
     prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="the prompt the model answered")
     answer: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="the answer the model generated")
 
+    verify: bool = Field(
+        False,
+        description="also ask the model a yes/no question about each object and count claim "
+        "(one forward pass per claim); its answer becomes the claim's `verification` signal",
+    )
+
     check_text = field_validator("prompt", "answer")(_valid_text)
 
 
@@ -156,7 +162,7 @@ class ExplainRequest(RelianceRequest):
         le=MAX_FORWARD_PASSES_SCHEMA,
         description="budget of images run through the model for this request (null: the service's limit)",
     )
-    heatmap: HeatmapOptions = Field(default_factory=HeatmapOptions)
+    heatmap: HeatmapOptions = Field(default_factory=HeatmapOptions)  # type: ignore[arg-type]
     baseline: Literal["black", "blur", "mean"] = Field(
         "black",
         description="what removed image regions become in the masked images (insertion / deletion "
@@ -164,6 +170,15 @@ class ExplainRequest(RelianceRequest):
     )
     lambda1: float = Field(1.0, ge=0, le=1000, description="EAGLE: weight of insight (sufficiency), p_t(keep S)")
     lambda2: float = Field(1.0, ge=0, le=1000, description="EAGLE: weight of necessity, 1 - p_t(remove S); not both 0")
+    correct_to: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        description="diagnosis: an alternative answer; the response's `diagnosis` ranks the regions whose "
+        "removal moves the model from the answer to it, and the smallest share of the image that does",
+    )
+
+    check_correct_to = field_validator("correct_to")(lambda v: v if v is None else _valid_text(v))
 
 
 # --------------------------------------------------------------------------------- responses
@@ -211,10 +226,56 @@ class TokenResult(_Response):
 
 
 class Summary(_Response):
-    risk_label: RiskLabel
-    risk_score: float
+    risk_label: RiskLabel = Field(description="the worst label among the claims (not_visual: no claim)")
+    risk_score: float = Field(description="the highest claim risk")
     visual_reliance: float
-    flagged_tokens: int
+    flagged_tokens: int = Field(description="tokens labelled high")
+    claims: int = 0
+    flagged_claims: int = Field(0, description="claims labelled high")
+    expected_hallucinations: float = Field(0.0, description="sum of the claims' risk scores")
+
+
+class Claim(_Response):
+    index: int
+    kind: Literal["object", "count", "existence", "relation"]
+    start: int
+    end: int
+    text: str
+    token_indices: list[int]
+    risk_score: float = Field(description="estimated probability that the claim is hallucinated (see `risk`)")
+    risk_label: Literal["low", "medium", "high"]
+    signals: dict[str, float] = Field(
+        description="what was measured: confidence, entropy, grounding (white-box families), verification (verify)"
+    )
+    evidence_bbox: list[int] | None = Field(
+        None, description="[x0, y0, x1, y1]: the image patch that best supports the whole claim (grounding)"
+    )
+
+
+class RiskBlock(_Response):
+    calibration: str | None = Field(description="id of the calibration file in use; null: uncalibrated")
+    calibrated: bool = Field(description="false: risk scores rank claims but are not probabilities")
+    signals: list[str] = Field(description="the signals the risk scores of this response rest on")
+
+
+class DiagnosisRegion(_Response):
+    rank: int
+    region_id: int
+    bbox: list[int]
+
+
+class Diagnosis(_Response):
+    alternative: str
+    flip_area: float | None = Field(
+        description="smallest share of the image whose removal makes the model "
+        "prefer the alternative; null when removing every region does not"
+    )
+    flip_regions: int | None
+    regions: list[DiagnosisRegion] = Field(description="regions by the shift their removal causes, strongest first")
+    curve: list[list[float]] = Field(
+        description="[[share of the image removed, log p(alternative) - log p(answer)], ...]"
+    )
+    forward_passes: int
 
 
 class Stats(_Response):
@@ -277,12 +338,15 @@ class RelianceResponse(_Response):
     model: ModelBlock
     method: MethodBlock
     tokens: list[TokenResult]
+    claims: list[Claim]
+    risk: RiskBlock
     summary: Summary
     stats: Stats
 
 
 class ExplainResponse(RelianceResponse):
     attributions: list[Attribution]
+    diagnosis: Diagnosis | None = None
 
 
 class ErrorBody(BaseModel):
@@ -290,11 +354,27 @@ class ErrorBody(BaseModel):
     request_id: str | None = Field(None, description="the request id, also in the X-Request-ID header")
 
 
+class RiskModelInfo(_Response):
+    signals: list[str] = Field(description="the signals this model of the calibration scores a claim from")
+    medium: float = Field(description="risk score from which a claim is labelled medium")
+    high: float = Field(description="risk score from which a claim is labelled high")
+    measured: dict[str, Any] = Field(
+        description="its held-out figures when it was fitted: AUROC, AUPRC, precision and recall at each label"
+    )
+
+
+class RiskCalibrationInfo(_Response):
+    calibration: str | None = Field(description="id of the risk calibration in use; null: uncalibrated")
+    calibrated: bool = Field(description="false: risk scores rank claims but are not probabilities")
+    models: list[RiskModelInfo] = Field(description="a claim is scored by the model with the most signals measured")
+
+
 class InfoResponse(_Response):
     service: dict[str, Any]
     model: ModelBlock
     methods: list[str]
     endpoints: list[str]
+    risk: RiskCalibrationInfo
     limits: dict[str, Any]
     batching: dict[str, Any]
     config: dict[str, Any]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from mllm_audit.explainers.regions import rle_encode
-from mllm_audit.explainers.results import Attribution, AuditResult, TokenResult
+from mllm_audit.explainers.results import Attribution, AuditResult, ClaimResult, Diagnosis, TokenResult
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -84,9 +84,34 @@ def audit_body(
     body: dict[str, Any] = {
         "method": asdict(result.method),
         "tokens": [token_body(t) for t in result.tokens],
+        "claims": [claim_body(c) for c in result.claims],
+        "risk": asdict(result.risk),
         "summary": asdict(result.summary),
         "stats": asdict(result.stats),
     }
     if result.attributions is not None:
         body["attributions"] = [attribution_body(a, heatmap_encoding, heatmap_size) for a in result.attributions]
+    if result.diagnosis is not None:
+        body["diagnosis"] = diagnosis_body(result.diagnosis)
     return body
+
+
+def claim_body(claim: ClaimResult) -> dict[str, Any]:
+    body = asdict(claim)
+    body["risk_score"] = round(claim.risk_score, 6)
+    body["evidence_bbox"] = list(claim.evidence_bbox) if claim.evidence_bbox else None
+    return body
+
+
+def diagnosis_body(diagnosis: Diagnosis) -> dict[str, Any]:
+    return {
+        "alternative": diagnosis.alternative,
+        "flip_area": None if diagnosis.flip_area is None else round(diagnosis.flip_area, 5),
+        "flip_regions": diagnosis.flip_regions,
+        "regions": [
+            {"rank": rank, "region_id": region, "bbox": list(box)}
+            for rank, (region, box) in enumerate(zip(diagnosis.ranking, diagnosis.boxes), start=1)
+        ],
+        "curve": [[round(float(a), 5), round(float(m), 6)] for a, m in diagnosis.curve],
+        "forward_passes": diagnosis.forward_passes,
+    }

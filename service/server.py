@@ -3,7 +3,7 @@
 `AuditServer` is LitServe's server (worker processes, dynamic batching, request queues,
 transport, readiness) with the HTTP surface replaced by the service's:
 
-  POST /v1/explain, POST /v1/reliance  both feed the one AuditAPI queue (see mllm_audit.service.api)
+  POST /v1/explain, POST /v1/reliance  both feed the one AuditAPI queue (QUEUE_PATH in mllm_audit.service.api)
   GET  /health     200 "ok" once every model worker has loaded the model, else 503
   GET  /info       model, methods, limits and configuration (no secrets)
   GET  /metrics/   Prometheus metrics of every process of the service
@@ -30,9 +30,10 @@ import litserve as ls
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 from mllm_audit.service import metrics
-from mllm_audit.service.api import API_PATH, AuditAPI, Envelope, Failure
+from mllm_audit.service.api import QUEUE_PATH, AuditAPI, Envelope, Failure
 from mllm_audit.service.config import ENV_VARS, Settings, env_name
 from mllm_audit.service.images import FORMATS
 from mllm_audit.service.middleware import AuditMiddleware, error_response
@@ -82,17 +83,16 @@ AUDIT_ERRORS: dict[int | str, dict[str, Any]] = {
     503: _error("Saturated (MLLM_AUDIT_MAX_QUEUE requests in flight): retry after Retry-After seconds"),
     504: _error("Not answered within MLLM_AUDIT_REQUEST_TIMEOUT seconds"),
 }
-for _status in (503,):
-    AUDIT_ERRORS[_status]["headers"] = {
-        "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}
-    }
+AUDIT_ERRORS[503]["headers"] = {
+    "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}
+}
 REQUEST_ID_HEADER = {
     "X-Request-ID": {
         "description": "the request id (the client's X-Request-ID when it sent one), also in the body",
         "schema": {"type": "string"},
     }
 }
-SECURITY = {"security": [{}, {"BearerAuth": []}, {"ApiKeyAuth": []}]}
+SECURITY: dict[str, Any] = {"security": [{}, {"BearerAuth": []}, {"ApiKeyAuth": []}]}
 
 
 def model_block(settings: Settings) -> dict[str, Any]:
@@ -142,7 +142,7 @@ class AuditHandler:
         event = asyncio.Event()
         server.response_buffer[uid] = ResponseBufferItem(event)  # registered before the worker can answer
         try:
-            queue = server._get_request_queue(API_PATH)
+            queue = server._get_request_queue(QUEUE_PATH)
             queue.put((server.app.response_queue_id, uid, time.monotonic(), envelope))
             try:
                 await asyncio.wait_for(event.wait(), timeout=max(0.0, deadline - time.monotonic()))
@@ -174,9 +174,11 @@ def _worker_error(response) -> HTTPException:
 
 
 class AuditServer(ls.LitServer):
-    def __init__(self, settings: Settings, model: dict[str, Any] | None = None):
+    def __init__(self, settings: Settings, model: dict[str, Any] | None = None, risk: dict[str, Any] | None = None):
         self.settings = settings
         self.model = model or {"id": settings.model_id or "model", "family": "unknown", "revision": None}
+        # /info's risk block (mllm_audit.service.calibrate.risk_block): the calibration the workers load
+        self.risk = risk or {"calibration": None, "calibrated": False, "models": []}
         # In-flight requests of all API server processes: created here, shared by the forked ones.
         self.inflight = mp.Value("i", 0)
         accelerator, devices = accelerator_of(settings.device)
@@ -196,7 +198,7 @@ class AuditServer(ls.LitServer):
         app.add_exception_handler(Exception, internal_error)
 
     # LitServer.__init__ calls this: the service's routes instead of LitServe's defaults.
-    def register_endpoints(self):
+    def register_endpoints(self) -> None:
         app: FastAPI = self.app
         handler = AuditHandler(self)
 
@@ -225,7 +227,7 @@ class AuditServer(ls.LitServer):
             return await handler.handle("reliance", body, request)
 
         for route in app.routes:  # the request id header on every documented audit response
-            if getattr(route, "path", None) in ("/v1/explain", "/v1/reliance"):
+            if isinstance(route, APIRoute) and route.path in ("/v1/explain", "/v1/reliance"):
                 route.responses = {**route.responses, 200: {"headers": REQUEST_ID_HEADER}}
 
         @app.get(
@@ -264,8 +266,10 @@ class AuditServer(ls.LitServer):
             return Response(content=data, media_type=content_type)
 
     def workers_ready(self) -> bool:
-        status = getattr(self, "workers_setup_status", None)
-        return bool(status) and all(v == WorkerSetupStatus.READY for v in status.values())
+        status = getattr(self, "workers_setup_status", None)  # set by LitServer.run()
+        if not status:
+            return False
+        return all(v == WorkerSetupStatus.READY for v in status.values())
 
     def info(self) -> dict[str, Any]:
         s = self.settings
@@ -276,6 +280,7 @@ class AuditServer(ls.LitServer):
             "model": self.model,
             "methods": list(METHODS),
             "endpoints": ["/v1/explain", "/v1/reliance"],
+            "risk": self.risk,
             "limits": {
                 "max_payload_bytes": s.max_payload_bytes,
                 "max_image_pixels": s.max_image_pixels,
@@ -368,6 +373,10 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def build_server(settings: Settings, check_model: bool = True) -> AuditServer:
-    """The server for these settings; with check_model, a bad model directory fails here, early."""
-    model = model_block(settings) if check_model else None
-    return AuditServer(settings, model)
+    """The server for these settings; with check_model, a bad model directory or calibration file fails here, early."""
+    if not check_model:
+        return AuditServer(settings)
+    from mllm_audit.service.calibrate import risk_block, service_calibration
+
+    model = model_block(settings)
+    return AuditServer(settings, model, risk_block(service_calibration(settings, model["id"], model["family"])))

@@ -1,4 +1,14 @@
-"""Shared fixtures: the bundled reference model and a tiny random LLaVA saved to disk."""
+"""Shared fixtures (the bundled reference model, a tiny random LLaVA saved to disk) and the rule
+that every test is of exactly one kind, a marker registered in pyproject.toml:
+
+  unit         no model, or a cheap call of a small one; in-process
+  integration  real models in-process (explainers, model families, ONNX); no server process
+  e2e          runs the product in child processes: the server, the CLI, the example scripts
+  deploy       the Dockerfile, the Helm chart and the wheel, checked offline
+
+`slow` (quality checks of the methods, far costlier than the rest) can be added to any kind.
+`make test` runs everything; `make test-fast` leaves out e2e, deploy and slow.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +21,29 @@ from mllm_audit.models.loading import load_model
 from mllm_audit.models.reference import world
 from mllm_audit.models.scorer import Scorer
 
+KINDS = ("unit", "integration", "e2e", "deploy")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: an unmarked test is an error whatever the selection
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wrong = []
+    for item in items:
+        kinds = sorted({mark.name for mark in item.iter_markers() if mark.name in KINDS})
+        if len(kinds) != 1:
+            wrong.append(f"  {item.nodeid}: {', '.join(kinds) or 'no kind'}")
+    if wrong:
+        raise pytest.UsageError(
+            f"every test needs exactly one of the markers {', '.join(KINDS)} (tests/conftest.py):\n" + "\n".join(wrong)
+        )
+
+
+# One torch thread in the test process: the models here are small, and on shared cores torch's
+# worker threads spin waiting for each other (the tiny models' tests took 5x the CPU with two).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def reference():
-    torch.set_num_threads(2)
     return load_model()
 
 

@@ -23,6 +23,8 @@ from scipy.stats import spearmanr
 from bench.faithfulness import run as run_faithfulness
 from tests.conftest import held_out_sample
 
+pytestmark = pytest.mark.integration
+
 
 def wire(results, encoding="array", size=None):
     """Results as the service sends them (dicts), exceptions as they are."""
@@ -129,6 +131,7 @@ def test_tiny_random_llava_is_explained_end_to_end(tiny_llava_dir):
     assert heat.shape == (50, 80) and np.isfinite(heat).all()
 
 
+@pytest.mark.slow  # a quality check of the method, not of the code: 8 searches on two models (~7 s of CPU)
 def test_sanity_randomised_weights_change_the_attribution(reference, reference_scorer):
     """Adebayo et al.: an attribution that survives weight randomisation explains nothing."""
     randomised = copy.copy(reference)
@@ -151,6 +154,7 @@ def test_sanity_randomised_weights_change_the_attribution(reference, reference_s
     assert np.mean(correlations) < 0.3, correlations
 
 
+@pytest.mark.slow  # the faithfulness bench on 20 scenes: over a minute of CPU
 def test_faithfulness_targets_on_a_small_sample():
     table = run_faithfulness(n=20, regions=32, methods=["eagle", "random"], batch_size=64, model_dir=None)
     assert table["eagle"]["pointing_mask_objects"] >= 0.9, table

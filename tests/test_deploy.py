@@ -30,6 +30,8 @@ import yaml
 from mllm_audit.service.config import ENV_VARS, Settings
 from mllm_audit.service.metrics import registry_metrics
 
+pytestmark = pytest.mark.deploy
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 CHART = REPO / "helm" / "mllm-audit"
@@ -584,7 +586,7 @@ def test_dashboard_queries_only_exported_metrics():
     queries = dashboard_queries(dashboard)
     used = {name for query in queries for name in re.findall(r"\bmllm_audit_[a-z_]+", query)}
     exported = exported_series()
-    assert len(exported) == 5 + 1 + 4 * 3, exported  # counters, the gauge, histograms' series
+    assert len(exported) == 6 + 1 + 5 * 3, exported  # counters, the gauge, histograms' series
     assert used <= exported, used - exported
     # The panels the dashboard promises: hallucination rate by risk label (answers and tokens),
     # latency p50/p95, queue wait, batch size and forward passes per second.
@@ -595,6 +597,8 @@ def test_dashboard_queries_only_exported_metrics():
         "mllm_audit_queue_wait_seconds_bucket",
         "mllm_audit_batch_size_sum",
         "mllm_audit_forward_passes_total",
+        "mllm_audit_claim_risk_sum",  # over claims_total: the estimated hallucination rate
+        "mllm_audit_claims_total",
     ):
         assert needed in used, needed
     text = "\n".join(queries)

@@ -16,6 +16,8 @@ from mllm_audit.explainers.eagle import (
 )
 from mllm_audit.explainers.regions import region_masks
 
+pytestmark = pytest.mark.unit
+
 # ---------------------------------------------------------------- toy world (also used by test_engine)
 
 

@@ -11,6 +11,8 @@ from mllm_audit.explainers.engine import Job, run_jobs
 
 from tests.test_eagle import drive, make_audit, toy_logp
 
+pytestmark = pytest.mark.unit
+
 
 class CountingScorer:
     """ScoreFn over toy audits that records every call's batch size."""

@@ -15,6 +15,8 @@ from mllm_audit.models.scorer import Scorer, to_pil
 from mllm_audit.models.sequence import generation_prompt
 from transformers import ProcessorMixin
 
+pytestmark = pytest.mark.integration
+
 PROMPT, ANSWER, OTHER_PROMPT, OTHER_ANSWER = (
     "Describe the image.",
     "a blue square.",

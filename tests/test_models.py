@@ -14,6 +14,8 @@ from mllm_audit.models.sequence import generation_prompt, tokenize_answer
 
 from tests.conftest import held_out_sample
 
+pytestmark = pytest.mark.integration
+
 
 def test_reference_model_loads_through_the_generic_path(reference):
     assert reference.family.name == "llava"
@@ -133,6 +135,7 @@ def test_scorer_has_every_method_of_the_protocol():
         "white_box",
         "image_token_positions",
         "image_grid",
+        "readout",
         "count_tokens",
         "special_token_ids",
         "token_texts",

@@ -17,6 +17,8 @@ from PIL import Image
 
 from tests.conftest import held_out_sample
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def onnx_scorer(reference):

@@ -11,15 +11,18 @@ from mllm_audit.explainers.regions import region_bbox, region_masks, rle_decode,
 from mllm_audit.explainers.reliance import (
     NOT_VISUAL,
     assess_tokens,
-    blank_contrast,
+    black_probs,
     is_visual_claim,
     reliance_score,
     summarize,
     visual_claims,
     visual_reliance,
 )
+from mllm_audit.explainers.results import ClaimResult
 
 from tests.test_eagle import drive, make_audit
+
+pytestmark = pytest.mark.unit
 
 
 def shapes_image(h: int = 64, w: int = 80, seed: int = 0) -> np.ndarray:
@@ -205,29 +208,28 @@ def test_not_visual_rule():
         assert is_visual_claim(text), text
 
 
-def test_content_word_insensitive_to_the_image_is_high_risk():
+def test_a_content_word_insensitive_to_the_image_rests_on_language():
     texts = ["the", "circle", "red"]
     p_full = np.array([0.9, 0.92, 0.98])
     p_blank = np.array([0.9, 0.92, 0.21])
-    tokens = assess_tokens(texts, p_full, p_blank)
-    the, circle, red = tokens
+    the, circle, red = assess_tokens(texts, p_full, p_blank)
     assert the.risk_label == NOT_VISUAL and the.risk_score == 0.0
-    assert circle.risk_label == "high" and circle.visual_reliance == 0.0 and circle.language_reliance == 1.0
-    assert red.risk_label == "low" and red.visual_reliance > 0.7
-    summary = summarize(tokens)
-    assert summary.risk_label == "high" and summary.flagged_tokens == 1
-    assert summary.risk_score == pytest.approx(circle.risk_score)
+    assert circle.visual_reliance == 0.0 and circle.language_reliance == 1.0 and circle.risk_label == "low"
+    assert red.visual_reliance > 0.7
+    contradicted = assess_tokens(["dog"], np.array([0.05]), np.array([0.6]))[0]  # the image argues against it
+    assert contradicted.visual_reliance == 0.0
+
+
+def test_summary_takes_the_worst_claim():
+    tokens = assess_tokens(["red", "circle", "and", "blue", "square"], np.full(5, 0.9), np.full(5, 0.1))
+    claims = [
+        ClaimResult(0, "object", 0, 10, "red circle", [0, 1], 0.02, "low", {"confidence": -0.01}),
+        ClaimResult(1, "object", 15, 26, "blue square", [3, 4], 0.8, "high", {"confidence": -1.2}),
+    ]
+    summary = summarize(tokens, claims)
+    assert (summary.risk_label, summary.risk_score, summary.claims, summary.flagged_claims) == ("high", 0.8, 2, 1)
+    assert summary.expected_hallucinations == pytest.approx(0.82)
     assert summarize(assess_tokens(["the", "."], np.array([0.5, 0.5]), np.array([0.5, 0.5]))).risk_label == NOT_VISUAL
-
-
-def test_risk_labels_follow_thresholds():
-    # language reliance 1, so risk = sqrt(p_blank): 0.1 -> 0.32 low, 0.25 -> 0.5 medium
-    tokens = assess_tokens(["dog", "cat"], np.array([0.1, 0.25]), np.array([0.1, 0.25]))
-    assert [t.risk_label for t in tokens] == ["low", "medium"]
-    tokens = assess_tokens(["dog"], np.array([0.25]), np.array([0.25]), risk_medium=0.6, risk_high=0.9)
-    assert tokens[0].risk_label == "low"
-    contradicted = assess_tokens(["dog"], np.array([0.05]), np.array([0.6]))[0]  # image argues against it
-    assert contradicted.visual_reliance == 0.0 and contradicted.risk_label == "high"
 
 
 def test_reliance_score_and_curve_term():
@@ -241,12 +243,11 @@ def test_reliance_score_and_curve_term():
     assert cheap == pytest.approx([8 / 9, 0.0])
 
 
-def test_blank_contrast_generator():
+def test_black_probs_generator():
     audit = make_audit(rows=2, cols=2)
-    (p_full, p_blank), n, yields = drive(blank_contrast(audit.image, ("black", "mean")), audit)
-    assert n == 3 and yields == 1
-    assert p_full == pytest.approx(audit.bias + audit.weights.sum(axis=1))
-    assert np.all(p_blank < p_full)
+    p_blank, n, yields = drive(black_probs(audit.image), audit)
+    assert n == 1 and yields == 1
+    assert p_blank == pytest.approx(audit.bias)  # nothing of the image is left
 
 
 def test_word_pieces_share_their_words_verdict():
@@ -259,4 +260,4 @@ def test_word_pieces_share_their_words_verdict():
     tokens = assess_tokens(
         ["an", " is", "land", "."], np.full(4, 0.5), np.full(4, 0.5), visual=visual_claims(answer, spans)
     )
-    assert [t.risk_label for t in tokens] == ["not_visual", "high", "high", "not_visual"]
+    assert [t.risk_label for t in tokens] == ["not_visual", "low", "low", "not_visual"]

@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from mllm_audit.models.reference import world
 from mllm_audit.service.config import ENV_VARS
 from mllm_audit.service.openapi import contract
 from mllm_audit.service.schemas import ExplainResponse, RelianceResponse
 from PIL import Image
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,10 +30,13 @@ import pytest
 from mllm_audit.explainers.regions import rle_decode
 from mllm_audit.models.reference import world
 from mllm_audit.service.openapi import CONTRACT, contract
-from mllm_audit.service.process import ServerProcess
 from mllm_audit.service.schemas import ExplainResponse, RelianceResponse
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.server_process import ServerProcess
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "s3cret-key"
@@ -158,7 +161,8 @@ def test_audits_of_a_known_scene(open_server):
     explain = ExplainResponse.model_validate(r.json())
     assert explain.method.name == "eagle" and explain.method.params["regions"] == 16
     (attribution,) = explain.attributions
-    assert attribution.target.text == obj.colour and attribution.forward_passes == explain.stats.forward_passes
+    assert attribution.target.text == obj.colour
+    assert explain.stats.forward_passes == attribution.forward_passes + 1  # and the risk readout's pass
     assert 2 <= len(attribution.regions) <= 32 and [g.rank for g in attribution.regions] == sorted(
         g.rank for g in attribution.regions
     )
@@ -331,7 +335,7 @@ def test_white_box_maps_over_http(open_server):
         assert heat.shape == (96, 96) and np.isfinite(heat).all() and heat.max() > 0
         assert 0 <= attribution.deletion_auc < attribution.insertion_auc <= 1
         assert attribution.forward_passes == map_passes + 2 * 64  # the map, then 64-step curves
-        assert explain.stats.forward_passes == attribution.forward_passes + 2  # and p_full / p_blank
+        assert explain.stats.forward_passes == attribution.forward_passes + 2  # and the readout and black images
         targeted = [t for t in explain.tokens if t.index in attribution.target.token_indices]
         assert targeted and all(t.context for t in targeted)
         assert all(c.index < t.index for t in targeted for c in t.context if c.source == "answer")
@@ -535,11 +539,28 @@ def test_a_request_past_the_timeout_is_answered_504(locked_server):
         "max_forward_passes": 5000,
         "heatmap": {"encoding": "none"},
     }
-    started = time.monotonic()
-    r = httpx.post(url + "/v1/explain", json=body, headers=AUTH, timeout=60)
-    assert r.status_code == 504 and "timed out" in r.json()["detail"], r.text
-    assert 6 <= time.monotonic() - started < 12
-    # the worker gave up on it too: a cheap request is answered well within the timeout
+    before = scrape(url, AUTH)
+    r = httpx.post(url + "/v1/explain", json=body, headers={**AUTH, "X-Request-ID": "past-deadline"}, timeout=60)
+    # answered by the API server at its deadline: only its wait names the configured timeout (the
+    # worker's own 504 says "request timed out", LitServe's queue timeout says something else)
+    assert r.status_code == 504 and r.json()["detail"] == "request timed out after 6 s", r.text
+
+    # the worker gave up on it too: its forward passes stop growing (unchanged over 3 s of scrapes)
+    # before the search is done, so the audit is never completed (nor counted as an explanation)
+    passes = [total(scrape(url, AUTH), "mllm_audit_forward_passes_total")]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (len(passes) >= 4 and len(set(passes[-4:])) == 1):
+        time.sleep(1)
+        passes.append(total(scrape(url, AUTH), "mllm_audit_forward_passes_total"))
+    assert len(passes) >= 4 and len(set(passes[-4:])) == 1, f"the worker is still running it: {passes}"
+    after = scrape(url, AUTH)
+    assert total(after, "mllm_audit_forward_passes_total") > total(before, "mllm_audit_forward_passes_total")
+    explained = "mllm_audit_explanation_seconds_count"
+    assert total(after, explained, method="eagle_greedy") == total(before, explained, method="eagle_greedy")
+    # its log line (written after the answer was sent; the scrapes above took seconds)
+    lines = [json.loads(line) for line in locked_server.log_text().splitlines() if line.startswith("{")]
+    assert [line["status"] for line in lines if line.get("request_id") == "past-deadline"] == [504]
+    # and the service goes on answering
     r = httpx.post(url + "/v1/reliance", json=colour_question(61)[2], headers=AUTH, timeout=60)
     assert r.status_code == 200
 

@@ -15,7 +15,15 @@ import zlib
 
 import numpy as np
 import pytest
-from mllm_audit.explainers.results import AuditResult, MethodInfo, Stats, Summary, TokenResult
+from mllm_audit.explainers.results import (
+    AuditResult,
+    ClaimResult,
+    MethodInfo,
+    RiskInfo,
+    Stats,
+    Summary,
+    TokenResult,
+)
 from mllm_audit.service import auth, cli
 from mllm_audit.service.api import AuditAPI, Decoded, Envelope, Failure
 from mllm_audit.service.config import ENV_VARS, Settings
@@ -35,6 +43,8 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
+
+pytestmark = pytest.mark.unit
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -111,13 +121,28 @@ def test_bad_images_get_the_right_status(data, status, words):
     assert words.lower() in info.value.detail.lower()
 
 
-def test_pixel_limit_is_checked_before_decoding():
-    # 30000 x 30000 RGB would need 2.7 GB decoded; the refusal must come from the header alone.
-    started = time.perf_counter()
-    with pytest.raises(ImageError) as info:
-        decode_image(b64(png_header_only(30_000, 30_000)), max_pixels=16_000_000)
-    assert info.value.status == 413
-    assert time.perf_counter() - started < 0.5
+def test_pixel_limit_is_checked_before_decoding(monkeypatch):
+    # 30000 x 30000 RGB would need 2.7 GB decoded; the refusal must come from the header alone:
+    # Pillow decodes pixels only in ImageFile.load, so a spy on it sees every decode.
+    from PIL import ImageFile
+
+    decoded = []
+    load = ImageFile.ImageFile.load
+
+    def spy(self):
+        decoded.append(self.size)
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    decode_image(b64(encode(Image.fromarray(SCENE))), max_pixels=16_000_000)
+    assert (32, 24) in decoded  # the spy sees a decode when there is one
+    decoded.clear()
+    # over Pillow's own bomb limit, and under it but over the service's limit
+    for width, height in ((30_000, 30_000), (8_000, 8_000)):
+        with pytest.raises(ImageError) as info:
+            decode_image(b64(png_header_only(width, height)), max_pixels=16_000_000)
+        assert info.value.status == 413
+    assert decoded == []
 
 
 # ----------------------------------------------------------------------------------- schemas
@@ -164,6 +189,20 @@ def test_response_models_accept_the_contract_and_extra_fields():
         "model": {"id": "m", "family": "llava", "revision": None},
         "method": {"name": "eagle", "params": {}},
         "tokens": [token],
+        "claims": [
+            {
+                "index": 0,
+                "kind": "object",
+                "start": 0,
+                "end": 3,
+                "text": "red",
+                "token_indices": [0],
+                "risk_score": 0.05,
+                "risk_label": "low",
+                "signals": {"confidence": -0.02},
+            }
+        ],
+        "risk": {"calibration": None, "calibrated": False, "signals": ["confidence"]},
         "summary": {"risk_label": "low", "risk_score": 0.05, "visual_reliance": 0.8, "flagged_tokens": 0},
         "stats": {"forward_passes": 180, "model_calls": 12, "batch_size": 3, "queue_ms": 2.0, "compute_ms": 410.0},
         "attributions": [
@@ -351,12 +390,15 @@ class StubAuditor:
                 out.append(RuntimeError("scorer exploded"))
                 continue
             token = TokenResult(0, req.answer, 0.9, 0.1, 0.8, 0.2, 0.05, "low", start=0, end=len(req.answer))
+            claim = ClaimResult(0, "object", 0, len(req.answer), req.answer, [0], 0.05, "low", {"confidence": -0.1})
             out.append(
                 AuditResult(
                     method=MethodInfo("reliance", {}),
                     tokens=[token],
-                    summary=Summary("low", 0.05, 0.8, 0),
+                    summary=Summary("low", 0.05, 0.8, 0, claims=1),
                     stats=Stats(forward_passes=2, model_calls=1, compute_ms=1.0),
+                    claims=[claim],
+                    risk=RiskInfo(None, False, ["confidence"]),
                 )
             )
         return out

@@ -16,6 +16,7 @@ from tests.conftest import held_out_sample
 # ---------------------------------------------------------------- TAM building blocks
 
 
+@pytest.mark.unit
 def test_eci_scale_is_the_least_squares_fit():
     rng = np.random.default_rng(0)
     target = rng.random((6, 7))
@@ -37,6 +38,7 @@ def test_eci_scale_is_the_least_squares_fit():
     assert s0 == 0 and np.allclose(alone, target)
 
 
+@pytest.mark.unit
 def test_rank_gaussian_filter():
     assert np.allclose(tam.rank_gaussian_filter(np.full((4, 5), 2.5)), 2.5)  # constant windows stay
     assert np.all(tam.rank_gaussian_filter(np.zeros((3, 3))) == 0)  # mean <= 0 gives 0
@@ -49,6 +51,7 @@ def test_rank_gaussian_filter():
     assert tam.rank_gaussian_filter(block)[3:5, 3:5].min() == pytest.approx(1.0)
 
 
+@pytest.mark.unit
 def test_view_box_follows_the_centre_crop(reference_scorer):
     """The reference LLaVA's processor resizes the shortest edge and centre-crops."""
     assert reference_scorer.view_box((96, 96)) == (0, 0, 96, 96)
@@ -58,6 +61,7 @@ def test_view_box_follows_the_centre_crop(reference_scorer):
 # ---------------------------------------------------------------- ARC
 
 
+@pytest.mark.unit
 def test_rank_biased_overlap():
     a = np.arange(50)
     assert arc.rank_biased_overlap(a, a) == pytest.approx(1.0)
@@ -75,6 +79,7 @@ def test_rank_biased_overlap():
     assert arc.rank_biased_overlap(x, y, p=p) == pytest.approx(direct)
 
 
+@pytest.mark.unit
 def test_top_k_rankings_clip_to_the_vocabulary():
     logits = np.array([[0.1, 3.0, 2.0], [5.0, 5.0, -1.0]])
     assert arc.top_k_rankings(logits, 50).tolist() == [[1, 2, 0], [0, 1, 2]]
@@ -85,6 +90,7 @@ def test_top_k_rankings_clip_to_the_vocabulary():
 # ---------------------------------------------------------------- MSEA views
 
 
+@pytest.mark.unit
 def test_views_cover_the_image_and_map_back():
     img = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     views = msea.make_views(img, (0.5, 1.0, 1.5, 2.0))
@@ -149,6 +155,7 @@ class _RednessScorer:
         return outs
 
 
+@pytest.mark.unit
 def test_every_method_maps_back_to_the_right_place_model_free():
     scorer = _RednessScorer()
     image = np.full((72, 120, 3), 120, dtype=np.uint8)
@@ -167,6 +174,7 @@ def test_every_method_maps_back_to_the_right_place_model_free():
 # ---------------------------------------------------------------- on models
 
 
+@pytest.mark.integration
 def test_all_methods_on_a_tiny_random_llava_with_a_non_square_image(tiny_llava_dir):
     scorer = Scorer(load_model(tiny_llava_dir))
     image = np.random.default_rng(3).integers(0, 256, (50, 80, 3), dtype=np.uint8)
@@ -196,6 +204,7 @@ def test_all_methods_on_a_tiny_random_llava_with_a_non_square_image(tiny_llava_d
         get_method("tam").heatmaps(scorer, audit, image, [[n]])
 
 
+@pytest.mark.integration
 def test_tam_of_a_colour_answer_points_at_the_named_object(reference_scorer):
     """The key claim, on the trained reference model: 'What color is the circle?' -> the circle."""
     hits, n = 0, 50

@@ -11,13 +11,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from mllm_audit.explainers.engine import EngineStats, Job
 from mllm_audit.explainers.request import AuditRequest
 from mllm_audit.explainers.results import Attribution, ContextToken, Target
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:  # the scorer module imports torch; explainers do not need it at run time
+    from mllm_audit.models.scorer import Audit, ScorerProtocol
 
 FloatArray = NDArray[np.float64]
 
@@ -27,8 +30,8 @@ class PlanContext:
     """What a method gets to plan one request."""
 
     request: AuditRequest
-    scorer: Any  # mllm_audit.models.scorer.AuditScorer
-    audit: Any  # the scorer's prepared sequence for this request
+    scorer: ScorerProtocol
+    audit: Audit  # the scorer's prepared sequence for this request
     image: NDArray[np.uint8]  # the working image (downscaled when large)
     targets: list[Target]
 

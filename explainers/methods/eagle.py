@@ -8,6 +8,7 @@ the published plain greedy, kept as the reference.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,17 @@ from mllm_audit.explainers.results import Attribution, Region, Target
 from numpy.typing import NDArray
 from PIL import Image
 
-FAST_SEARCH = {"s": 6, "p": 4, "u": 15}  # re-ranking window, bottom-up candidates, full re-rank period
+
+@dataclass(frozen=True)
+class FastSearch:
+    """The faster search's settings (`mllm_audit.explainers.eagle.fast_search`)."""
+
+    s: int = 6  # re-ranking window
+    p: int = 4  # bottom-up candidates
+    u: int = 15  # full re-rank period
+
+
+FAST_SEARCH = FastSearch()
 
 
 def curve_points(areas: FloatArray, probs: FloatArray, token_indices: Sequence[int]) -> FloatArray:
@@ -39,7 +50,9 @@ class _Eagle(Explainer):
             "max_forward_passes": request.max_forward_passes,
         }
 
-    def search(self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any) -> Any:
+    def search(
+        self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any
+    ) -> eagle.Search:
         raise NotImplementedError
 
     def plan(self, ctx: PlanContext) -> Plan:
@@ -108,17 +121,21 @@ class EagleFast(_Eagle):
     summary = "EAGLE's faster greedy search over superpixels (default)"
 
     def params(self, request: AuditRequest) -> dict[str, Any]:
-        return {**super().params(request), **FAST_SEARCH}
+        return {**super().params(request), **asdict(FAST_SEARCH)}
 
-    def search(self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any) -> Any:
-        return eagle.fast_search(image, masks, tokens, **options, **FAST_SEARCH)
+    def search(
+        self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any
+    ) -> eagle.Search:
+        return eagle.fast_search(image, masks, tokens, **options, s=FAST_SEARCH.s, p=FAST_SEARCH.p, u=FAST_SEARCH.u)
 
 
 class EagleGreedy(_Eagle):
     name = "eagle_greedy"
     summary = "the published plain greedy search, K(K+1) images"
 
-    def search(self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any) -> Any:
+    def search(
+        self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any
+    ) -> eagle.Search:
         return eagle.greedy_search(image, masks, tokens, **options)
 
 

@@ -7,7 +7,7 @@ insertion and deletion curves.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mllm_audit.explainers.engine import EngineStats, Job
@@ -21,12 +21,15 @@ from mllm_audit.explainers.token_maps import MapVariant, target_heatmaps, varian
 from numpy.typing import NDArray
 from PIL import Image
 
+if TYPE_CHECKING:  # the scorer module imports torch; explainers do not need it at run time
+    from mllm_audit.models.scorer import Audit, ScorerProtocol
+
 CURVE_STEPS = 64  # equal-area steps of a heatmap's insertion / deletion curves
 
 
 def bilinear(heat: NDArray[np.float32], size: tuple[int, int]) -> NDArray[np.float32]:
     resized = Image.fromarray(np.asarray(heat, dtype=np.float32)).resize(size, Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized), 0.0, 1.0)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
 class TokenMap(Explainer):
@@ -40,7 +43,9 @@ class TokenMap(Explainer):
     def params(self, request: AuditRequest) -> dict[str, Any]:
         return variant_params(self.variant)
 
-    def heatmaps(self, scorer: Any, audit: Any, image: NDArray[np.uint8], targets: list[list[int]]) -> list[Any]:
+    def heatmaps(
+        self, scorer: ScorerProtocol, audit: Audit, image: NDArray[np.uint8], targets: list[list[int]]
+    ) -> list[dict[str, Any]]:
         """The maps of the targets (lists of answer-token indices): see `target_heatmaps`."""
         return target_heatmaps(scorer, audit, image, self.variant, targets)
 

@@ -1,4 +1,6 @@
-"""Run the real server as a child process: for the end-to-end tests, bench/load.py and CI jobs.
+"""Test helper: the real server as a child process, for tests/test_service_e2e.py and bench/load.py.
+
+    from tests.server_process import ServerProcess
 
     with ServerProcess({"MLLM_AUDIT_MAX_BATCH_SIZE": "8"}) as server:
         httpx.post(server.url + "/v1/reliance", json=...)
@@ -6,6 +8,9 @@
 It starts `python -m mllm_audit.service.cli serve` on 127.0.0.1 and a free port, waits until /health
 answers 200 (every model worker loaded), and stops it with SIGTERM (the service's graceful
 shutdown), killing its process group only if it does not exit in time.
+
+It lives with the tests, not in the installed package: nothing in the service uses it. Importing
+it needs the repository root on sys.path (pytest's rootdir; bench/load.py puts it there itself).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -27,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class ServerProcess:
@@ -45,7 +52,8 @@ class ServerProcess:
         self.startup_timeout = startup_timeout
         self.health_headers = health_headers or {}
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="mllm-audit-server-", suffix=".log")[1])
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     def start(self) -> ServerProcess:
         env = {
@@ -81,6 +89,7 @@ class ServerProcess:
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
+            self._close_log()
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -92,7 +101,12 @@ class ServerProcess:
         except (ProcessLookupError, PermissionError):
             pass
         self.proc.wait(timeout=10)
-        self._log.close()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -103,5 +117,5 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
