@@ -38,17 +38,15 @@ test-fast: install
 
 # ruff (pyproject's [tool.ruff]) and mypy (its [tool.mypy]: strict for mllm_audit.explainers and
 # mllm_audit.models). mypy cannot read the package-dir mapping (mllm_audit.service is service/, ...),
-# so build/mypy/mllm_audit holds the installed layout as symbolic links; pyproject points mypy there,
-# and after one `make lint` a plain `.venv/bin/mypy` works too.
+# so tools/package_tree.py lays the installed layout out as symbolic links in build/package, where
+# pyproject points mypy; after one `make lint` a plain `.venv/bin/mypy` works too.
 LINT_PINS := ruff==0.17.5 mypy==2.4.1 types-pyyaml==6.0.12.20261122
-MYPY_TREE := build/mypy/mllm_audit
 
 lint: install
 	$(PY) -m pip install --quiet $(LINT_PINS)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)
-	for entry in mllm_audit/*.py service explainers models; do ln -s ../../../$$entry $(MYPY_TREE)/; done
+	$(PY) tools/package_tree.py
 	$(VENV)/bin/mypy
 
 eval: install

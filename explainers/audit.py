@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mllm_audit.explainers import methods, reliance, risk, signals
-from mllm_audit.explainers.calibration import Calibration
+from mllm_audit.explainers.calibration import CALIBRATION_FILE, Calibration
+from mllm_audit.explainers.calibration import load as load_calibration
 from mllm_audit.explainers.claims import Claim, group_claims
 from mllm_audit.explainers.diagnosis import PairedAudit, correction_search
 from mllm_audit.explainers.engine import EngineStats, Job, run_jobs
@@ -102,16 +103,24 @@ class Auditor:
         device: str = "auto",
         dtype: str = "auto",
         backend: str = "torch",
+        calibration: str | Path | None = "auto",
         **options: Any,
     ) -> Auditor:
         """An auditor of the model in a local directory (the bundled reference model by default).
 
-        `backend` is "torch" or "onnx" (LLaVA family, exported at load); `options` are the
-        constructor's (forward_batch_size, risk thresholds, limits).
+        `backend` is "torch" or "onnx" (LLaVA family, exported at load). `calibration`: a risk
+        calibration file; "auto" takes the model directory's `risk_calibration.json` when it
+        has one; None: uncalibrated. `options` are the constructor's (forward_batch_size,
+        risk thresholds, limits).
         """
         from mllm_audit.models.backends import load_scorer
 
-        return cls(load_scorer(path, device=device, dtype=dtype, backend=backend), **options)
+        scorer = load_scorer(path, device=device, dtype=dtype, backend=backend)
+        if calibration == "auto":
+            found = Path(scorer.loaded.path) / CALIBRATION_FILE
+            calibration = found if found.is_file() else None
+        loaded = None if calibration is None else load_calibration(calibration, model_id=scorer.loaded.model_id)
+        return cls(scorer, calibration=loaded, **options)
 
     # ------------------------------------------------------------------ one request
     def explain(self, image: Image.Image | NDArray[Any], prompt: str, answer: str, **options: Any) -> AuditResult:

@@ -24,6 +24,7 @@ from mllm_audit.explainers.signals import DIRECTION, SIGNALS
 from numpy.typing import NDArray
 
 FORMAT = "mllm-audit-risk-calibration/1"
+CALIBRATION_FILE = "risk_calibration.json"  # a model directory's own calibration, used by default
 RiskLabel = Literal["low", "medium", "high"]
 FloatArray = NDArray[np.float64]
 

@@ -25,9 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mllm_audit.explainers.calibration import Calibration, RiskModel, load
+from mllm_audit.explainers.calibration import CALIBRATION_FILE, Calibration, RiskModel, load
 
-CALIBRATION_FILE = "risk_calibration.json"  # looked for in the model directory
 BASE_SIGNALS = ("confidence", "entropy")
 BOOTSTRAP = 1000
 SPLIT_SEED = 0
