@@ -67,7 +67,7 @@ from mllm_audit.explainers import calibration as cal
 from mllm_audit.explainers.audit import Auditor
 from mllm_audit.explainers.request import AuditRequest
 from mllm_audit.explainers.results import AuditResult, ClaimResult
-from mllm_audit.explainers.signals import SIGNALS
+from mllm_audit.explainers.signals import SIGNALS, VERIFIED_KINDS
 from mllm_audit.models.loading import load_model
 from mllm_audit.models.reference import world
 from mllm_audit.models.reference.evaluate import generate_answers, held_out_samples
@@ -333,19 +333,20 @@ def tables(report: dict[str, Any]) -> str:
                 f"| {name} | {setting} | {fmt(m['medium_recall'], 2)} | {fmt(m['medium_false_flags'], 2)} "
                 f"| {fmt(m['high_recall'], 2)} | {fmt(m['high_false_flags'], 2)} |"
             )
-    passes = report["forward_passes"]
+    per_request = report["forward_passes"]
     lines += ["", "| setting | forward passes per request: captions | existence | counts |", "|---|---|---|---|"]
     for setting in settings:
         verify = SETTINGS[setting][1] if setting in SETTINGS else False
-        row = [f"{passes[a]['verify' if verify else 'plain']:.2f}" for a in ("caption", "existence", "count")]
+        row = [f"{per_request[a]['verify' if verify else 'plain']:.2f}" for a in ("caption", "existence", "count")]
         lines.append(f"| {setting} | {' | '.join(row)} |")
     check = report["agreement"]
     lines += [
         "",
         f"Same {check['claims']} claims ({check['requests']} captions) audited again: verify=False changes no other "
         f"signal (max gap {check['max_signal_gap_verify_false']:.1e}, {check['forward_passes_verify_false']:.2f} "
-        f"passes); method=\"tam\" gives the same signals and risks (max gaps {check['max_signal_gap_tam']:.1e} and "
-        f"{check['max_risk_gap_tam']:.1e}) in {check['forward_passes_tam']:.1f} passes.",
+        f'passes); method="tam" gives the same signals and risks (max gaps {check["max_signal_gap_tam"]:.1e} and '
+        f"{check['max_risk_gap_tam']:.1e}) in {check['forward_passes_tam']:.1f} passes. The bench's risks with every "
+        f"signal equal the auditor's own within {report['service_risk_gap']:.1e} (results round signals to 6 places).",
     ]
     if report.get("targets"):
         lines += ["", "| target | measured | met |", "|---|---|---|"]
@@ -474,57 +475,29 @@ def run(
     count_answers = generate_answers(loaded, counts)
     log(f"{time.perf_counter() - start:.0f} s: answered")
 
-    def requests(samples: list[world.Sample], answers: list[str]) -> list[AuditRequest]:
-        return [AuditRequest(s.scene.image, s.prompt, a, with_attributions=False, verify=True) for s, a in zip(samples, answers)]
-
     yes = [i for i, a in enumerate(existence_answers) if said_yes(a)]
     caption_req = requests(captions, caption_answers)
-    existence_req = requests([existence[i] for i in yes], [existence_answers[i] for i in yes])
-    count_req = requests(counts, count_answers)
     caption_res = audit_claims(auditor, caption_req)
-    existence_res = audit_claims(auditor, existence_req)
-    count_res = audit_claims(auditor, count_req)
+    existence_res = audit_claims(auditor, requests([existence[i] for i in yes], [existence_answers[i] for i in yes]))
+    count_res = audit_claims(auditor, requests(counts, count_answers))
     log(f"{time.perf_counter() - start:.0f} s: audited")
 
     rows: dict[str, list[ClaimRow]] = {"caption": [], "existence": [], "count": []}
     unparsed = 0
-    for s, res in zip(captions, caption_res):
+    for sample, res in zip(captions, caption_res):
         for claim in res.claims if res else []:
-            kind = caption_type(claim.text, s.scene) if claim.kind == "object" else None
+            kind = caption_type(claim.text, sample.scene) if claim.kind == "object" else None
             if kind is None:
                 unparsed += 1
-                continue
-            rows["caption"].append(_row("caption", kind, claim))
+            else:
+                rows["caption"].append(_row("caption", kind, claim))
     for i, res in zip(yes, existence_res):
-        for claim in res.claims if res else []:
-            if claim.kind == "existence":
-                rows["existence"].append(_row("existence", kind_of(existence[i]), claim))
-    for s, a, res in zip(counts, count_answers, count_res):
-        for claim in res.claims if res else []:
-            if claim.kind == "count":
-                rows["count"].append(_row("count", "correct" if claim.text.lower() == s.truth else "wrong", claim))
-
-    caption_rows, existence_rows = rows["caption"], rows["existence"]
-    correct = [r for r in caption_rows if not r.hallucinated]
-    positives = [r for r in existence_rows if not r.hallucinated]
-    slices = [Slice("caption objects", caption_rows)]
-    slices += [Slice(f"caption: {t}", correct + [r for r in caption_rows if r.type == t]) for t in HALLUCINATION_TYPES]
-    slices.append(Slice('existence "yes": all negatives', existence_rows))
-    slices += [
-        Slice(f'existence "yes": {k}', positives + [r for r in existence_rows if r.type == k]) for k in NEGATIVE_KINDS
-    ]
-    slices.append(Slice("count answers", rows["count"]))
+        rows["existence"] += [_row("existence", kind_of(existence[i]), c) for c in claims_of(res, "existence")]
+    for sample, res in zip(counts, count_res):
+        rows["count"] += [
+            _row("count", "correct" if c.text.lower() == sample.truth else "wrong", c) for c in claims_of(res, "count")
+        ]
     settings = list(SETTINGS) if calibration is not None else [UNCALIBRATED]
-
-    def passes(results: list[AuditResult | None], verified: bool) -> float:
-        done = [r for r in results if r is not None]
-        if not done:
-            return float("nan")
-        if verified:
-            return float(np.mean([r.stats.forward_passes for r in done]))
-        return float(np.mean([r.stats.forward_passes - sum(c.kind in ("object", "count") for c in r.claims) for r in done]))
-
-    check = agreement(auditor, caption_req[:n_check], caption_res[:n_check])
     report: dict[str, Any] = {
         "model": str(loaded.path),
         "calibration": calibration.id if calibration else None,
@@ -532,31 +505,74 @@ def run(
         "settings": settings,
         "slices": {
             s.name: {setting: measure(s.rows, setting, calibration, thresholds, n_boot) for setting in settings}
-            for s in slices
+            for s in slices(rows)
         },
         "forward_passes": {
             name: {"verify": passes(res, True), "plain": passes(res, False)}
             for name, res in (("caption", caption_res), ("existence", existence_res), ("count", count_res))
         },
-        "agreement": check,
+        "agreement": agreement(auditor, caption_req[:n_check], caption_res[:n_check]),
         "counts": {
             "captions": len(captions),
-            "caption_claims": len(caption_rows),
-            "caption_types": dict(Counter(r.type for r in caption_rows)),
+            "caption_claims": len(rows["caption"]),
+            "caption_types": dict(Counter(r.type for r in rows["caption"])),
             "unparsed_caption_claims": unparsed,
             "existence_questions": dict(Counter(kind_of(s) for s in existence)),
             "existence_yes_rate": {
-                k: round(float(np.mean([said_yes(a) for s, a in zip(existence, existence_answers) if kind_of(s) == k])), 3)
+                k: rate([said_yes(a) for s, a in zip(existence, existence_answers) if kind_of(s) == k])
                 for k in ("positive", *NEGATIVE_KINDS)
             },
-            "count_accuracy": float(np.mean([a == s.truth for s, a in zip(counts, count_answers)])) if counts else float("nan"),
+            "count_accuracy": rate([a == s.truth for s, a in zip(counts, count_answers)]),
             "popular": popular[:3],
         },
+        "service_risk_gap": _service_gap(rows, calibration),
     }
-    report["service_risk_gap"] = _service_gap(rows, calibration)
     report["targets"] = targets(report) if calibration is not None else []
     report["seconds"] = time.perf_counter() - start
     return report
+
+
+def requests(samples: list[world.Sample], answers: list[str]) -> list[AuditRequest]:
+    """The reliance path with verification: every signal of every claim."""
+    return [
+        AuditRequest(s.scene.image, s.prompt, a, with_attributions=False, verify=True) for s, a in zip(samples, answers)
+    ]
+
+
+def claims_of(result: AuditResult | None, kind: str) -> list[ClaimResult]:
+    return [c for c in result.claims if c.kind == kind] if result else []
+
+
+def rate(hits: list[bool]) -> float:
+    return round(float(np.mean(hits)), 3) if hits else float("nan")
+
+
+def slices(rows: dict[str, list[ClaimRow]]) -> list[Slice]:
+    """Caption claims overall and per hallucination type (against every correct one), existence
+    "yes" answers overall and per negative kind (against the true ones), and count answers."""
+    caption, existence = rows["caption"], rows["existence"]
+    correct = [r for r in caption if not r.hallucinated]
+    positives = [r for r in existence if not r.hallucinated]
+    out = [Slice("caption objects", caption)]
+    out += [Slice(f"caption: {t}", correct + [r for r in caption if r.type == t]) for t in HALLUCINATION_TYPES]
+    out.append(Slice('existence "yes": all negatives', existence))
+    out += [Slice(f'existence "yes": {k}', positives + [r for r in existence if r.type == k]) for k in NEGATIVE_KINDS]
+    out.append(Slice("count answers", rows["count"]))
+    return out
+
+
+def passes(results: list[AuditResult | None], verified: bool) -> float:
+    """Mean forward passes per request, with or without its verification questions (one per claim)."""
+    done = [r for r in results if r is not None]
+    if not done:
+        return float("nan")
+    return float(
+        np.mean([r.stats.forward_passes - (0 if verified else verified_claims(r)) for r in done], dtype=np.float64)
+    )
+
+
+def verified_claims(result: AuditResult) -> int:
+    return sum(c.kind in VERIFIED_KINDS for c in result.claims)
 
 
 def _service_gap(rows: dict[str, list[ClaimRow]], calibration: cal.Calibration | None) -> float:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from mllm_audit.explainers.claims import CLAIM_KINDS
 from mllm_audit.explainers.signals import DIRECTION, SIGNALS
 from numpy.typing import NDArray
 
@@ -43,6 +44,7 @@ class RiskModel:
     medium: float  # probability thresholds of the labels
     high: float
     measured: dict[str, Any] = field(default_factory=dict)  # held-out precision, recall, AUROC...
+    kinds: tuple[str, ...] = ()  # the claim kinds it scores (claims.ClaimKind); empty: every kind
 
     def probability(self, signals: Mapping[str, float]) -> float:
         z = [(signals[s] - m) / sc for s, m, sc in zip(self.signals, self.mean, self.scale)]
@@ -63,10 +65,13 @@ class Calibration:
     models: tuple[RiskModel, ...]
     verify_template: str = "Is there a {claim}?"
 
-    def model_for(self, available: set[str]) -> RiskModel | None:
-        """The model with the most signals among those available, or None."""
-        usable = [m for m in self.models if set(m.signals) <= available]
-        return max(usable, key=lambda m: len(m.signals), default=None)
+    def model_for(self, available: set[str], kind: str | None = None) -> RiskModel | None:
+        """The model for a claim of `kind` with the most signals among those available, or None.
+
+        Among models with as many signals, one fitted to the claim's kind wins over one for every kind.
+        """
+        usable = [m for m in self.models if set(m.signals) <= available and (not m.kinds or kind in m.kinds)]
+        return max(usable, key=lambda m: (len(m.signals), bool(m.kinds)), default=None)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **asdict(self)}
@@ -102,6 +107,7 @@ def load(path: str | Path, model_id: str | None = None, computable: set[str] | N
                 medium=float(m["medium"]),
                 high=float(m["high"]),
                 measured=dict(m.get("measured") or {}),
+                kinds=tuple(str(k) for k in m.get("kinds") or ()),
             )
             for m in raw["models"]
         )
@@ -120,6 +126,8 @@ def load(path: str | Path, model_id: str | None = None, computable: set[str] | N
         unknown = set(m.signals) - set(SIGNALS)
         if unknown:
             raise CalibrationError(f"{where}: unknown signals {sorted(unknown)}; known: {', '.join(SIGNALS)}")
+        if set(m.kinds) - set(CLAIM_KINDS):
+            raise CalibrationError(f"{where}: unknown claim kinds {sorted(set(m.kinds) - set(CLAIM_KINDS))}")
         if not len(m.signals) == len(m.mean) == len(m.scale) == len(m.weights):
             raise CalibrationError(f"{where}: a model's signals, mean, scale and weights differ in length")
         if len(set(m.signals)) != len(m.signals) or not m.signals:
@@ -174,6 +182,7 @@ def fit_model(
     labels: Sequence[int] | None,
     medium_rate: float = 0.05,
     high_rate: float = 0.01,
+    kinds: Sequence[str] = (),
 ) -> RiskModel:
     """A model over `signals` from claims' measured signals; labels 1 = hallucinated (None: z-scores)."""
     x = np.array([[row[s] for s in signals] for row in rows], dtype=np.float64)
@@ -186,11 +195,11 @@ def fit_model(
         y = np.asarray(labels, dtype=np.float64)
         weights, bias = logistic_fit(z, y)
         correct = y == 0
-    model = RiskModel(tuple(signals), tuple(mean), tuple(scale), tuple(weights), bias, 0.5, 0.5)
+    model = RiskModel(tuple(signals), tuple(mean), tuple(scale), tuple(weights), bias, 0.5, 0.5, kinds=tuple(kinds))
     probs = np.array([model.probability(r) for r in rows])
     medium = threshold_at(probs[correct], medium_rate)
     high = max(medium, threshold_at(probs[correct], high_rate))
-    return RiskModel(model.signals, model.mean, model.scale, model.weights, model.bias, medium, high)
+    return replace(model, medium=medium, high=high)
 
 
 def calibration_id(models: Sequence[RiskModel], model_id: str) -> str:

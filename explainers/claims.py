@@ -15,11 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from mllm_audit.explainers.reliance import is_visual_claim
 
 ClaimKind = Literal["object", "count", "existence", "relation"]
+CLAIM_KINDS: tuple[ClaimKind, ...] = get_args(ClaimKind)
 
 _WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")  # a word (hyphenated or with an apostrophe), or a mark
 YES_NO = frozenset({"yes", "no"})

@@ -59,7 +59,7 @@ def measure(claim: Claim, readout: Any, verified: Job | None) -> tuple[dict[str,
         "entropy": signals.entropy(readout.entropy, claim.token_indices),
     }
     best = None
-    if readout.patch_log_probs is not None:
+    if readout.patch_log_probs is not None and claim.kind != "existence":  # "yes" names nothing to find
         measured["grounding"], best = signals.grounding(readout.patch_log_probs, claim.token_indices)
     if verified is not None and verified.error is None:
         measured["verification"] = signals.verification(verified.result)
@@ -79,7 +79,7 @@ def assess_claims(
     used: set[str] = set()
     for claim in claims:
         measured, best = measure(claim, readout, verified.get(claim.index))
-        model = calibration.model_for(set(measured)) if calibration else None
+        model = calibration.model_for(set(measured), claim.kind) if calibration else None
         if model is not None:
             risk = model.probability(measured)
             label: RiskLabel = model.label(risk)

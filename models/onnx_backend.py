@@ -157,6 +157,3 @@ class OnnxBackend:
             },
         )[0]
         return SimpleNamespace(logits=torch.from_numpy(logits))
-
-
-# Temporary alias of the old name (the backend is no longer LLaVA's own); callers move to OnnxBackend.

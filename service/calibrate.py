@@ -28,6 +28,8 @@ from typing import Any
 from mllm_audit.explainers.calibration import CALIBRATION_FILE, Calibration, RiskModel, load
 
 BASE_SIGNALS = ("confidence", "entropy")
+KIND_GROUPS: tuple[tuple[str, ...], ...] = ((), ("existence",), ("object", "count", "relation"))
+MIN_PER_CLASS = 5  # hallucinated and correct claims a group of kinds needs for a model of its own
 BOOTSTRAP = 1000
 SPLIT_SEED = 0
 
@@ -195,6 +197,7 @@ def split_cases(n: int, holdout: float, seed: int = SPLIT_SEED) -> tuple[list[in
 @dataclass
 class ClaimRow:
     case: int  # index into the cases
+    kind: str  # the claim's kind
     signals: dict[str, float]
     label: int | None  # 1 hallucinated, 0 correct, None unlabelled
 
@@ -242,7 +245,8 @@ def _shown(figure: dict[str, Any]) -> str:
 
 def describe(model: RiskModel) -> str:
     m = model.measured
-    head = f"{'+'.join(model.signals)}: thresholds medium {model.medium:.4f}, high {model.high:.4f}"
+    kinds = f" ({', '.join(model.kinds)} claims)" if model.kinds else ""
+    head = f"{'+'.join(model.signals)}{kinds}: thresholds medium {model.medium:.4f}, high {model.high:.4f}"
     if "auroc" not in m:
         return head + "\n  no held-out labelled claims: nothing measured"
     lines = [
@@ -376,7 +380,7 @@ def calibrate(args: argparse.Namespace, settings: Any) -> int:
             label = labels.get(claim.index)
             if label is None and not args.unlabelled:
                 continue  # a computed claim the file does not label
-            rows.append(ClaimRow(i, dict(claim.signals), None if label is None else int(label)))
+            rows.append(ClaimRow(i, claim.kind, dict(claim.signals), None if label is None else int(label)))
     labelled_rows = [r for r in rows if r.label is not None]
     if not rows or (not args.unlabelled and not labelled_rows):
         report("no claim to fit on (no case could be audited, or no labelled claim matched)")
@@ -388,23 +392,24 @@ def calibrate(args: argparse.Namespace, settings: Any) -> int:
     grounded = "grounding" in computable and any("grounding" in r.signals for r in rows)
     base = BASE_SIGNALS + (("grounding",) if grounded else ())
     signal_sets = [base] + ([(*base, "verification")] if args.verify else [])
-    models = []
-    for signals in signal_sets:
-        usable = [r for r in rows if set(signals) <= set(r.signals)]
+    # the base signals alone too: a yes/no answer has no grounding
+    without_grounding = [BASE_SIGNALS] + ([(*BASE_SIGNALS, "verification")] if args.verify else [])
+    signal_sets += [s for s in without_grounding if s not in signal_sets]
+
+    def fit(kinds: tuple[str, ...], signals: tuple[str, ...]) -> RiskModel | None:
+        """A model of `signals` for claims of `kinds` (all: ()), or None when the data cannot fit one."""
+        usable = [r for r in rows if set(signals) <= set(r.signals) and (not kinds or r.kind in kinds)]
         fit_rows = [r for r in usable if r.case not in held]
+        labels = None
         if not args.unlabelled:
             fit_rows = [r for r in fit_rows if r.label is not None]
-            classes = {r.label for r in fit_rows}
-            if classes != {0, 1}:
-                report(f"{'+'.join(signals)}: the fit cases need both hallucinated and correct claims; got {classes}")
-                return 2
-        model = fit_model(
-            signals,
-            [r.signals for r in fit_rows],
-            None if args.unlabelled else [int(r.label or 0) for r in fit_rows],
-            medium_rate=args.medium_rate,
-            high_rate=args.high_rate,
-        )
+            hallucinated = sum(r.label == 1 for r in fit_rows)
+            if min(hallucinated, len(fit_rows) - hallucinated) < (MIN_PER_CLASS if kinds else 1):
+                return None
+            labels = [int(r.label or 0) for r in fit_rows]
+        elif kinds or not fit_rows:
+            return None
+        model = fit_model(signals, [r.signals for r in fit_rows], labels, args.medium_rate, args.high_rate, kinds)
         held_rows = [r for r in usable if r.case in held and r.label is not None]
         measured: dict[str, Any] = {
             "fit_cases": len({r.case for r in fit_rows}),
@@ -414,7 +419,14 @@ def calibrate(args: argparse.Namespace, settings: Any) -> int:
         }
         if held_rows:
             measured.update(held_out_figures(model, held_rows, len({r.case for r in held_rows}), args.bootstrap))
-        models.append(replace(model, measured=measured))
+        return replace(model, measured=measured)
+
+    # a model per signal set for every kind (the fallback), then per group of kinds with enough
+    # labelled claims of its own: a yes/no answer's signals mean other things than an object's
+    models = [m for kinds in KIND_GROUPS for signals in signal_sets if (m := fit(kinds, signals)) is not None]
+    if not any(not m.kinds and m.signals == BASE_SIGNALS for m in models):
+        report(f"{'+'.join(BASE_SIGNALS)}: the fit cases need both hallucinated and correct claims")
+        return 2
 
     calibration = Calibration(
         id=calibration_id(models, loaded.model_id),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from bench import hallucination
 from mllm_audit.explainers.calibration import Calibration, fit_model
+
+from bench import hallucination
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ def test_tables_have_every_row(tmp_path):
         assert f"| {setting} (" in table  # the ranking table names each setting's model
         assert f"| {setting} | " in table  # the thresholds and the forward-passes tables
     assert report["fitted_by_bench"] == []  # the file has a model for every setting
-    assert report["service_risk_gap"] < 1e-9  # the bench scores claims as the auditor does
+    assert report["service_risk_gap"] < 1e-4  # the bench scores claims as the auditor does (signals rounded)
     check = report["agreement"]
     assert check["max_signal_gap_tam"] < 1e-6 and check["max_risk_gap_tam"] < 1e-6
     assert report["forward_passes"]["caption"]["plain"] == 2

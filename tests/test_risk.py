@@ -242,9 +242,12 @@ def test_calibrate_a_small_labelled_file_for_the_auditor(tmp_path, reference_sco
     assert "8/8 cases" in printed.err and "AUROC" in printed.out
 
     loaded = calibration.load(out, model_id=REFERENCE_MODEL_ID, computable=computable_signals("llava"))
-    assert [m.signals for m in loaded.models] == [
+    pooled = [m.signals for m in loaded.models if not m.kinds]  # too few cases for a model per kind of claim
+    assert pooled == [
         ("confidence", "entropy", "grounding"),
         ("confidence", "entropy", "grounding", "verification"),
+        ("confidence", "entropy"),
+        ("confidence", "entropy", "verification"),
     ]
     assert all("fit_claims" in m.measured for m in loaded.models)
     auditor = Auditor(reference_scorer, calibration=loaded)
@@ -338,3 +341,18 @@ def test_the_service_refuses_to_start_with_a_bad_calibration(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert str(path) in lines[0] and f"not the served '{REFERENCE_MODEL_ID}'" in lines[0]
+
+
+@pytest.mark.unit
+def test_a_model_of_the_claims_kind_is_preferred():
+    rows = [{"confidence": float(x), "entropy": float(x) / 2} for x in np.linspace(-2, 0, 40)]
+    labels = [int(r["confidence"] < -1.5) for r in rows]
+    pooled = calibration.fit_model(("confidence", "entropy"), rows, labels)
+    existence = calibration.fit_model(("confidence", "entropy"), rows, labels, kinds=("existence",))
+    verified = calibration.fit_model(
+        ("confidence", "entropy", "verification"), [{**r, "verification": 1.0} for r in rows], labels
+    )
+    cal = calibration.Calibration("c", "m", "logistic", (pooled, existence, verified))
+    assert cal.model_for({"confidence", "entropy"}, "existence") is existence
+    assert cal.model_for({"confidence", "entropy"}, "object") is pooled
+    assert cal.model_for({"confidence", "entropy", "verification"}, "existence") is verified  # more signals first
