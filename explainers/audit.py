@@ -322,9 +322,17 @@ class Auditor:
         size = self.forward_batch_size
         for start in range(0, len(works), size):
             chunk = works[start : start + size]
-            for work, readout in zip(chunk, self.scorer.readout([(w.audit, w.image) for w in chunk])):
+            phrases = [self._asked_phrase(w) for w in chunk]
+            for work, readout in zip(chunk, self.scorer.readout([(w.audit, w.image) for w in chunk], phrases)):
                 work.readout = readout
         return -(-len(works) // size)
+
+    def _asked_phrase(self, work: _Work) -> list[int]:
+        """Token ids of what a yes/no answer is about (the question's object), or none."""
+        if not any(c.kind == "existence" for c in work.claims):
+            return []
+        phrase = risk.question_phrase(work.request.prompt)
+        return self.scorer.token_ids(" " + phrase) if phrase else []
 
     def _score(self, pairs: list[tuple[Any, NDArray[np.uint8]]]) -> list[NDArray[np.float64]]:
         """The engine's score function: the scorer's, with a PairedAudit's image scored under both answers."""

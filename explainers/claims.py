@@ -22,7 +22,7 @@ from mllm_audit.explainers.reliance import is_visual_claim
 ClaimKind = Literal["object", "count", "existence", "relation"]
 CLAIM_KINDS: tuple[ClaimKind, ...] = get_args(ClaimKind)
 
-_WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")  # a word (hyphenated or with an apostrophe), or a mark
+WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")  # a word (hyphenated or with an apostrophe), or a mark
 YES_NO = frozenset({"yes", "no"})
 NUMBER_WORDS = frozenset(
     {
@@ -93,7 +93,7 @@ def _kind(words: list[str]) -> ClaimKind:
 
 def group_claims(answer: str, spans: Sequence[tuple[int, int]]) -> list[Claim]:
     """The claims of `answer`; `spans` are its tokens' character spans (token i covers spans[i])."""
-    matches = list(_WORD.finditer(answer))
+    matches = list(WORD.finditer(answer))
     words = [m for m in matches if m.group()[0].isalnum() or m.group()[0] == "_"]
     runs: list[list[re.Match[str]]] = [[]]
     for match in matches:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from mllm_audit.explainers import signals
 from mllm_audit.explainers.calibration import Calibration
-from mllm_audit.explainers.claims import Claim
+from mllm_audit.explainers.claims import WORD, Claim, group_claims
 from mllm_audit.explainers.engine import Job
 from mllm_audit.explainers.results import ClaimResult, RiskInfo, RiskLabel
 from numpy.typing import NDArray
@@ -41,6 +41,13 @@ def verification_jobs(scorer: Any, image: NDArray[np.uint8], claims: list[Claim]
     }
 
 
+def question_phrase(prompt: str) -> str | None:
+    """The object or count phrase a yes/no question asks about ("Is there a red circle?" -> "red circle")."""
+    words = [(m.start(), m.end()) for m in WORD.finditer(prompt)]
+    asked = [c for c in group_claims(prompt, words) if c.kind in signals.VERIFIED_KINDS]
+    return asked[-1].text if asked else None
+
+
 @dataclass(frozen=True)
 class Thresholds:
     medium: float
@@ -59,7 +66,11 @@ def measure(claim: Claim, readout: Any, verified: Job | None) -> tuple[dict[str,
         "entropy": signals.entropy(readout.entropy, claim.token_indices),
     }
     best = None
-    if readout.patch_log_probs is not None and claim.kind != "existence":  # "yes" names nothing to find
+    if claim.kind == "existence":  # a yes/no claims the question's object: ground that phrase
+        phrase = readout.phrase_patch_log_probs
+        if phrase is not None:
+            measured["grounding"], best = signals.grounding(phrase, range(phrase.shape[1]))
+    elif readout.patch_log_probs is not None:
         measured["grounding"], best = signals.grounding(readout.patch_log_probs, claim.token_indices)
     if verified is not None and verified.error is None:
         measured["verification"] = signals.verification(verified.result)

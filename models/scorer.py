@@ -68,6 +68,9 @@ class Readout:
     # with the LM head (logit lens); None when the family's image tokens are unknown
     patch_log_probs: NDArray[np.float64] | None
     grid: tuple[int, int] | None  # (rows, cols) of the image tokens
+    # [image tokens, phrase tokens]: the same readout of a phrase the caller asked about (the
+    # object a yes/no question names); None when none was asked for or the grid is unknown
+    phrase_patch_log_probs: NDArray[np.float64] | None = None
 
 
 class ScorerProtocol(Protocol):
@@ -93,8 +96,15 @@ class ScorerProtocol(Protocol):
         """(rows, cols) of the image's tokens."""
         ...
 
-    def readout(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[Readout]:
-        """Answer-token log-probabilities, entropies and patch readouts, one forward per pair."""
+    def readout(
+        self, pairs: Sequence[tuple[Audit, ImageArray]], phrases: Sequence[Sequence[int]] | None = None
+    ) -> list[Readout]:
+        """Answer-token log-probabilities, entropies and patch readouts, one forward per pair;
+        `phrases`: per pair, token ids whose patch readout to add (may be empty)."""
+        ...
+
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of `text` on its own, without special tokens."""
         ...
 
     def count_tokens(self, text: str) -> int:
@@ -176,8 +186,11 @@ class Scorer:
         return results
 
     @torch.inference_mode()
-    def readout(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[Readout]:
-        """Answer-token log-probabilities, entropies and patch readouts, one forward per pair."""
+    def readout(
+        self, pairs: Sequence[tuple[Audit, ImageArray]], phrases: Sequence[Sequence[int]] | None = None
+    ) -> list[Readout]:
+        """Answer-token log-probabilities, entropies and patch readouts, one forward per pair;
+        `phrases`: per pair, token ids whose patch readout to add (may be empty)."""
         if not pairs:
             return []
         all_logits = self._forward(pairs)
@@ -187,14 +200,19 @@ class Scorer:
             log_p = torch.log_softmax(all_logits[row, start - 1 : start - 1 + n].float(), dim=-1)
             targets = torch.tensor(audit.tokens.ids, device=log_p.device)
             entropy = -(log_p.exp() * log_p).sum(dim=-1)
-            patches, grid = None, None
+            patches, grid, phrase = None, None, None
             if audit.layout is not None:
                 layout = self._layout(audit, image)
                 positions = torch.tensor(list(layout.positions), device=log_p.device)
                 readout = torch.log_softmax(all_logits[row, positions].float(), dim=-1)
                 patches, grid = readout[:, targets].double().cpu().numpy(), layout.grid
+                if phrases is not None and len(phrases[row]):
+                    wanted = torch.tensor(list(phrases[row]), device=log_p.device)
+                    phrase = readout[:, wanted].double().cpu().numpy()
             chosen = log_p.gather(1, targets[:, None])[:, 0]
-            results.append(Readout(chosen.double().cpu().numpy(), entropy.double().cpu().numpy(), patches, grid))
+            results.append(
+                Readout(chosen.double().cpu().numpy(), entropy.double().cpu().numpy(), patches, grid, phrase)
+            )
         return results
 
     def score_images(self, audit: Audit, images: Sequence[ImageArray]) -> NDArray[np.float64]:
@@ -235,6 +253,10 @@ class Scorer:
         return self._layout(audit, image).grid
 
     # ------------------------------------------------------------------ text and view, without the processor
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of `text` on its own, without special tokens."""
+        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
     def count_tokens(self, text: str) -> int:
         """How many tokens `text` is on its own, without special tokens (what request limits count)."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

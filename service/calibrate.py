@@ -398,7 +398,10 @@ def calibrate(args: argparse.Namespace, settings: Any) -> int:
 
     def fit(kinds: tuple[str, ...], signals: tuple[str, ...]) -> RiskModel | None:
         """A model of `signals` for claims of `kinds` (all: ()), or None when the data cannot fit one."""
-        usable = [r for r in rows if set(signals) <= set(r.signals) and (not kinds or r.kind in kinds)]
+        measured_all = [r for r in rows if set(signals) <= set(r.signals)]
+        usable = [r for r in measured_all if not kinds or r.kind in kinds]
+        if kinds and len(usable) == len(measured_all):
+            return None  # the same claims as the model for every kind
         fit_rows = [r for r in usable if r.case not in held]
         labels = None
         if not args.unlabelled:

@@ -136,6 +136,7 @@ def test_scorer_has_every_method_of_the_protocol():
         "image_token_positions",
         "image_grid",
         "readout",
+        "token_ids",
         "count_tokens",
         "special_token_ids",
         "token_texts",
