@@ -100,6 +100,7 @@ class ClaimRow:
     hallucinated: int
     signals: dict[str, float]
     service_risk: float  # what the auditor itself reported (its calibration, every signal measured)
+    claim_kind: str = "object"  # the service's kind of the claim: object, existence or count
 
 
 @dataclass
@@ -192,7 +193,7 @@ def claim_scores(
             used.append(UNCALIBRATED)
             continue
         allowed, _ = SETTINGS[setting]
-        model = calibration.model_for(set(row.signals) & allowed)
+        model = calibration.model_for(set(row.signals) & allowed, row.claim_kind)
         if model is None:
             raise SystemExit(f"the calibration has no model for {sorted(set(row.signals) & allowed)} ({setting})")
         p = model.probability(row.signals)
@@ -288,7 +289,8 @@ def _replace(req: AuditRequest, **changes: Any) -> AuditRequest:
 
 
 def _row(answer: str, kind: str, claim: ClaimResult) -> ClaimRow:
-    return ClaimRow(answer, kind, int(kind not in ("correct", "positive")), dict(claim.signals), claim.risk_score)
+    hallucinated = int(kind not in ("correct", "positive"))
+    return ClaimRow(answer, kind, hallucinated, dict(claim.signals), claim.risk_score, claim.kind)
 
 
 # ------------------------------------------------------------------------------- report
@@ -411,7 +413,12 @@ def complete(
     """The calibration plus a model for every setting it has none for, fitted on its labelled cases."""
     from mllm_audit.service import calibrate as cli
 
-    missing = [allowed for allowed, _ in SETTINGS.values() if calibration.model_for(set(allowed)) is None]
+    kinds = ("object", "existence", "count")
+    missing = [
+        allowed
+        for allowed, _ in SETTINGS.values()
+        if any(calibration.model_for(set(allowed), kind) is None for kind in kinds)
+    ]
     if not missing:
         return calibration, []
     if labelled is None:
