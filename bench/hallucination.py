@@ -1,7 +1,7 @@
 """Does the calibrated claim risk find the reference model's real hallucinations?
 
     python -m bench.hallucination --n-captions 1000 --n-existence 300 [--n-count 300]
-        [--model DIR] [--calibration FILE] [--json OUT]
+        [--model DIR] [--calibration FILE] [--labelled FILE] [--json OUT]
 
 Answers (greedy decoding, held-out scenes, truth labels, never the biased training labels):
 - captions ("Describe the image.") of `--n-captions` scenes; every object claim ("red
@@ -26,20 +26,21 @@ claim). Each setting then scores the same claims with the calibration model it w
 - `black-box + verification` and `black-box`: without grounding (the logit-lens readout of
   the image tokens, which only white-box families give), with and without verification.
 
-A claim that lacks a signal (an existence "yes" is never verified) gets the model for what it
-has, as in the service. Reported per answer kind and hallucination type: AUROC, AUPRC, the
-share of correct claims flagged at 90 % recall, and recall and false-flag rate at the
-calibration's medium and high thresholds, with bootstrap 95 % intervals over claims. A few
-answers are also audited with `verify=False` and with `method="tam"` (/v1/explain's white-box
-path) to check that their claim signals and risks equal the reliance path's.
+Each claim gets the model for its kind (object, existence, count) and for the signals it has
+(an existence "yes" is never verified), as in the service. Reported per answer kind and
+hallucination type: AUROC, AUPRC, the share of correct claims flagged at 90 % recall, and
+recall and false-flag rate at the calibration's medium and high thresholds, with bootstrap
+95 % intervals over claims. A few answers are also audited with `verify=False` and with
+`method="tam"` (/v1/explain's white-box path) to check that their claim signals and risks
+equal the reliance path's.
 
 Calibration: the model directory's `risk_calibration.json` (`mllm-audit calibrate`), or
-`--calibration FILE`. It holds models over confidence, entropy and grounding, with and without
-verification; a setting it has no model for (the black-box ones) gets a model fitted here with
-`calibration.fit_model`, as `mllm-audit calibrate` fits its own: on the fit part (70 %) of the
-calibration's labelled cases (`--labelled FILE`, else drawn afresh with
-`mllm_audit.models.reference.labelled` at its default seed), thresholds at 5 % and 1 % of
-correct claims. Without any calibration the bench reports the uncalibrated risk.
+`--calibration FILE`. A setting the file has no model for (a file with white-box models only)
+gets one fitted here with `calibration.fit_model`, as `mllm-audit calibrate` fits its pooled
+models: on the fit part (70 %) of the calibration's labelled cases (`--labelled FILE`, else
+drawn afresh with `mllm_audit.models.reference.labelled` at its default seed), thresholds at
+5 % and 1 % of correct claims; the report names such models. Without any calibration the
+bench reports the uncalibrated risk.
 
 Seeds: the bench's scenes come from the streams seeded 30_003 (counts), 30_004 (the existence
 pool) and 30_005 (captions), i.e. 30_000 + the kind's index in `world.QUESTION_KINDS` as

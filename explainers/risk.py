@@ -44,7 +44,7 @@ def verification_jobs(scorer: Any, image: NDArray[np.uint8], claims: list[Claim]
 def question_phrase(prompt: str) -> str | None:
     """The object or count phrase a yes/no question asks about ("Is there a red circle?" -> "red circle")."""
     words = [(m.start(), m.end()) for m in WORD.finditer(prompt)]
-    asked = [c for c in group_claims(prompt, words) if c.kind in signals.VERIFIED_KINDS]
+    asked = [c for c in group_claims(prompt, words) if c.kind in ("object", "count")]
     return asked[-1].text if asked else None
 
 

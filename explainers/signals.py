@@ -23,7 +23,8 @@ from numpy.typing import NDArray
 SIGNALS = ("confidence", "entropy", "grounding", "verification")
 # +1: a higher value means a likelier hallucination; -1: a less likely one
 DIRECTION = {"confidence": -1, "entropy": 1, "grounding": -1, "verification": -1}
-VERIFIED_KINDS = ("object", "count")  # a yes/no answer is its own verification; a relation has no question
+# a yes/no answer is its own verification; a count or a relation makes no "Is there a ...?" question
+VERIFIED_KINDS = ("object",)
 
 FloatArray = NDArray[np.float64]
 

@@ -4,7 +4,7 @@ finds and checks the calibration file it serves with.
     mllm-audit calibrate --labelled cases.jsonl --out risk_calibration.json [--model DIR] [--verify]
 
 Every case of the labelled file (JSONL, docs/risk.md) is audited in this process on the
-reliance path (with `--verify`, also one verification question per object or count claim),
+reliance path (with `--verify`, also one verification question per object claim),
 the file's claims are matched to the computed ones by character overlap, and the cases are
 split into a fit part and a held-out part. One logistic model is fitted per signal set:
 confidence and entropy, with grounding where the model's family has an image-token grid, and
@@ -274,7 +274,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--verify",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also ask the verification question of each object and count claim, and fit a model with it",
+        help="also ask the verification question of each object claim, and fit a model with it",
     )
     parser.add_argument("--holdout", type=float, default=0.3, help="share of the cases held out for measuring")
     parser.add_argument(

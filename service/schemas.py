@@ -127,7 +127,7 @@ class RelianceRequest(_Request):
 
     verify: bool = Field(
         False,
-        description="also ask the model a yes/no question about each object and count claim "
+        description="also ask the model a yes/no question about each object claim "
         "(one forward pass per claim); its answer becomes the claim's `verification` signal",
     )
 
