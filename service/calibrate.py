@@ -77,7 +77,13 @@ def risk_block(calibration: Calibration | None) -> dict[str, Any]:
         "calibration": calibration.id,
         "calibrated": calibration.kind == "logistic",
         "models": [
-            {"signals": list(m.signals), "medium": m.medium, "high": m.high, "measured": m.measured}
+            {
+                "signals": list(m.signals),
+                "kinds": list(m.kinds),
+                "medium": m.medium,
+                "high": m.high,
+                "measured": m.measured,
+            }
             for m in calibration.models
         ],
     }

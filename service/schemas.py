@@ -356,6 +356,7 @@ class ErrorBody(BaseModel):
 
 class RiskModelInfo(_Response):
     signals: list[str] = Field(description="the signals this model of the calibration scores a claim from")
+    kinds: list[str] = Field(default_factory=list, description="the kinds of claim it scores; empty: every kind")
     medium: float = Field(description="risk score from which a claim is labelled medium")
     high: float = Field(description="risk score from which a claim is labelled high")
     measured: dict[str, Any] = Field(
