@@ -45,18 +45,10 @@ MODEL_FLAGS = (
     "log_level",
 )
 # `calibrate` runs the model in-process like `explain`; thresholds and the calibration file are its output
-CALIBRATE_FLAGS = (
-    "model",
-    "model_id",
-    "device",
-    "dtype",
-    "backend",
-    "trust_remote_code",
-    "forward_batch_size",
-    "cpu_threads",
-    "max_prompt_tokens",
-    "max_answer_tokens",
-    "log_level",
+CALIBRATE_FLAGS = tuple(
+    name
+    for name in MODEL_FLAGS
+    if not name.startswith(("max_regions", "max_forward", "max_image", "max_heatmap", "risk_"))
 )
 
 
