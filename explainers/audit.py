@@ -25,7 +25,7 @@ from mllm_audit.explainers.diagnosis import PairedAudit, correction_search
 from mllm_audit.explainers.engine import EngineStats, Job, run_jobs
 from mllm_audit.explainers.masking import BASELINES
 from mllm_audit.explainers.methods import MethodResult, Plan, PlanContext
-from mllm_audit.explainers.regions import region_bbox, region_masks, superpixel_regions
+from mllm_audit.explainers.regions import labels_at, region_bbox, region_masks, superpixel_regions
 from mllm_audit.explainers.reliance import NOT_VISUAL
 from mllm_audit.explainers.request import AuditInputError, AuditRequest, TokenRange
 from mllm_audit.explainers.results import AuditResult, Diagnosis, MethodInfo, Stats, Target
@@ -309,11 +309,10 @@ class Auditor:
         found: Diagnosis = work.diagnosis.result
         h, w = work.request.image.shape[:2]
         assert work.diagnosis_labels is not None
-        segments = np.asarray(Image.fromarray(work.diagnosis_labels).resize((w, h), Image.Resampling.NEAREST))
+        segments = labels_at(work.diagnosis_labels, (w, h))
         boxes: list[tuple[int, int, int, int]] = []
         for region in found.ranking:
-            mask = segments == region
-            x0, y0, x1, y1 = region_bbox(mask) if mask.any() else [0, 0, 0, 0]
+            x0, y0, x1, y1 = region_bbox(segments == region)  # [0, 0, 0, 0]: a sliver lost at client size
             boxes.append((x0, y0, x1, y1))
         return replace(found, boxes=boxes)
 

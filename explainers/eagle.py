@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from mllm_audit.explainers.masking import compose, resolve_baseline
+from mllm_audit.explainers.regions import labels_at
 from numpy.typing import NDArray
-from PIL import Image
 
 _Key = tuple[str, frozenset[int]]  # ("keep" | "remove", region set)
 Search = Generator[list[np.ndarray], np.ndarray, "EagleResult"]
@@ -459,7 +459,6 @@ def heatmap_from_regions(
     if size is not None:
         width, height = int(size[0]), int(size[1])
         if (height, width) != labels.shape:
-            resized = Image.fromarray(labels.astype(np.int32)).resize((width, height), Image.Resampling.NEAREST)
-            labels = np.asarray(resized)
+            labels = labels_at(labels, (width, height))
     painted: NDArray[np.float32] = scores[labels]
     return np.clip(painted, 0.0, 1.0).astype(np.float32)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image
 from skimage.segmentation import slic
 
 
@@ -55,6 +56,12 @@ def region_masks(labels: np.ndarray) -> np.ndarray:
     k = int(labels.max()) + 1 if labels.size else 0
     masks: NDArray[np.bool_] = labels[None, :, :] == np.arange(k)[:, None, None]
     return masks
+
+
+def labels_at(labels: np.ndarray, size: tuple[int, int]) -> NDArray[np.int32]:
+    """A label map at (width, height), nearest-neighbour so regions keep their ids (no blended borders)."""
+    resized = Image.fromarray(np.asarray(labels).astype(np.int32)).resize(size, Image.Resampling.NEAREST)
+    return np.asarray(resized, dtype=np.int32)
 
 
 def region_bbox(mask: np.ndarray) -> list[int]:

@@ -15,11 +15,10 @@ import numpy as np
 from mllm_audit.explainers import eagle
 from mllm_audit.explainers.engine import Job
 from mllm_audit.explainers.methods.base import Explainer, FloatArray, MethodResult, Plan, PlanContext, register
-from mllm_audit.explainers.regions import region_bbox, region_masks, superpixel_regions
+from mllm_audit.explainers.regions import labels_at, region_bbox, region_masks, superpixel_regions
 from mllm_audit.explainers.request import AuditInputError, AuditRequest
 from mllm_audit.explainers.results import Attribution, Region, Target
 from numpy.typing import NDArray
-from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class _Eagle(Explainer):
         h, w = ctx.request.image.shape[:2]
         results: list[eagle.EagleResult] = [j.result for j in jobs]
         # one label map at the client's pixels, shared by every target's regions
-        segments = np.asarray(Image.fromarray(labels.astype(np.int32)).resize((w, h), Image.Resampling.NEAREST))
+        segments = labels_at(labels, (w, h))
         attributions = [self._attribution(t, r, labels, segments, (w, h)) for t, r in zip(ctx.targets, results)]
         # each token's insertion curve comes from the ranking of the first target that holds it
         owner = {t: r for target, r in reversed(list(zip(ctx.targets, results))) for t in target.token_indices}
