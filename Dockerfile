@@ -105,7 +105,7 @@ EXPOSE 8000
 
 # 200 only once the model is loaded; a large model on CPU can take minutes, hence the start period.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request as u; k = os.environ.get('MLLM_AUDIT_API_KEY', ''); u.urlopen(u.Request('http://127.0.0.1:%s/health' % os.environ.get('MLLM_AUDIT_PORT', '8000'), headers={'X-API-Key': k} if k else {}), timeout=4)"]
+  CMD ["python", "-c", "import os, urllib.request as u; k = os.environ.get('MLLM_AUDIT_API_KEY', ''); u.urlopen(u.Request('http://127.0.0.1:%s/livez' % os.environ.get('MLLM_AUDIT_PORT', '8000'), headers={'X-API-Key': k} if k else {}), timeout=4)"]
 
 # dumb-init as PID 1 reaps LitServe's worker processes and forwards SIGTERM to the server alone
 # (--single-child): the server stops its workers itself; a signal to the whole process group

@@ -27,7 +27,7 @@ from mllm_audit.explainers.masking import BASELINES
 from mllm_audit.explainers.methods import MethodResult, Plan, PlanContext
 from mllm_audit.explainers.regions import labels_at, region_bbox, region_masks, superpixel_regions
 from mllm_audit.explainers.reliance import NOT_VISUAL
-from mllm_audit.explainers.request import AuditInputError, AuditRequest, TokenRange
+from mllm_audit.explainers.request import MIN_IMAGE_SIDE, AuditInputError, AuditRequest, TokenRange
 from mllm_audit.explainers.results import AuditResult, Diagnosis, MethodInfo, Stats, Target
 from numpy.typing import NDArray
 from PIL import Image
@@ -146,8 +146,11 @@ class Auditor:
             raise AuditInputError("answer is empty: there is nothing to audit")
         if not req.prompt.strip():
             raise AuditInputError("prompt is empty")
-        if req.image.ndim != 3 or req.image.shape[2] != 3 or min(req.image.shape[:2]) < 8:
-            raise AuditInputError(f"image must be RGB and at least 8x8 pixels, got shape {list(req.image.shape)}")
+        if req.image.ndim != 3 or req.image.shape[2] != 3 or min(req.image.shape[:2]) < MIN_IMAGE_SIDE:
+            raise AuditInputError(
+                f"image must be RGB and at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels, "
+                f"got shape {list(req.image.shape)}"
+            )
         if not 2 <= req.regions <= self.max_regions:
             raise AuditInputError(f"regions must be between 2 and {self.max_regions}, got {req.regions}")
         if req.max_forward_passes is not None and req.max_forward_passes < 2:

@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 DEFAULT_METHOD = "eagle"  # the method a request gets when it names none
+MIN_IMAGE_SIDE = 8  # pixels; the service checks it from the image header, before decoding
 
 
 class AuditInputError(ValueError):

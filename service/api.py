@@ -5,11 +5,10 @@ two LitAPIs would load the model twice (twice the GPU memory for a 7B model) and
 put an explain and a reliance request into the same forward batch. Both routes feed this
 API's queue (mllm_audit.service.server); `Envelope.kind` tells them apart.
 
-Per batch LitServe calls `decode_request` for each request, then `predict` once with all of
-them, then `encode_response` for each. The batched loop of LitServe 0.2.19 answers *every*
-request of a batch with the same error when any hook raises, so these hooks never raise:
-a bad request becomes a `Failure` (its HTTP status and detail) that travels through the
-batch and is turned into that request's own error response by the API server
+Per batch the worker loop (mllm_audit.service.worker_loop) calls `decode_request` for each
+request, then `predict` once with all of them, then `encode_response` for each. These hooks
+never raise: a bad request becomes a `Failure` (its HTTP status and detail) that travels
+through the batch and is turned into that request's own error response by the API server
 (mllm_audit.service.server.AuditHandler). The others in the batch are answered normally.
 """
 
@@ -19,18 +18,20 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import litserve as ls
 import numpy as np
-from litserve.loops.simple_loops import BatchedLoop
+from mllm_audit.explainers.methods import WHITE_BOX as WHITE_BOX_METHODS
 from mllm_audit.explainers.request import AuditInputError, AuditRequest, TokenRange
 from mllm_audit.explainers.results import AuditResult
 from mllm_audit.service import logs, metrics
-from mllm_audit.service.config import Settings
+from mllm_audit.service.config import Settings, env_name
 from mllm_audit.service.images import ImageError, decode_image
-from mllm_audit.service.serialize import audit_body
+from mllm_audit.service.serialize import audit_body, estimated_bytes
+from mllm_audit.service.shared import Failure, Shared
+from mllm_audit.service.worker_loop import AuditLoop
 
 # LitServe's api_path, here only the key of the one request queue (never routed): service.server feeds both endpoints
 QUEUE_PATH = "/_audit_queue"
@@ -49,13 +50,6 @@ class Envelope:
 
 
 @dataclass
-class Failure:
-    status: int
-    detail: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
 class Decoded:
     envelope: Envelope
     request: AuditRequest
@@ -68,6 +62,10 @@ class DeadlinePassed(Exception):
     """Every request of the batch has already been answered 504: stop spending compute on it."""
 
 
+class Abandoned(Exception):
+    """Every client of the batch has gone (disconnected or timed out): nobody reads the answer."""
+
+
 class AuditAPI(ls.LitAPI):
     def __init__(self, settings: Settings):
         # The batched loop for every batch size (1 included): predict always gets a list.
@@ -75,9 +73,10 @@ class AuditAPI(ls.LitAPI):
             max_batch_size=settings.max_batch_size,
             batch_timeout=settings.batch_timeout,
             api_path=QUEUE_PATH,
-            loop=BatchedLoop(),
+            loop=AuditLoop(),
         )
         self.settings = settings
+        self.shared: Shared | None = None  # set by the server before the workers start (service.shared)
         self.configure_logs = True  # False when the caller (the CLI) has set logging up itself
         self.auditor: Any = None  # an Auditor once setup() has loaded the model
         self.model_block: dict[str, Any] | None = None
@@ -152,6 +151,10 @@ class AuditAPI(ls.LitAPI):
         if isinstance(result, Exception):
             log.warning("warm_up_failed", error=f"{type(result).__name__}: {result}")
 
+    def abandoned(self) -> bool:
+        """Whether every client of the running batch has gone; AuditLoop replaces it per batch."""
+        return False
+
     # ------------------------------------------------------------------ per request
     def decode_request(self, request: Envelope):
         queue_s = max(0.0, time.monotonic() - request.received)
@@ -204,10 +207,29 @@ class AuditAPI(ls.LitAPI):
                 verify=bool(body.get("verify", False)),
                 correct_to=body.get("correct_to"),
             )
-            size = heatmap_size(heatmap, image.shape[1], image.shape[0], s.max_heatmap_pixels)
+            size = heatmap_size(heatmap, image.shape[1], image.shape[0], s.max_heatmap_pixels, s.default_heatmap_pixels)
             decoded = Decoded(envelope, req, queue_s, heatmap.get("encoding", "array"), size)
         self.auditor.check(req)
+        if req.with_attributions:
+            self.check_response_size(decoded)
         return decoded
+
+    def check_response_size(self, decoded: Decoded) -> None:
+        """422 before any compute when the response would pass MLLM_AUDIT_MAX_RESPONSE_BYTES."""
+        req, limit = decoded.request, self.settings.max_response_bytes
+        tokens = self.auditor.scorer.count_tokens(req.answer)
+        targets = tokens if req.targets == "tokens" else 1 if req.targets == "answer" else len(req.targets)
+        image = (req.image.shape[1], req.image.shape[0])
+        heatmap = decoded.heatmap_size or image
+        regions = 0 if req.method in WHITE_BOX_METHODS else req.regions
+        size = estimated_bytes(targets, heatmap, decoded.heatmap_encoding, image, regions, tokens)
+        if size > limit:
+            raise AuditInputError(
+                f"the response would be about {size / 1e6:.1f} MB ({targets} target(s), heatmaps of "
+                f"{heatmap[0]}x{heatmap[1]} as {decoded.heatmap_encoding}); the limit is {limit / 1e6:.1f} MB "
+                f"({env_name('max_response_bytes')}): ask for heatmap encoding png or none, a smaller heatmap, "
+                "or fewer targets"
+            )
 
     # ------------------------------------------------------------------ the batch
     def predict(self, items):
@@ -225,6 +247,8 @@ class AuditAPI(ls.LitAPI):
             counted = stats.forward_passes
             if time.monotonic() > deadline:
                 raise DeadlinePassed()
+            if self.abandoned():
+                raise Abandoned()
 
         try:
             results = self.auditor.run([items[i].request for i in valid], on_progress=on_progress, checked=True)
@@ -291,18 +315,20 @@ def cpu_threads(settings: Settings) -> int:
     return max(1, usable // settings.workers)
 
 
-def heatmap_size(options: dict, width: int, height: int, max_pixels: int) -> tuple[int, int] | None:
+def heatmap_size(
+    options: dict, width: int, height: int, max_pixels: int, default_pixels: int
+) -> tuple[int, int] | None:
     """(width, height) asked for; one side given keeps the image's aspect ratio.
 
-    None (the image's size) by default, unless the image has more than `max_pixels` pixels:
-    then the largest size of its aspect ratio within the limit (a 12 MP photo's heatmap as
-    JSON floats would be ~80 MB).
+    None (the image's size) by default, unless the image has more than `default_pixels` pixels:
+    then the largest size of its aspect ratio within that (a 12 MP photo's heatmap as JSON
+    floats would be ~80 MB).
     """
     w, h = options.get("width"), options.get("height")
     if w is None and h is None:
-        if width * height <= max_pixels:
+        if width * height <= default_pixels:
             return None
-        scale = math.sqrt(max_pixels / (width * height))
+        scale = math.sqrt(default_pixels / (width * height))
         return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
     if w is None:
         assert h is not None
@@ -323,6 +349,8 @@ def failure_of(exc: BaseException, request_id: str) -> Failure:
         return Failure(422, str(exc))
     if isinstance(exc, DeadlinePassed):
         return Failure(504, "request timed out")
+    if isinstance(exc, Abandoned):
+        return Failure(499, "the client closed the request")
     if isinstance(exc, (ImportError, NotImplementedError)):
         return Failure(501, f"this method is not available in this build: {exc}")
     if type(exc).__name__ == "OutOfMemoryError":

@@ -6,8 +6,9 @@ import hmac
 
 from mllm_audit.service.config import Settings
 
-# Always open: the API's own description. /health and /metrics/ are open unless protected.
+# Always open: the API's own description. The probes and /metrics are open unless protected.
 OPEN_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+PROBE_PATHS = ("/health", "/livez", "/readyz")
 
 
 def presented_key(headers: dict[str, str]) -> str | None:
@@ -32,7 +33,7 @@ def needs_key(path: str, settings: Settings) -> bool:
         return False
     if path in OPEN_PATHS:
         return False
-    if path == "/health":
+    if path in PROBE_PATHS:
         return settings.protect_health
     if path in ("/metrics", "/metrics/"):
         return settings.protect_metrics

@@ -185,7 +185,9 @@ def serve(settings: Settings) -> int:
     from mllm_audit.service.server import AuditServer
 
     server = AuditServer(settings, model, risk)
-    # SIGTERM (docker stop, Kubernetes) shuts down like Ctrl+C: workers and API servers are stopped.
+    # SIGTERM (docker stop, Kubernetes) drains: queued requests get 503, running ones finish within
+    # MLLM_AUDIT_DRAIN_TIMEOUT, then every process stops. Before the service is up, or at a second
+    # SIGTERM, it stops at once like Ctrl+C.
     main_pid = os.getpid()
 
     def interrupt(signum, frame):
@@ -193,7 +195,8 @@ def serve(settings: Settings) -> int:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        raise KeyboardInterrupt
+        if not server.drain():
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
     logs.get("mllm_audit").info(

@@ -49,14 +49,27 @@ class Settings:
         "the pod's CPU limit, since more threads than cores is many times slower",
     )
     request_timeout: float = _describe(300.0, "seconds before a request is answered 504")
+    drain_timeout: float = _describe(
+        60.0,
+        "seconds in-flight audits get to finish after SIGTERM; queued ones are answered 503 at once "
+        "(keep it below the pod's terminationGracePeriodSeconds: the chart derives it from that)",
+    )
+    header_timeout: float = _describe(10.0, "seconds a client has to send a request's headers")
+    body_timeout: float = _describe(30.0, "seconds a client may pause while sending a request body (408 after)")
     max_queue: int = _describe(64, "requests waiting or running before new ones get 503")
     max_payload_bytes: int = _describe(10_000_000, "largest request body (413 above)")
     max_image_pixels: int = _describe(16_000_000, "largest decoded image, width x height (413 above)")
     max_heatmap_pixels: int = _describe(
-        4_194_304,
-        "largest heatmap in a response, width x height: a larger "
-        "one asked for is 422; the default (the image's size) is "
-        "scaled down to fit",
+        4_194_304, "largest heatmap in a response, width x height: a larger one asked for is 422"
+    )
+    default_heatmap_pixels: int = _describe(
+        262_144,
+        "heatmap size when a request gives none: the image's size, scaled down to at most this many pixels "
+        "(512x512: about 1.8 MB per heatmap as an array, 0.1 MB as png)",
+    )
+    max_response_bytes: int = _describe(
+        64_000_000,
+        "largest response body, estimated from targets x heatmap pixels x encoding before any compute (422 above)",
     )
     max_prompt_tokens: int = _describe(512, "longest prompt in tokens (422 above)")
     max_answer_tokens: int = _describe(256, "longest answer in tokens (422 above)")
@@ -70,7 +83,7 @@ class Settings:
         "if it has one, else uncalibrated; none: uncalibrated. A file that does not fit the model stops the start",
     )
     api_key: str = _describe("", "API key; when set, requests need `Authorization: Bearer KEY` or `X-API-Key: KEY`")
-    protect_health: bool = _describe(False, "require the API key on /health too")
+    protect_health: bool = _describe(False, "require the API key on /health, /livez and /readyz too")
     protect_metrics: bool = _describe(False, "require the API key on /metrics/ too")
     log_level: str = _describe("info", "debug, info, warning or error")
     debug: bool = _describe(False, "log prompts and answers (never image bytes)")
@@ -100,6 +113,8 @@ class Settings:
             "max_payload_bytes",
             "max_image_pixels",
             "max_heatmap_pixels",
+            "default_heatmap_pixels",
+            "max_response_bytes",
             "max_prompt_tokens",
             "max_answer_tokens",
             "max_regions",
@@ -112,8 +127,10 @@ class Settings:
             raise ValueError(f"need 0 <= {env_name('risk_medium')} <= {env_name('risk_high')} <= 1")
         if self.cpu_threads < 0:
             raise ValueError(f"{env_name('cpu_threads')} must be 0 (automatic) or more, got {self.cpu_threads}")
-        if self.batch_timeout < 0 or self.request_timeout <= 0:
-            raise ValueError("batch and request timeouts must be positive")
+        if self.batch_timeout < 0 or min(self.request_timeout, self.header_timeout, self.body_timeout) <= 0:
+            raise ValueError("batch, request, header and body timeouts must be positive")
+        if self.drain_timeout < 0:
+            raise ValueError(f"{env_name('drain_timeout')} must be 0 or more, got {self.drain_timeout}")
         # checked here, so a typo stops `serve` at once instead of failing in every worker later
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"{env_name('device')} must be auto, cpu, cuda or cuda:N, got {self.device!r}")

@@ -3,6 +3,7 @@
 Every failure is an `ImageError` carrying the HTTP status to answer:
   400  not base64, empty, or an image whose data is truncated or corrupt
   413  more pixels than the limit (checked from the header, before any pixel is decoded)
+  422  a side shorter than MIN_IMAGE_SIDE (also from the header)
   415  not an image, or a format the service does not decode
 Only the decoders in FORMATS are ever tried, and a header that claims a huge size is refused
 before decoding, so a decompression bomb costs a few bytes of header parsing.
@@ -17,6 +18,7 @@ import re
 import warnings
 
 import numpy as np
+from mllm_audit.explainers.request import MIN_IMAGE_SIDE
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Pillow format names the service decodes; anything else is answered 415.
@@ -79,6 +81,9 @@ def image_to_rgb(raw: bytes, max_pixels: int) -> np.ndarray:
                 raise ImageError(400, f"image has no pixels ({width}x{height})")
             if width * height > max_pixels:
                 raise ImageError(413, f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+            if min(width, height) < MIN_IMAGE_SIDE:
+                side = MIN_IMAGE_SIDE
+                raise ImageError(422, f"image is {width}x{height}; it must be at least {side}x{side} pixels")
             try:
                 img.load()
                 rgb = _to_rgb(ImageOps.exif_transpose(img))

@@ -33,9 +33,27 @@ def configure(level: str = "info", stream=None) -> None:
         logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
-    # LitServe's and uvicorn's own stdlib logs: warnings and errors only, on stderr
-    logging.getLogger("litserve").setLevel(max(lvl, logging.WARNING))
+    # Everything else becomes JSON lines too: other libraries' stdlib logs (LitServe's and
+    # uvicorn's warnings and errors) and Python warnings (pydantic's, torch's...).
+    root = logging.getLogger()
+    root.handlers[:] = [_JSONLines()]
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    litserve = logging.getLogger("litserve")  # LitServe puts a plain-text handler here at import and in run()
+    litserve.handlers.clear()
+    litserve.propagate = True
+    litserve.setLevel(max(lvl, logging.WARNING))
     logging.getLogger("uvicorn.error").setLevel(max(lvl, logging.WARNING))
+
+
+class _JSONLines(logging.Handler):
+    """A stdlib log record as one of the service's JSON lines, with the library's logger name."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            get(record.name).log(record.levelno, record.getMessage(), logger=record.name, exc_info=record.exc_info)
+        except Exception:
+            self.handleError(record)
 
 
 def _add_process(logger, method_name, event_dict):

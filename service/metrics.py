@@ -7,7 +7,9 @@ so `configure()` must run before anything imports it: `mllm_audit.service.cli` c
 and the child processes inherit the variable.
 
 Where each metric is counted:
-  API server:  requests_total{endpoint,status}, request_latency_seconds{endpoint}
+  main:        worker_restarts_total
+  API server:  requests_total{endpoint,status}, request_latency_seconds{endpoint},
+               requests_cancelled_total{reason} (disconnect: status 499 in requests_total; deadline: 504)
   worker:      queue_wait_seconds, batch_size, forward_passes_total, images_scored_total,
                explanation_seconds{method}, tokens_total{risk_label}, answers_total{risk_label},
                claims_total{risk_label}, claim_risk (its _sum: the claims' summed risk scores),
@@ -100,6 +102,12 @@ def registry_metrics():
         # with a calibration, a claim's risk score estimates its probability of being hallucinated:
         # rate(claim_risk_sum) / rate(claims_total) is the estimated hallucination rate of the claims
         claim_risk = Histogram(PREFIX + "claim_risk", "Risk scores of the audited claims", buckets=RISK_BUCKETS)
+        cancelled = Counter(
+            PREFIX + "requests_cancelled_total",
+            "Audit requests given up before their answer: the client disconnected or the deadline passed",
+            ["reason"],
+        )
+        worker_restarts = Counter(PREFIX + "worker_restarts_total", "Model workers restarted after they died")
         model_info = Gauge(
             PREFIX + "model_info",
             "The model served (value 1)",

@@ -4,28 +4,31 @@ In order, for each HTTP request:
   1. request id: X-Request-ID when the client sent a sane one, else a new one; echoed in the
      response header and in the body of every audit response and every JSON error;
   2. API key (service.auth), 401 without it;
-  3. for the audit endpoints: Content-Type (415), body size (413, from Content-Length and while
-     reading), then the queue bound: past MLLM_AUDIT_MAX_QUEUE requests in flight across all
-     API server processes (a counter in shared memory) the answer is 503 with Retry-After;
+  3. for the audit endpoints: Content-Type (415), 503 while the service drains (SIGTERM), body
+     size (413, from Content-Length and while reading) and pace (408 when it stalls), then the
+     queue bound: past MLLM_AUDIT_MAX_QUEUE requests in flight across all API server processes
+     (a counter in shared memory) the answer is 503 with a Retry-After estimated from the queue
+     and recent latency, with jitter;
   4. after the response: mllm_audit_requests_total / _request_latency_seconds and one JSON log
      line with the timings, forward passes and risk summary the handler left in scope["state"].
 """
 
 from __future__ import annotations
 
-import math
+import asyncio
 import re
 import time
 import uuid
 
 from mllm_audit.service import auth, logs, metrics
 from mllm_audit.service.config import Settings
+from mllm_audit.service.shared import retry_after
 from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 
 AUDIT_PATHS = ("/v1/explain", "/v1/reliance")
-COUNTED = {"/v1/explain", "/v1/reliance", "/info", "/health"}
-QUIET = {"/health", "/metrics", "/metrics/", "/favicon.ico"}  # logged at debug level only
+COUNTED = {"/v1/explain", "/v1/reliance", "/info", "/health", "/livez", "/readyz"}
+QUIET = {"/health", "/livez", "/readyz", "/metrics", "/metrics/", "/favicon.ico"}  # logged at debug level only
 NOT_COUNTED = {"/metrics", "/metrics/", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
@@ -40,11 +43,12 @@ def request_id_from(headers: dict[str, str]) -> str:
 
 
 class AuditMiddleware:
-    def __init__(self, app, settings: Settings, inflight=None):
+    def __init__(self, app, settings: Settings, inflight=None, server=None):
         self.app = app
         self.settings = settings
         self.inflight = inflight  # multiprocessing.Value("i") shared by the API server processes
-        self.latency_ewma = 1.0  # seconds, for Retry-After
+        self.server = server  # the AuditServer: its Shared state says when the service drains
+        self.latency_ewma = 1.0  # seconds of a recent audit request, for Retry-After
         self.log = logs.get("mllm_audit.http")
 
     async def __call__(self, scope, receive, send):
@@ -84,7 +88,17 @@ class AuditMiddleware:
                 if refusal:
                     await self._error(scope, receive, send_with_id, *refusal)
                     return
-                body = await self._read_body(receive)
+                if self._draining():
+                    retry = retry_after(1.0)
+                    detail = f"the service is shutting down; retry after {retry} s (another replica will answer)"
+                    await self._error(scope, receive, send_with_id, 503, detail, {"Retry-After": retry})
+                    return
+                try:
+                    body = await self._read_body(receive)
+                except TimeoutError:
+                    detail = f"the request body stalled for {self.settings.body_timeout:g} s"
+                    await self._error(scope, receive, send_with_id, 408, detail, {"Connection": "close"})
+                    return
                 if body is None:
                     await self._error(
                         scope,
@@ -96,7 +110,7 @@ class AuditMiddleware:
                     return
                 holding = self._acquire()
                 if not holding:
-                    retry = str(max(1, min(60, math.ceil(self.latency_ewma))))
+                    retry = retry_after(self._wait_estimate())
                     await self._error(
                         scope,
                         receive,
@@ -120,8 +134,10 @@ class AuditMiddleware:
     # ------------------------------------------------------------------ limits
     def _check_headers(self, headers: dict[str, str]):
         media = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media and media != "application/json" and not media.endswith("+json"):
-            return 415, f"Content-Type must be application/json, got {media!r}"
+        if not media:
+            return 415, "Content-Type must be application/json; the request has none"
+        if media != "application/json" and not media.endswith("+json"):
+            return 415, f"Content-Type must be application/json, got {_prefix(media)!r}"
         length = headers.get("content-length")
         if length is not None:
             try:
@@ -135,8 +151,8 @@ class AuditMiddleware:
     async def _read_body(self, receive) -> bytes | None:
         """The whole body, or None as soon as it passes the limit (chunked uploads included)."""
         chunks, size = [], 0
-        while True:
-            message = await receive()
+        while True:  # a client that stops sending mid-body must not hold the connection
+            message = await asyncio.wait_for(receive(), self.settings.body_timeout)
             if message["type"] == "http.disconnect":
                 break
             chunk = message.get("body", b"")
@@ -147,6 +163,16 @@ class AuditMiddleware:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+    def _draining(self) -> bool:
+        shared = getattr(self.server, "shared", None)
+        return shared is not None and shared.draining.is_set()
+
+    def _wait_estimate(self) -> float:
+        """Seconds until a slot frees: the requests in flight, served max_batch_size x workers at a time."""
+        in_flight = self.inflight.value if self.inflight is not None else 1
+        at_once = self.settings.max_batch_size * self.settings.workers
+        return self.latency_ewma * max(1.0, in_flight / at_once)
 
     def _acquire(self) -> bool:
         if self.inflight is None:
@@ -179,14 +205,14 @@ class AuditMiddleware:
             "request_id": state.get("request_id"),
             "endpoint": endpoint,
             "method": scope["method"],
-            "path": path[:200] if endpoint == "other" else None,
+            "path": _prefix(path, 200) if endpoint == "other" else None,
             "status": status,
             "latency_ms": round(seconds * 1000, 2),
         }
         fields.update(state.get("log") or {})
         fields = {k: v for k, v in fields.items() if v is not None}
-        if path in QUIET and status < 400:
-            self.log.debug("request", **fields)
+        if path in QUIET:  # a probe's 503 is a state (loading, draining), not an error
+            (self.log.debug if status < 400 else self.log.info)("request", **fields)
         elif status >= 500:
             self.log.error("request", **fields)
         else:
@@ -198,6 +224,11 @@ def error_response(scope, status: int, detail: str, headers: dict | None = None)
     state = scope.setdefault("state", {})
     state.setdefault("log", {})["detail"] = detail
     return JSONResponse({"detail": detail, "request_id": state.get("request_id")}, status_code=status, headers=headers)
+
+
+def _prefix(text: str, limit: int = 64) -> str:
+    """At most `limit` characters of a client-supplied value, for error bodies and logs."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _replay(body: bytes, receive):

@@ -93,7 +93,10 @@ class TokenSpan(_Request):
 def _span_kind(value: Any) -> str:
     """Which span a target item is, so a bad item is told what is wrong with it, not with both kinds.
     (The tags are bracketed: error locations leave such union-member names out.)"""
-    tokens = isinstance(value, dict) and ("token_start" in value or "token_end" in value)
+    # a dict when validating, a model when serialising (model_dump)
+    tokens = isinstance(value, TokenSpan) or (
+        isinstance(value, dict) and ("token_start" in value or "token_end" in value)
+    )
     return "[token span]" if tokens else "[character span]"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from dataclasses import asdict
 from typing import Any
 
@@ -28,12 +29,36 @@ def encode_heatmap(heat: NDArray[np.float32], encoding: str) -> dict[str, Any] |
     height, width = heat.shape
     data = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
     if encoding == "array":
-        return {"width": width, "height": height, "encoding": "array", "data": np.round(data, 4).tolist()}
+        # rounded as float64: a float32's 0.1234 would print as 0.12340000271797180 (16 bytes a pixel, not 7)
+        rows = np.round(data.astype(np.float64), 4).tolist()
+        return {"width": width, "height": height, "encoding": "array", "data": rows}
     if encoding != "png":
         raise ValueError(f"unknown heatmap encoding {encoding!r}; use one of {', '.join(HEATMAP_ENCODINGS)}")
     buf = io.BytesIO()
     Image.fromarray(np.round(data * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
     return {"width": width, "height": height, "encoding": "png", "data": base64.b64encode(buf.getvalue()).decode()}
+
+
+# JSON bytes per heatmap pixel: "0.1234," as an array; deflate's worst case in base64 as a png
+_HEATMAP_BYTES_PER_PIXEL = {"array": 7.0, "png": 1.4, "none": 0.0}
+_BYTES_PER_TOKEN = 1_000  # a token's and its claim's fields, generously
+
+
+def estimated_bytes(
+    targets: int, heatmap: tuple[int, int], encoding: str, image: tuple[int, int], regions: int, tokens: int
+) -> int:
+    """An upper estimate of a response body's size, from the request alone (before any compute).
+
+    `heatmap` and `image` are (width, height); `regions` is the ranked regions per target (0 for
+    white-box maps). A region's run-length mask has two runs per image row it spans, and about
+    sqrt(regions) regions share a row; doubled for irregular superpixels.
+    """
+    width, height = heatmap
+    per_heatmap = _HEATMAP_BYTES_PER_PIXEL[encoding] * width * height + 2 * height
+    digits = len(str(image[0] * image[1])) + 1
+    per_masks = 2 * 2 * image[1] * math.sqrt(regions) * digits if regions else 0
+    per_curves = 2 * 30 * (max(regions, 64) + 1)  # insertion and deletion: a point per region or map step
+    return int(targets * (per_heatmap + per_masks + per_curves + 1_000) + tokens * _BYTES_PER_TOKEN + 4_000)
 
 
 def _curve(points: NDArray[np.float64]) -> list[list[float]]:

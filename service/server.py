@@ -1,25 +1,29 @@
 """Server assembly: a LitServer with the service's routes, middleware and error format.
 
 `AuditServer` is LitServe's server (worker processes, dynamic batching, request queues,
-transport, readiness) with the HTTP surface replaced by the service's:
+transport) with the HTTP surface replaced by the service's:
 
   POST /v1/explain, POST /v1/reliance  both feed the one AuditAPI queue (QUEUE_PATH in mllm_audit.service.api)
-  GET  /health     200 "ok" once every model worker has loaded the model, else 503
+  GET  /livez      200 while this API server reaches the queue manager and the main process
+  GET  /readyz     200 when every model worker is ready and the service is not draining (/health: the same)
   GET  /info       model, methods, limits and configuration (no secrets)
-  GET  /metrics/   Prometheus metrics of every process of the service
+  GET  /metrics    Prometheus metrics of every process of the service (/metrics/ too)
   GET  /docs, /openapi.json   FastAPI's
 
-The endpoint handler replaces LitServe's RegularRequestHandler in two ways: it waits for the
-worker at most until the request's deadline (LitServe's own `timeout` only covers the time a
-request waits in the queue) and answers 504 after it, and it turns a worker's per-request
-`Failure` into that request's error response.
+The endpoint handler replaces LitServe's RegularRequestHandler: it waits for the worker at
+most until the request's deadline (504 after it) or until the client disconnects (the worker
+then skips or stops the request: Shared.cancelled), and it turns a worker's per-request
+`Failure` into that request's error response. The process model (supervision, drain on
+SIGTERM) is mllm_audit.service.supervisor's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import pickle
+import threading
 import time
 import uuid
 from dataclasses import asdict
@@ -32,9 +36,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
-from mllm_audit.service import metrics
+from mllm_audit.service import logs, metrics
 from mllm_audit.service.api import QUEUE_PATH, AuditAPI, Envelope, Failure
 from mllm_audit.service.config import ENV_VARS, Settings, env_name
+from mllm_audit.service.http_protocol import MAX_HEADER_BYTES, with_header_timeout
 from mllm_audit.service.images import FORMATS
 from mllm_audit.service.middleware import AuditMiddleware, error_response
 from mllm_audit.service.schemas import (
@@ -46,6 +51,8 @@ from mllm_audit.service.schemas import (
     RelianceRequest,
     RelianceResponse,
 )
+from mllm_audit.service.shared import Shared
+from mllm_audit.service.supervisor import Supervisor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 TITLE = "MLLM Audit"
@@ -53,8 +60,9 @@ DESCRIPTION = (
     "Audits a multimodal LLM's answer: which image regions made the model say each answer token "
     "(attribution masks), how much each token rests on the image versus the language prior "
     "(visual reliance), and a hallucination-risk label per token and per answer.\n\n"
-    'Errors are JSON `{"detail": "...", "request_id": "..."}`: 400/413/415/422 for bad input, '
-    "401 without the API key (when one is configured), 503 with `Retry-After` when saturated, 504 on timeout."
+    'Errors are JSON `{"detail": "...", "request_id": "..."}`: 400/408/413/415/422 for bad input, '
+    "401 without the API key (when one is configured), 503 with `Retry-After` when saturated, draining "
+    "or after a worker crash, 504 on timeout."
 )
 
 
@@ -74,13 +82,18 @@ AUDIT_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("Missing or invalid API key (only when the service has one)"),
     413: _error("Body larger than MLLM_AUDIT_MAX_PAYLOAD_BYTES or image over MLLM_AUDIT_MAX_IMAGE_PIXELS"),
     415: _error("Content-Type not JSON, bytes that are not an image, or an image format the service does not decode"),
+    408: _error("The request body stalled for MLLM_AUDIT_BODY_TIMEOUT seconds"),
     422: _error(
         "Valid JSON that cannot be audited: wrong types, missing fields, unknown method, "
-        "limits (tokens, regions, budget), target spans outside the answer"
+        "limits (tokens, regions, budget, image smaller than 8x8, response larger than "
+        "MLLM_AUDIT_MAX_RESPONSE_BYTES), target spans outside the answer"
     ),
     500: _error("Internal error while auditing (the log has the request id)"),
     501: _error("The method is not available in this build"),
-    503: _error("Saturated (MLLM_AUDIT_MAX_QUEUE requests in flight): retry after Retry-After seconds"),
+    503: _error(
+        "Saturated (MLLM_AUDIT_MAX_QUEUE requests in flight), shutting down, or the model worker running "
+        "the request died: retry after Retry-After seconds"
+    ),
     504: _error("Not answered within MLLM_AUDIT_REQUEST_TIMEOUT seconds"),
 }
 AUDIT_ERRORS[503]["headers"] = {
@@ -144,10 +157,13 @@ class AuditHandler:
         try:
             queue = server._get_request_queue(QUEUE_PATH)
             queue.put((server.app.response_queue_id, uid, time.monotonic(), envelope))
-            try:
-                await asyncio.wait_for(event.wait(), timeout=max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise HTTPException(504, f"request timed out after {settings.request_timeout:g} s") from None
+            gone = await _answer_or_gone(event, request, deadline)
+            if gone:  # the worker skips it, or stops its batch at the next engine round if nobody else waits
+                server.shared.cancel(uid)
+                metrics.registry_metrics().cancelled.labels(reason=gone).inc()
+                if gone == "deadline":
+                    raise HTTPException(504, f"request timed out after {settings.request_timeout:g} s")
+                return Response(status_code=499)  # nobody reads it; the log line and metrics say 499
             response, status = server.response_buffer[uid].response
         finally:
             server.response_buffer.pop(uid, None)
@@ -159,6 +175,28 @@ class AuditHandler:
         data, log_fields = response
         state.setdefault("log", {}).update(log_fields)
         return Response(content=data, media_type="application/json")
+
+
+async def _answer_or_gone(event: asyncio.Event, request: Request, deadline: float) -> str | None:
+    """None once the worker has answered; "disconnect" if the client left first, "deadline" if time ran out."""
+    answered = asyncio.ensure_future(event.wait())
+    left = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait(
+            {answered, left}, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        answered.cancel()
+        left.cancel()
+    if answered in done:
+        return None
+    return "disconnect" if left in done else "deadline"
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read: only http.disconnect can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _worker_error(response) -> HTTPException:
@@ -181,16 +219,22 @@ class AuditServer(ls.LitServer):
         self.risk = risk or {"calibration": None, "calibrated": False, "models": []}
         # In-flight requests of all API server processes: created here, shared by the forked ones.
         self.inflight = mp.Value("i", 0)
+        self.main_pid = os.getpid()
+        self.audit_api = AuditAPI(settings)
+        self.shared: Shared | None = None  # created with LitServe's manager, in run()
+        self.supervisor: Supervisor | None = None
+        self.drain_started = threading.Event()
         accelerator, devices = accelerator_of(settings.device)
         super().__init__(
-            AuditAPI(settings),
+            self.audit_api,
             accelerator=accelerator,
             devices=devices,
             workers_per_device=settings.workers,
             timeout=settings.request_timeout,
-            middlewares=[(AuditMiddleware, {"settings": settings, "inflight": self.inflight})],
+            middlewares=[(AuditMiddleware, {"settings": settings, "inflight": self.inflight, "server": self})],
         )
         app = self.app
+        app.router.redirect_slashes = False  # Starlette builds those redirects from the client's Host header
         app.title, app.version, app.description = TITLE, version(), DESCRIPTION
         app.openapi = self._openapi
         app.add_exception_handler(RequestValidationError, validation_error)
@@ -230,24 +274,40 @@ class AuditServer(ls.LitServer):
             if isinstance(route, APIRoute) and route.path in ("/v1/explain", "/v1/reliance"):
                 route.responses = {**route.responses, 200: {"headers": REQUEST_ID_HEADER}}
 
-        @app.get(
-            "/health",
-            response_class=PlainTextResponse,
-            tags=["service"],
-            summary="200 once every model worker has loaded the model",
-            responses={
-                200: {"content": {"text/plain": {"schema": {"type": "string", "enum": ["ok"]}}}},
-                401: _error("Missing or invalid API key (only with MLLM_AUDIT_PROTECT_HEALTH)"),
-                503: {
-                    "description": "Still loading, or a worker failed",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
+        def probe(path: str, summary: str, not_ok: str, check):
+            @app.get(
+                path,
+                response_class=PlainTextResponse,
+                tags=["service"],
+                summary=summary,
+                responses={
+                    200: {"content": {"text/plain": {"schema": {"type": "string", "enum": ["ok"]}}}},
+                    401: _error("Missing or invalid API key (only with MLLM_AUDIT_PROTECT_HEALTH)"),
+                    503: {"description": not_ok, "content": {"text/plain": {"schema": {"type": "string"}}}},
                 },
-            },
+            )
+            async def answer():
+                problem = check()
+                return PlainTextResponse(problem or "ok", status_code=503 if problem else 200)
+
+        probe(
+            "/livez",
+            "Liveness: 200 while this API server can reach the queue and the main process",
+            "The queue manager or the main process is gone: restart the service",
+            self.liveness_problem,
         )
-        async def health():
-            if self.workers_ready():
-                return PlainTextResponse("ok")
-            return PlainTextResponse("not ready", status_code=503)
+        probe(
+            "/readyz",
+            "Readiness: 200 when every model worker is ready and the service is not shutting down",
+            "A worker is loading or restarting, or the service is draining",
+            self.readiness_problem,
+        )
+        probe(
+            "/health",
+            "Same as /readyz",
+            "A worker is loading or restarting, or the service is draining",
+            self.readiness_problem,
+        )
 
         @app.get(
             "/info",
@@ -260,16 +320,64 @@ class AuditServer(ls.LitServer):
         async def info():
             return self.info()
 
-        @app.get("/metrics/", include_in_schema=False)
         async def prometheus_metrics():
             data, content_type = metrics.render_latest()
             return Response(content=data, media_type=content_type)
 
-    def workers_ready(self) -> bool:
+        for path in ("/metrics", "/metrics/"):  # both served: no redirect
+            app.add_api_route(path, prometheus_metrics, methods=["GET"], include_in_schema=False)
+
+    def liveness_problem(self) -> str | None:
+        if os.getppid() != self.main_pid and os.getpid() != self.main_pid:
+            return "the main process is gone"
+        try:
+            if self.shared is not None:
+                self.shared.draining.is_set()  # a round trip to the queue manager
+        except Exception:
+            return "the queue manager is unreachable"
+        return None
+
+    def readiness_problem(self) -> str | None:
         status = getattr(self, "workers_setup_status", None)  # set by LitServer.run()
-        if not status:
+        try:
+            if self.shared is not None and self.shared.draining.is_set():
+                return "shutting down"
+            states = dict(status) if status else {}
+        except Exception:
+            return "the queue manager is unreachable"
+        ready = sum(v == WorkerSetupStatus.READY for v in states.values())
+        if not states or ready < len(states):
+            return f"model workers ready: {ready} of {len(states)}"
+        return None
+
+    # ------------------------------------------------------------------ processes (LitServer.run calls these)
+    def _init_manager(self, num_api_servers: int):
+        logs.configure(self.settings.log_level)  # LitServer.run has just put its plain-text log handler back
+        manager = super()._init_manager(num_api_servers)
+        self.shared = Shared.create(manager)
+        self.audit_api.shared = self.shared  # pickled into every worker it spawns
+        return manager
+
+    def _start_worker_monitoring(self, manager, uvicorn_workers) -> None:
+        self.supervisor = Supervisor(self, manager, uvicorn_workers)
+        self.supervisor.start()
+
+    def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason: str = "normal") -> None:
+        if self.supervisor is not None:  # processes stop now on purpose: no restart, no failure
+            self.supervisor.stopping.set()
+        super()._perform_graceful_shutdown(manager, uvicorn_workers, shutdown_reason)
+
+    def drain(self) -> bool:
+        """Start the SIGTERM drain (mllm_audit.service.supervisor); False when it cannot (not serving yet, or draining).
+
+        Called from a signal handler: no queue-manager call here (the interrupted main thread may
+        be in one on the same connection); the drain thread makes them.
+        """
+        if self.supervisor is None or self.drain_started.is_set():
             return False
-        return all(v == WorkerSetupStatus.READY for v in status.values())
+        self.drain_started.set()
+        threading.Thread(target=self.supervisor.drain, name="mllm-audit-drain", daemon=True).start()
+        return True
 
     def info(self) -> dict[str, Any]:
         s = self.settings
@@ -334,6 +442,9 @@ class AuditServer(ls.LitServer):
             log_level=_uvicorn_level(s.log_level),
             generate_client_file=False,
             access_log=False,
+            http=with_header_timeout(s.header_timeout),
+            log_config=None,  # uvicorn's records go to the root logger: JSON lines (service.logs)
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         )
 
 

@@ -42,7 +42,8 @@ DASHBOARD = CHART / "dashboards" / "mllm-audit.json"
 # schemas for. Lint and validation both use it; move it on when that pin moves.
 KUBE_VERSION = "1.37"
 PORT = 8000
-HEALTH_PATH = "/health"
+HEALTH_PATH = "/livez"  # the Dockerfile's HEALTHCHECK and the liveness probe
+READY_PATH = "/readyz"  # the startup and readiness probes
 # Kinds that are not part of Kubernetes itself, so kubernetes-validate has no schema for them.
 CUSTOM_KINDS = {"ServiceMonitor"}
 # Variables the chart sets itself; values.yaml `config:` must not carry them.
@@ -52,6 +53,7 @@ CHART_MANAGED_ENV = {
     "MLLM_AUDIT_MODEL",
     "MLLM_AUDIT_METRICS_DIR",
     "MLLM_AUDIT_API_KEY",
+    "MLLM_AUDIT_DRAIN_TIMEOUT",
 }
 
 
@@ -431,10 +433,10 @@ def test_gpu_render_has_gpu_hpa_and_servicemonitor(gpu_render, get_routes):
 def test_port_and_probes_match_the_service(case, default_render, gpu_render, get_routes):
     rendered = default_render if case == "default" else gpu_render
     container = server_container(rendered)
-    assert HEALTH_PATH in get_routes  # the Dockerfile's HEALTHCHECK probes it too
+    assert {HEALTH_PATH, READY_PATH} <= get_routes
     assert container["ports"] == [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": HEALTH_PATH, "port": "http"}, probe
+    for probe, path in (("startupProbe", READY_PATH), ("readinessProbe", READY_PATH), ("livenessProbe", HEALTH_PATH)):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
     assert app_config_map(rendered)["data"]["MLLM_AUDIT_PORT"] == str(PORT)
     assert app_config_map(rendered)["data"]["MLLM_AUDIT_HOST"] == "0.0.0.0"
     service = one(rendered, "Service")
@@ -443,6 +445,22 @@ def test_port_and_probes_match_the_service(case, default_render, gpu_render, get
         service["spec"]["selector"].items()
         <= one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
     )
+
+
+@pytest.mark.parametrize("grace", [None, 300, 30])
+def test_the_drain_ends_before_the_grace_period(grace, default_render):
+    """The service's drain (MLLM_AUDIT_DRAIN_TIMEOUT), the preStop sleep and the time to stop the
+    processes fit in terminationGracePeriodSeconds, so the kubelet's SIGKILL never cuts a drain short."""
+    rendered = default_render if grace is None else render({"terminationGracePeriodSeconds": grace})
+    pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
+    container = server_container(rendered)
+    drain = Settings.from_env(app_config_map(rendered)["data"]).drain_timeout
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert drain >= 10 and pre_stop + drain + 10 <= pod["terminationGracePeriodSeconds"], (pre_stop, drain)
+    if grace is None:
+        assert drain < Settings().drain_timeout * 2  # the default grace leaves a drain near the service's default
+    with pytest.raises(helm.HelmError, match="no time would be left"):
+        render({"terminationGracePeriodSeconds": 15})
 
 
 @pytest.mark.parametrize("case", ["default", "gpu-hpa-servicemonitor"])
@@ -586,7 +604,7 @@ def test_dashboard_queries_only_exported_metrics():
     queries = dashboard_queries(dashboard)
     used = {name for query in queries for name in re.findall(r"\bmllm_audit_[a-z_]+", query)}
     exported = exported_series()
-    assert len(exported) == 6 + 1 + 5 * 3, exported  # counters, the gauge, histograms' series
+    assert len(exported) == 8 + 1 + 5 * 3, exported  # counters, the gauge, histograms' series
     assert used <= exported, used - exported
     # The panels the dashboard promises: hallucination rate by risk label (answers and tokens),
     # latency p50/p95, queue wait, batch size and forward passes per second.
@@ -599,6 +617,8 @@ def test_dashboard_queries_only_exported_metrics():
         "mllm_audit_forward_passes_total",
         "mllm_audit_claim_risk_sum",  # over claims_total: the estimated hallucination rate
         "mllm_audit_claims_total",
+        "mllm_audit_worker_restarts_total",  # crashes and the requests given up on
+        "mllm_audit_requests_cancelled_total",
     ):
         assert needed in used, needed
     text = "\n".join(queries)

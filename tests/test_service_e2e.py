@@ -14,10 +14,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import random
 import re
-import signal
+import socket
 import subprocess
 import sys
 import time
@@ -63,6 +62,7 @@ def open_server(tmp_path_factory):
         "MLLM_AUDIT_MAX_BATCH_SIZE": "8",
         "MLLM_AUDIT_BATCH_TIMEOUT": "0.25",
         "MLLM_AUDIT_CPU_THREADS": "1",
+        "MLLM_AUDIT_HEADER_TIMEOUT": "2",
         "MLLM_AUDIT_METRICS_DIR": str(tmp / "metrics"),
     }
     with ServerProcess(env, log_path=tmp / "server.log") as server:
@@ -361,6 +361,34 @@ def test_malformed_bodies_and_the_server_stays_healthy(open_server):
     assert r.status_code == 200, r.text
 
 
+def test_slow_clients_hosts_and_runaway_responses_are_bounded(open_server):
+    url = open_server.url
+    # headers sent slower than MLLM_AUDIT_HEADER_TIMEOUT (2 s here): the connection is closed
+    with socket.create_connection(("127.0.0.1", open_server.port), timeout=10) as loris:
+        loris.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n")
+        opened = time.monotonic()
+        assert loris.recv(100) == b"" and time.monotonic() - opened < 6
+    # no redirect is ever built from the client's Host header
+    for path in ("/metrics", "/metrics/"):
+        r = httpx.get(url + path, headers={"Host": "evil.example"})
+        assert r.status_code == 200 and "location" not in r.headers and "mllm_audit_requests_total" in r.text
+    r = httpx.post(url + "/v1/explain/", json={}, headers={"Host": "evil.example"})
+    assert r.status_code == 404 and "location" not in r.headers
+    # one small request asking for ~300 MB of heatmaps: refused before any forward pass
+    before = total(scrape(url), "mllm_audit_forward_passes_total")
+    body = {
+        **colour_question(5)[2],
+        "method": "tam",
+        "targets": "tokens",
+        "answer": "a red circle and a blue square on the left",
+        "heatmap": {"encoding": "array", "width": 2048, "height": 2048},
+    }
+    r = httpx.post(url + "/v1/explain", json=body, timeout=60)
+    assert r.status_code == 422 and "MLLM_AUDIT_MAX_RESPONSE_BYTES" in r.json()["detail"], r.text
+    assert re.search(r"about \d+\.\d MB .*the limit is 64\.0 MB", r.json()["detail"])
+    assert total(scrape(url), "mllm_audit_forward_passes_total") == before
+
+
 def test_logs_are_json_lines_without_prompts_or_images(open_server):
     marker = "What color is the square?"
     _, _, body = colour_question(20)
@@ -563,27 +591,3 @@ def test_a_request_past_the_timeout_is_answered_504(locked_server):
     # and the service goes on answering
     r = httpx.post(url + "/v1/reliance", json=colour_question(61)[2], headers=AUTH, timeout=60)
     assert r.status_code == 200
-
-
-def test_sigterm_to_the_server_stops_every_process_cleanly(tmp_path):
-    """What a container runtime does through dumb-init --single-child: SIGTERM to the server alone."""
-    with ServerProcess(
-        {"MLLM_AUDIT_WORKERS": "2", "MLLM_AUDIT_CPU_THREADS": "1"}, log_path=tmp_path / "server.log"
-    ) as server:
-        assert httpx.post(server.url + "/v1/reliance", json=colour_question(90)[2], timeout=60).status_code == 200
-        group = server.proc.pid
-        server.proc.send_signal(signal.SIGTERM)
-        server.proc.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and _group_alive(group):
-            time.sleep(0.2)
-        assert not _group_alive(group), "worker processes outlived the server"
-        assert "Traceback" not in server.log_text(), server.log_tail()
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-        return True
-    except ProcessLookupError:
-        return False

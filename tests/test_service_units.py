@@ -15,6 +15,7 @@ import zlib
 
 import numpy as np
 import pytest
+from litserve.utils import LitAPIStatus
 from mllm_audit.explainers.results import (
     AuditResult,
     ClaimResult,
@@ -317,14 +318,15 @@ def test_middleware_request_id_auth_and_body_limits():
     )
     assert r.status_code == 200 and r.headers["x-request-id"] == "abc-1" and r.json()["request_id"] == "abc-1"
     assert client.get("/health").status_code == 200  # open without the key
-    r = client.post("/v1/explain", content=b"x" * 101, headers={"Authorization": "Bearer k"})
+    json_with_key = {"Authorization": "Bearer k", "Content-Type": "application/json"}
+    r = client.post("/v1/explain", content=b"x" * 101, headers=json_with_key)
     assert r.status_code == 413 and "100" in r.json()["detail"]
 
     def chunks():  # no Content-Length: the limit holds while reading
         for _ in range(5):
             yield b"x" * 30
 
-    r = client.post("/v1/explain", content=chunks(), headers={"Authorization": "Bearer k"})
+    r = client.post("/v1/explain", content=chunks(), headers=json_with_key)
     assert r.status_code == 413
     r = client.post(
         "/v1/explain",
@@ -333,6 +335,42 @@ def test_middleware_request_id_auth_and_body_limits():
     )
     assert r.status_code == 415 and "application/json" in r.json()["detail"]
     assert request_id_from({"x-request-id": "bad id with spaces"}) != "bad id with spaces"
+
+
+def test_middleware_refuses_without_echoing_client_headers():
+    client = middleware_client(Settings())
+    r = client.post("/v1/explain", content=b"{}")  # no Content-Type at all
+    assert r.status_code == 415 and "none" in r.json()["detail"]
+    huge = "text/" + "x" * 20_000
+    r = client.post("/v1/explain", content=b"{}", headers={"Content-Type": huge})
+    assert r.status_code == 415 and len(r.text) < 400 and "xxxx..." in r.json()["detail"]
+
+
+def test_middleware_answers_408_when_the_body_stalls():
+    import asyncio
+
+    from mllm_audit.service.middleware import AuditMiddleware
+
+    async def never_called(scope, receive, send):
+        raise AssertionError("the app must not see a stalled request")
+
+    async def stalled_receive():
+        await asyncio.sleep(3600)
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/explain",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    middleware = AuditMiddleware(never_called, Settings(body_timeout=0.2))
+    asyncio.run(asyncio.wait_for(middleware(scope, stalled_receive, send), 5))
+    assert sent[0]["status"] == 408 and b"stalled" in sent[1]["body"]
 
 
 def test_middleware_answers_503_with_retry_after_when_saturated():
@@ -364,12 +402,18 @@ def test_openapi_yaml_is_what_the_app_serves():
 # ----------------------------------------------------------------------------------- AuditAPI hooks
 
 
+class _WordCounter:  # counts words as tokens: enough for the limits the service checks
+    def count_tokens(self, text):
+        return len(text.split())
+
+
 class StubAuditor:
     """Auditor stand-in: 'bad' answers fail the check, 'boom' answers fail inside run."""
 
     def __init__(self, slow: float = 0.0):
         self.slow = slow
         self.batches: list[int] = []
+        self.scorer = _WordCounter()
 
     def check(self, req):
         from mllm_audit.explainers.request import AuditInputError
@@ -469,7 +513,7 @@ def test_explain_limits_from_the_settings_are_422():
     # by default the heatmap has the image's size, scaled down to fit the limit
     env.body.update(heatmap={"encoding": "array", "width": None, "height": None})
     assert api.decode_request(env).heatmap_size is None
-    small = stub_api(max_heatmap_pixels=300, max_forward_passes=100)
+    small = stub_api(max_heatmap_pixels=300, default_heatmap_pixels=300, max_forward_passes=100)
     assert small.decode_request(env).heatmap_size == (20, 15)  # the 32x24 scene in 300 pixels
     env.body.update(heatmap={"encoding": "array", "width": 21, "height": None})
     failure = small.decode_request(env)
@@ -482,11 +526,7 @@ def test_explain_limits_from_the_settings_are_422():
     api.auditor = None
     from mllm_audit.explainers.audit import Auditor
 
-    class _WordScorer:  # counts words as tokens: enough for the limits Auditor.check applies
-        def count_tokens(self, text):
-            return len(text.split())
-
-    api.auditor = Auditor(_WordScorer(), max_regions=16)
+    api.auditor = Auditor(_WordCounter(), max_regions=16)
     failure = api.decode_request(env)
     assert isinstance(failure, Failure) and failure.status == 422 and "between 2 and 16" in failure.detail
 
@@ -499,34 +539,73 @@ class _Transport:
         self.sent.append(item)
 
 
-def test_litserve_batched_loop_answers_each_request_on_its_own():
-    """LitServe 0.2.19's BatchedLoop fails a whole batch when a hook raises; AuditAPI's hooks
-    never raise, so a bad request travels as a Failure and the others in its batch succeed."""
+def run_loop(api, items, shared=None, answers: int | None = None):
+    """AuditLoop in a thread over a plain queue until `answers` answers (default: one per item) were sent."""
     from litserve.callbacks import CallbackRunner
-    from litserve.loops.simple_loops import BatchedLoop
-    from litserve.utils import LitAPIStatus
+    from mllm_audit.service.shared import Shared
+    from mllm_audit.service.worker_loop import AuditLoop
 
-    api = stub_api(max_batch_size=8, batch_timeout=0.2)
+    api.shared = shared or Shared(busy={}, cancelled={}, draining=threading.Event())
     api.request_timeout = 30
     api.pre_setup()
     requests = queue.Queue()
-    now = time.monotonic()
-    for answer in ("red", "bad", "boom", "blue"):
-        requests.put((0, f"uid-{answer}", now, envelope(answer)))
+    for item in items:
+        requests.put(item)
     transport = _Transport()
-    loop = threading.Thread(target=BatchedLoop().run_batched_loop, args=(api, requests, transport, CallbackRunner()))
+    args = (api, "cpu", 0, requests, transport, {}, CallbackRunner())
+    loop = threading.Thread(target=AuditLoop(), args=args)
     loop.start()
     deadline = time.monotonic() + 20
-    while len(transport.sent) < 4 and time.monotonic() < deadline:
+    while len(transport.sent) < (len(items) if answers is None else answers) and time.monotonic() < deadline:
         time.sleep(0.02)
     requests.put((None, None, None, None))  # LitServe's sentinel: the loop returns
     loop.join(timeout=10)
-    answers = {uid: (data, status) for uid, (data, status, *_rest) in transport.sent}
+    return {uid: data for uid, (data, status, *_rest) in transport.sent if status == LitAPIStatus.OK}
+
+
+def test_the_worker_loop_answers_each_request_on_its_own():
+    """LitServe 0.2.19's BatchedLoop fails a whole batch when a hook raises; AuditAPI's hooks
+    never raise, so a bad request travels as a Failure and the others in its batch succeed."""
+    api = stub_api(max_batch_size=8, batch_timeout=0.2)
+    now = time.monotonic()
+    answers = run_loop(api, [(0, f"uid-{answer}", now, envelope(answer)) for answer in ("red", "bad", "boom", "blue")])
     assert set(answers) == {"uid-red", "uid-bad", "uid-boom", "uid-blue"}
-    assert all(status == LitAPIStatus.OK for _, status in answers.values())
-    assert answers["uid-bad"][0].status == 422 and answers["uid-boom"][0].status == 500
-    assert RelianceResponse.model_validate_json(answers["uid-red"][0][0]).stats.batch_size == 4
+    assert answers["uid-bad"].status == 422 and answers["uid-boom"].status == 500
+    assert RelianceResponse.model_validate_json(answers["uid-red"][0]).stats.batch_size == 4
     assert api.auditor.batches == [3]
+
+
+def test_the_worker_loop_skips_cancelled_requests_and_refuses_while_draining():
+    from mllm_audit.service.shared import Shared
+
+    shared = Shared(busy={}, cancelled={"uid-gone": time.time()}, draining=threading.Event())
+    api = stub_api(max_batch_size=8, batch_timeout=0.2)
+    now = time.monotonic()
+    expired = envelope("late")
+    expired.deadline = now - 1
+    items = [(0, "uid-gone", now, envelope("red")), (0, "uid-late", now, expired), (0, "uid-ok", now, envelope("blue"))]
+    answers = run_loop(api, items, shared, answers=1)
+    assert set(answers) == {"uid-ok"} and api.auditor.batches == [1]  # the client of the others has gone
+    assert shared.cancelled == {} and shared.busy == {"0": []}  # forgotten once skipped; nothing held after
+    shared.draining.set()
+    answers = run_loop(stub_api(), [(0, "uid-queued", now, envelope("red"))], shared)
+    assert answers["uid-queued"].status == 503 and int(answers["uid-queued"].headers["Retry-After"]) >= 1
+
+
+def test_the_worker_loop_stops_a_batch_whose_clients_have_all_gone():
+    from mllm_audit.service.shared import Shared
+
+    class Busy(dict):  # cancels the request as soon as the worker registers it (the client leaves mid-run)
+        def __setitem__(self, key, held):
+            super().__setitem__(key, held)
+            for _, uid in held:
+                shared.cancel(uid)
+
+    shared = Shared(busy=Busy(), cancelled={}, draining=threading.Event())
+    api = stub_api(max_batch_size=1)
+    api.auditor = StubAuditor(slow=0.1)  # reports progress once: the abandoned batch stops there
+    answers = run_loop(api, [(0, "uid-left", time.monotonic(), envelope("red"))], shared)
+    assert answers["uid-left"].status == 499
 
 
 def test_mixed_batch_on_the_reference_model_matches_single_requests(reference_scorer):

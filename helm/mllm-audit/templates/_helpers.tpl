@@ -109,6 +109,15 @@ A value as an environment variable string. Helm reads numbers as float64, which 
 {{- end }}
 
 {{/*
+Seconds in-flight audits get after SIGTERM (MLLM_AUDIT_DRAIN_TIMEOUT): the grace period less the
+preStop sleep and shutdown.stopSeconds for the processes to stop, so the kubelet's SIGKILL never
+cuts a drain short.
+*/}}
+{{- define "mllm-audit.drainTimeout" -}}
+{{- sub (sub (int .Values.terminationGracePeriodSeconds) (int .Values.shutdown.preStopSleepSeconds)) (int .Values.shutdown.stopSeconds) }}
+{{- end }}
+
+{{/*
 Checks of combinations the schema cannot express.
 */}}
 {{- define "mllm-audit.validate" -}}
@@ -126,7 +135,10 @@ Checks of combinations the schema cannot express.
 {{- fail "model.path is only used with a mounted model (model.source pvc, hostPath or image)" }}
 {{- end }}
 {{- if include "mllm-audit.truthy" (get .Values.config "MLLM_AUDIT_PROTECT_HEALTH") }}
-{{- fail "config.MLLM_AUDIT_PROTECT_HEALTH=true would make the kubelet's /health probes fail with 401; keep /health open inside the cluster" }}
+{{- fail "config.MLLM_AUDIT_PROTECT_HEALTH=true would make the kubelet's /livez and /readyz probes fail with 401; keep them open inside the cluster" }}
+{{- end }}
+{{- if lt (int (include "mllm-audit.drainTimeout" .)) 1 }}
+{{- fail "terminationGracePeriodSeconds must exceed shutdown.preStopSleepSeconds + shutdown.stopSeconds: no time would be left to drain in-flight audits" }}
 {{- end }}
 {{- if and (include "mllm-audit.truthy" (get .Values.config "MLLM_AUDIT_PROTECT_METRICS")) .Values.serviceMonitor.enabled (not (include "mllm-audit.apiKeySecretName" .)) }}
 {{- fail "config.MLLM_AUDIT_PROTECT_METRICS=true needs an API key (apiKey.value or apiKey.existingSecret)" }}

@@ -1,0 +1,83 @@
+"""The model worker's loop: LitServe's batching, plus what crash recovery, cancellation and draining need.
+
+LitServe collates a batch from the request queue (`get_batch_requests`); then, per batch:
+  1. requests whose client is gone (Shared.cancelled) or whose deadline has passed are dropped:
+     their API server has answered them already;
+  2. while the service drains (SIGTERM) the rest are answered 503 at once: only work that had
+     started before the signal runs to the end;
+  3. the batch's (response queue, uid) pairs go into Shared.busy under this worker's id, so the
+     supervisor can answer them 503 if this process dies before it answers;
+  4. decode, predict, encode (AuditAPI's hooks, which never raise), and the answers are sent.
+AuditAPI.predict asks `abandoned()` after every engine round and stops a batch nobody waits for.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litserve.loops.base import _StopLoopError
+from litserve.loops.simple_loops import BatchedLoop
+from litserve.utils import LitAPIStatus, LoopResponseType
+from mllm_audit.service.shared import Failure, Shared, retry_after
+
+
+class AuditLoop(BatchedLoop):
+    def __call__(
+        self,
+        lit_api,
+        device,
+        worker_id,
+        request_queue,
+        transport,
+        workers_setup_status,
+        callback_runner,
+        lit_spec=None,
+        stream=False,
+    ):
+        shared: Shared = lit_api.shared
+        key = str(worker_id)
+        while True:
+            try:
+                batch, _timed_out = self.get_batch_requests(lit_api, request_queue, transport)
+            except _StopLoopError:
+                return
+            # _timed_out waited past LitServe's timeout (the request timeout): answered 504 by their API server
+            if batch:
+                self.run_batch(lit_api, shared, key, batch, transport)
+
+    def run_batch(self, lit_api, shared: Shared, key: str, batch: list, transport) -> None:
+        gone = set(shared.cancelled.keys())
+        now = time.monotonic()
+        live = []
+        for consumer, uid, envelope in batch:
+            if uid in gone or envelope.deadline < now:
+                continue
+            if shared.draining.is_set():
+                failure = Failure(503, "the service is shutting down; retry", {"Retry-After": retry_after(1.0)})
+                self.send(transport, consumer, uid, failure)
+            else:
+                live.append((consumer, uid, envelope))
+        shared.forget(uid for _, uid, _ in batch if uid in gone)
+        if not live:
+            return
+        uids = [uid for _, uid, _ in live]
+        shared.busy[key] = [(consumer, uid) for consumer, uid, _ in live]
+
+        def abandoned() -> bool:
+            return set(uids) <= set(shared.cancelled.keys())
+
+        try:
+            lit_api.abandoned = abandoned
+            decoded = [lit_api.decode_request(envelope) for _, _, envelope in live]
+            outputs = lit_api.predict(decoded)
+            answers: list[Any] = [lit_api.encode_response(output) for output in outputs]
+        except Exception as exc:  # the hooks turn every error into a Failure; this is the last resort
+            answers = [Failure(500, f"internal error in the model worker: {type(exc).__name__}")] * len(live)
+        for (consumer, uid, _), answer in zip(live, answers):
+            self.send(transport, consumer, uid, answer)
+        shared.busy[key] = []
+        shared.forget(uids)
+
+    def send(self, transport, consumer: int, uid: str, answer: Any) -> None:
+        self.put_response(transport, consumer, uid, answer, LitAPIStatus.OK, LoopResponseType.REGULAR)
