@@ -1,6 +1,7 @@
 """The ASGI middleware in front of every route of an API server process.
 
 In order, for each HTTP request:
+  0. headers over MAX_HEADER_BYTES together: 431 (the protocol refuses them while incomplete);
   1. request id: X-Request-ID when the client sent a sane one, else a new one; echoed in the
      response header and in the body of every audit response and every JSON error;
   2. API key (service.auth), 401 without it;
@@ -22,6 +23,7 @@ import uuid
 
 from mllm_audit.service import auth, logs, metrics
 from mllm_audit.service.config import Settings
+from mllm_audit.service.http_protocol import MAX_HEADER_BYTES
 from mllm_audit.service.shared import retry_after
 from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
@@ -71,6 +73,10 @@ class AuditMiddleware:
 
         holding = False
         try:
+            if sum(len(k) + len(v) for k, v in scope.get("headers", [])) > MAX_HEADER_BYTES:
+                detail = f"request headers are larger than {MAX_HEADER_BYTES} bytes"
+                await self._error(scope, receive, send_with_id, 431, detail)
+                return
             if auth.needs_key(path, self.settings) and not auth.key_matches(
                 auth.presented_key(headers), self.settings.api_key
             ):

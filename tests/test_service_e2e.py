@@ -368,6 +368,8 @@ def test_slow_clients_hosts_and_runaway_responses_are_bounded(open_server):
         loris.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n")
         opened = time.monotonic()
         assert loris.recv(100) == b"" and time.monotonic() - opened < 6
+    r = httpx.get(url + "/info", headers={"X-Padding": "x" * 20_000})  # headers over 16 KiB
+    assert r.status_code == 431 and "16384" in r.json()["detail"]
     # no redirect is ever built from the client's Host header
     for path in ("/metrics", "/metrics/"):
         r = httpx.get(url + path, headers={"Host": "evil.example"})
