@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from mllm_audit.service.client import AsyncAuditClient, AuditError
+from mllm_audit.service.client import AsyncAuditClient, AuditError, RetryPolicy
 
 Outcome = dict[str, Any] | AuditError
 
@@ -26,9 +26,10 @@ class HttpBackend:
 
     batch = 1
 
-    def __init__(self, url: str, api_key: str | None, concurrency: int, timeout: float):
+    def __init__(self, url: str, api_key: str | None, concurrency: int, timeout: float, retries: int = 4):
         self.slots = concurrency
-        self.client = AsyncAuditClient(url, api_key=api_key, timeout=timeout, max_connections=concurrency)
+        retry = RetryPolicy(attempts=retries + 1)
+        self.client = AsyncAuditClient(url, api_key=api_key, timeout=timeout, max_connections=concurrency, retry=retry)
 
     async def start(self) -> dict[str, Any]:
         """GET /info: fails fast (AuditError, status None) when the service cannot be reached."""
@@ -130,6 +131,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=None, help="a running service (default: the model in this process, --model)")
     parser.add_argument("--api-key", default=None, help="the service's API key (env MLLM_AUDIT_API_KEY)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one answer")
+    parser.add_argument("--retries", type=int, default=4, help="retries of a request on 503 or a connection error")
 
 
 def make_backend(args: argparse.Namespace, settings: Any, concurrency: int) -> HttpBackend | InProcessBackend:
@@ -139,7 +141,7 @@ def make_backend(args: argparse.Namespace, settings: Any, concurrency: int) -> H
         if settings.model:
             raise ValueError("give --url (a running service) or --model (in this process), not both")
         key = args.api_key or os.environ.get("MLLM_AUDIT_API_KEY") or None
-        return HttpBackend(args.url, key, concurrency, args.timeout)
+        return HttpBackend(args.url, key, concurrency, args.timeout, args.retries)
     return InProcessBackend(settings, concurrency)
 
 

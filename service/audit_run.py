@@ -124,8 +124,10 @@ def base_record(case: AuditCase) -> dict[str, Any]:
     }
 
 
-def error_record(case: AuditCase, status: int | None, detail: str) -> dict[str, Any]:
-    return {**base_record(case), "status": "error", "error": {"status": status, "detail": detail}}
+def error_record(case: AuditCase, status: int | None, detail: str, stage: str = "input") -> dict[str, Any]:
+    """stage: "input" (the case could not be read) or "request" (the audit was refused or failed)."""
+    error = {"stage": stage, "status": status, "detail": detail}
+    return {**base_record(case), "status": "error", "error": error}
 
 
 def ok_record(case: AuditCase, body: dict[str, Any], latency_ms: float) -> dict[str, Any]:
@@ -210,7 +212,7 @@ async def audit_cases(
             latency = (time.monotonic() - sent) * 1000
             for case, outcome in zip(ready, outcomes):
                 if isinstance(outcome, AuditError):
-                    record(error_record(case, outcome.status, outcome.detail))
+                    record(error_record(case, outcome.status, outcome.detail, "request"))
                 else:
                     record(ok_record(case, outcome, latency))
 

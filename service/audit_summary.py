@@ -72,7 +72,8 @@ def summarise(path: Path) -> dict[str, Any]:
     for record in read_records(path):
         total += 1
         if record["status"] != "ok":
-            errors[str(record["error"].get("status") or "unreachable")] += 1
+            error = record["error"]
+            errors[error["stage"] if error["stage"] == "input" else str(error["status"] or "unreachable")] += 1
             continue
         if calibrated is None:
             calibrated = bool(record.get("risk", {}).get("calibrated"))
@@ -109,7 +110,7 @@ def summarise(path: Path) -> dict[str, Any]:
         "cases": total,
         "audited": len(per_case),
         "errors": sum(errors.values()),
-        "errors_by_status": dict(errors),
+        "errors_by_status": dict(errors),  # "input": unreadable case; a status; "unreachable"
         "claims": sum(n for n, _, _ in per_case),
         "hallucination_rate": None
         if interval is None

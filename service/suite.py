@@ -137,6 +137,8 @@ def attribution_peak(
     if not match or not match[0].get("heatmap"):
         return False, "no heatmap", f"no attribution came back for {e.word!r}"
     heat = np.asarray(match[0]["heatmap"]["data"], dtype=np.float32)
+    if float(heat.max() - heat.min()) < 1e-6:  # argmax of a flat map is its first cell: no peak to judge
+        return False, "flat heatmap", f"the attribution of {e.word!r} is flat: it points nowhere"
     with Image.open(base / case.image) as img:
         width, height = img.size
     y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
