@@ -140,6 +140,8 @@ def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
         if isinstance(node, yaml.MappingNode):
             match = [(k, v) for k, v in node.value if k.value == part]
             if not match:
+                if str(part).startswith("["):
+                    continue
                 break
             key, node = match[0]
             line = key.start_mark.line + 1
