@@ -140,7 +140,10 @@ def ok_record(case: AuditCase, body: dict[str, Any], latency_ms: float) -> dict[
         "summary": body["summary"],
         "risk": body["risk"],
         "claims": [
-            {k: c.get(k) for k in ("index", "kind", "text", "start", "end", "risk_score", "risk_label", "evidence_bbox")}
+            {
+                k: c.get(k)
+                for k in ("index", "kind", "text", "start", "end", "risk_score", "risk_label", "evidence_bbox")
+            }
             for c in body["claims"]
         ],
         "tokens": [

@@ -65,7 +65,7 @@ def summarise(path: Path) -> dict[str, Any]:
     flagged: Counter[str] = Counter()
     said: Counter[str] = Counter()
     # labels: true/false positives at each threshold
-    confusion = {name: Counter() for name in ("medium", "high")}
+    confusion: dict[str, Counter[str]] = {name: Counter() for name in ("medium", "high")}
     labelled_cases = 0
     calibrated: bool | None = None
     total = 0

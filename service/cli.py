@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mllm_audit.service import audit_run, suite
 
     for name, module in (("audit", audit_run), ("check", suite)):  # in-process unless --url; docs/ci.md
-        p = sub.add_parser(name, help=module.HELP, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name, help=module.HELP, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(p)
         _add_setting_flags(p, MODEL_FLAGS)
 

@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel
-
 from mllm_audit.service.schemas import (
     ExplainRequest,
     ExplainResponse,
@@ -36,6 +34,7 @@ from mllm_audit.service.schemas import (
     RelianceRequest,
     RelianceResponse,
 )
+from pydantic import BaseModel
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = frozenset({503})

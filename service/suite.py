@@ -264,17 +264,16 @@ def junit_xml(report: Report) -> bytes:
     failures = sum(not c.passed and not c.error for c in report.checks)
     errors = sum(bool(c.error) for c in report.checks)
     counts = {"tests": str(len(report.checks)), "failures": str(failures), "errors": str(errors)}
-    root = ET.Element("testsuites", name="mllm-audit check", time=f"{report.seconds:.3f}", **counts)
-    suite = ET.SubElement(
-        root,
-        "testsuite",
-        name=report.suite,
-        skipped="0",
-        time=f"{report.seconds:.3f}",
-        timestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-        hostname=socket.gethostname(),
+    root = ET.Element("testsuites", {"name": "mllm-audit check", "time": f"{report.seconds:.3f}", **counts})
+    attributes = {
+        "name": report.suite,
+        "skipped": "0",
+        "time": f"{report.seconds:.3f}",
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+        "hostname": socket.gethostname(),
         **counts,
-    )
+    }
+    suite = ET.SubElement(root, "testsuite", attributes)
     props = ET.SubElement(suite, "properties")
     for key in ("id", "family"):
         if report.model.get(key):

@@ -121,7 +121,7 @@ class Suite(_Strict):
     version: Literal[1] = 1
     name: str | None = None
     cases: list[SuiteCase] = Field(min_length=1)
-    gates: Gates = Field(default_factory=Gates)
+    gates: Gates = Field(default_factory=lambda: Gates.model_validate({}))
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Suite:

@@ -67,7 +67,11 @@ def test_the_client_gets_typed_answers_from_the_service(server):
         info = client.info()
         result = client.reliance(image=IMAGES / "red-circle.png", prompt=GOOD[1][1], answer=GOOD[1][2])
         explained = client.explain(
-            image=str(IMAGES / "red-circle.png"), prompt=GOOD[0][1], answer="red", regions=8, heatmap={"encoding": "none"}
+            image=str(IMAGES / "red-circle.png"),
+            prompt=GOOD[0][1],
+            answer="red",
+            regions=8,
+            heatmap={"encoding": "none"},
         )
         with pytest.raises(AuditError) as refused:
             client.reliance(image="bm90IGFuIGltYWdl", prompt="p", answer="a")  # base64 of "not an image"
@@ -85,12 +89,26 @@ def test_audit_records_bad_cases_and_goes_on(server, tmp_path):
     missing = json.dumps({"id": "missing", "image": "nope.png", "prompt": "p", "answer": "a"})
     ids = write_cases(tmp_path / "cases.jsonl", 8, ['{"id": "malformed", "image": ', missing, refused])
     out, html, summary = tmp_path / "results.jsonl", tmp_path / "report.html", tmp_path / "summary.json"
-    run = audit(str(tmp_path / "cases.jsonl"), "--out", str(out), "--url", server.url, "--concurrency", "4",
-                "--html", str(html), "--summary", str(summary))
+    run = audit(
+        str(tmp_path / "cases.jsonl"),
+        "--out",
+        str(out),
+        "--url",
+        server.url,
+        "--concurrency",
+        "4",
+        "--html",
+        str(html),
+        "--summary",
+        str(summary),
+    )
     assert run.returncode == 1, run.stderr  # some cases have errors
     records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert set(records) == {*ids, "missing", "refused", "cases:9"}  # the malformed line: file stem and line
-    assert records["missing"]["error"]["stage"] == "input" and "nope.png not found" in records["missing"]["error"]["detail"]
+    assert (
+        records["missing"]["error"]["stage"] == "input"
+        and "nope.png not found" in records["missing"]["error"]["detail"]
+    )
     assert records["refused"]["error"]["stage"] == "request" and 400 <= records["refused"]["error"]["status"] < 500
     assert "not JSON" in records["cases:9"]["error"]["detail"]
     assert all(records[i]["status"] == "ok" for i in ids)
@@ -112,8 +130,12 @@ def test_an_interrupted_audit_resumed_has_one_line_per_case(server, tmp_path):
     ids = write_cases(tmp_path / "cases.jsonl", 24)
     out = tmp_path / "results.jsonl"
     args = [sys.executable, "-m", "mllm_audit.service.cli", "audit", str(tmp_path / "cases.jsonl"), "--out", str(out)]
-    proc = subprocess.Popen(args + ["--url", server.url, "--concurrency", "1", "--quiet"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args + ["--url", server.url, "--concurrency", "1", "--quiet"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
         time.sleep(0.05)
@@ -142,13 +164,28 @@ def test_audit_reads_a_save_to_disk_data_set(server, tmp_path):
         "id": [f"row-{i}" for i in range(len(GOOD))],
     }
     features = datasets.Features(
-        {"picture": datasets.Image(), "question": datasets.Value("string"), "response": datasets.Value("string"),
-         "id": datasets.Value("string")}
+        {
+            "picture": datasets.Image(),
+            "question": datasets.Value("string"),
+            "response": datasets.Value("string"),
+            "id": datasets.Value("string"),
+        }
     )
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
     out = tmp_path / "results.jsonl"
-    run = audit(str(tmp_path / "ds"), "--out", str(out), "--url", server.url, "--image-column", "picture",
-                "--prompt-column", "question", "--answer-column", "response")
+    run = audit(
+        str(tmp_path / "ds"),
+        "--out",
+        str(out),
+        "--url",
+        server.url,
+        "--image-column",
+        "picture",
+        "--prompt-column",
+        "question",
+        "--answer-column",
+        "response",
+    )
     assert run.returncode == 0, run.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in records) == [f"row-{i}" for i in range(4)]
@@ -185,8 +222,19 @@ def test_the_rate_interval_contains_the_measured_chair_rate(reference, tmp_path,
             fh.write("\n")
     assert world.QUESTION_KINDS and 0 < chair_i < 0.2
     status = cli.main(
-        ["audit", str(tmp_path / "captions.jsonl"), "--out", str(tmp_path / "r.jsonl"), "--summary",
-         str(tmp_path / "s.json"), "--concurrency", "16", "--quiet", "--log-level", "warning"]
+        [
+            "audit",
+            str(tmp_path / "captions.jsonl"),
+            "--out",
+            str(tmp_path / "r.jsonl"),
+            "--summary",
+            str(tmp_path / "s.json"),
+            "--concurrency",
+            "16",
+            "--quiet",
+            "--log-level",
+            "warning",
+        ]
     )
     assert status == 0, capsys.readouterr().err
     rate = json.loads((tmp_path / "s.json").read_text())["hallucination_rate"]

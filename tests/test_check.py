@@ -82,16 +82,31 @@ def test_negative_control_the_suite_fails_on_a_blind_model(zeroed_vision_tower, 
 
 
 BAD_SUITES = {
-    "unknown key": ("cases:\n  - id: a\n    image: images/red-circle.png\n    prompt: p\n    answer: red\n"
-                    "    expect:\n      - answer_risk_at_most: low\n        colour: red\n", "line 8"),
-    "wrong type": ("cases:\n  - id: a\n    image: images/red-circle.png\n    prompt: p\n    answer: red\n"
-                   "    expect:\n      - word: red\n        reliance_at_least: high\n", "line 8"),
-    "unknown expectation": ("cases:\n  - id: a\n    image: images/red-circle.png\n    prompt: p\n    answer: red\n"
-                            "    expect:\n      - risk_below: low\n", "line 7"),
-    "missing image": ("cases:\n  - id: a\n    image: images/nope.png\n    prompt: p\n    answer: red\n"
-                      "    expect:\n      - answer_risk_at_most: low\n", "images/nope.png not found"),
-    "word not in the answer": ("cases:\n  - id: a\n    image: images/red-circle.png\n    prompt: p\n    answer: red\n"
-                               "    expect:\n      - word: blue\n        reliance_at_least: 0.5\n", "'blue' is not in"),
+    "unknown key": (
+        "cases:\n  - id: a\n    image: images/red-circle.png\n    prompt: p\n    answer: red\n"
+        "    expect:\n      - answer_risk_at_most: low\n        colour: red\n",
+        "line 8",
+    ),
+    "wrong type": (
+        "cases:\n  - id: a\n    image: images/red-circle.png\n    prompt: p\n    answer: red\n"
+        "    expect:\n      - word: red\n        reliance_at_least: high\n",
+        "line 8",
+    ),
+    "unknown expectation": (
+        "cases:\n  - id: a\n    image: images/red-circle.png\n    prompt: p\n    answer: red\n"
+        "    expect:\n      - risk_below: low\n",
+        "line 7",
+    ),
+    "missing image": (
+        "cases:\n  - id: a\n    image: images/nope.png\n    prompt: p\n    answer: red\n"
+        "    expect:\n      - answer_risk_at_most: low\n",
+        "images/nope.png not found",
+    ),
+    "word not in the answer": (
+        "cases:\n  - id: a\n    image: images/red-circle.png\n    prompt: p\n    answer: red\n"
+        "    expect:\n      - word: blue\n        reliance_at_least: 0.5\n",
+        "'blue' is not in",
+    ),
 }
 
 
