@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from mllm_audit.models.backends import load_scorer
     from mllm_audit.models.loading import REFERENCE_MODEL_DIR as REFERENCE_MODEL
     from mllm_audit.models.loading import load_model
+    from mllm_audit.service.client import AsyncAuditClient, AuditClient, AuditError
     from mllm_audit.service.serialize import audit_body as serialize
 
 # public name -> (module, attribute)
@@ -68,13 +69,20 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "load_scorer": ("mllm_audit.models.backends", "load_scorer"),
     "REFERENCE_MODEL": ("mllm_audit.models.loading", "REFERENCE_MODEL_DIR"),
     "serialize": ("mllm_audit.service.serialize", "audit_body"),
+    # the HTTP client: no torch behind it
+    "AuditClient": ("mllm_audit.service.client", "AuditClient"),
+    "AsyncAuditClient": ("mllm_audit.service.client", "AsyncAuditClient"),
+    "AuditError": ("mllm_audit.service.client", "AuditError"),
 }
 
 __all__ = [
     "METHODS",
     "REFERENCE_MODEL",
     "WHITE_BOX",
+    "AsyncAuditClient",
     "Attribution",
+    "AuditClient",
+    "AuditError",
     "AuditInputError",
     "AuditRequest",
     "AuditResult",

@@ -4,6 +4,8 @@
     mllm-audit explain --image FILE --prompt TEXT --answer TEXT [--method eagle] [--overlay out.png]
     mllm-audit reliance --image FILE --prompt TEXT --answer TEXT
     mllm-audit calibrate --labelled FILE --out risk_calibration.json [--model DIR] [--verify]
+    mllm-audit audit DATA --out results.jsonl [--url URL | --model DIR] [--concurrency 8] [--resume]
+    mllm-audit check SUITE.yaml [--url URL | --model DIR] [--junit report.xml] [--json report.json]
     mllm-audit openapi            # the served OpenAPI document as YAML (same as python -m mllm_audit.service.openapi)
 
 Every `serve` flag has an MLLM_AUDIT_* environment variable (service.config); a flag given on
@@ -118,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate_module.add_arguments(calibrate)
     _add_setting_flags(calibrate, CALIBRATE_FLAGS)
 
+    from mllm_audit.service import audit_run, suite
+
+    for name, module in (("audit", audit_run), ("check", suite)):  # in-process unless --url; docs/ci.md
+        p = sub.add_parser(
+            name, help=module.HELP, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        module.add_arguments(p)
+        _add_setting_flags(p, MODEL_FLAGS)
+
     sub.add_parser("openapi", help="print the OpenAPI document (YAML) the service serves")
     env = sub.add_parser("env", help="list the MLLM_AUDIT_* environment variables")
     env.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/configuration.md")
@@ -133,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             return audit_one(args, _settings(args, MODEL_FLAGS))
         if args.command == "calibrate":
             return run_calibrate(args, _settings(args, CALIBRATE_FLAGS))
+        if args.command in ("audit", "check"):
+            from mllm_audit.service import audit_run, suite
+
+            return (audit_run if args.command == "audit" else suite).main(args, _settings(args, MODEL_FLAGS))
         if args.command == "openapi":
             from mllm_audit.service.openapi import document_yaml
 
