@@ -1,6 +1,6 @@
 """Does `mllm-audit audit --concurrency 8` keep the service as busy as bench/load.py's clients?
 
-    python bench/audit_throughput.py [--cases 400] [--duration 20] [--concurrency 8]
+    python bench/audit_throughput.py [--cases 1000] [--duration 20] [--concurrency 8]
 
 One server (tests.server_process.ServerProcess, as bench/load.py starts it: one API server, one
 worker, batching on), measured in one run: first bench/load.py's closed-loop clients on
@@ -46,7 +46,7 @@ def write_cases(folder: Path, n: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=int, default=400)
+    parser.add_argument("--cases", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of bench/load.py load")
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args(argv)

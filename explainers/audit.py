@@ -22,12 +22,18 @@ from mllm_audit.explainers.calibration import CALIBRATION_FILE, Calibration
 from mllm_audit.explainers.calibration import load as load_calibration
 from mllm_audit.explainers.claims import Claim, group_claims
 from mllm_audit.explainers.diagnosis import PairedAudit, correction_search
-from mllm_audit.explainers.engine import EngineStats, Job, run_jobs
+from mllm_audit.explainers.engine import EngineStats, Job, cancel, run_jobs
 from mllm_audit.explainers.masking import BASELINES
 from mllm_audit.explainers.methods import MethodResult, Plan, PlanContext
 from mllm_audit.explainers.regions import labels_at, region_bbox, region_masks, superpixel_regions
 from mllm_audit.explainers.reliance import NOT_VISUAL
-from mllm_audit.explainers.request import MIN_IMAGE_SIDE, AuditInputError, AuditRequest, TokenRange
+from mllm_audit.explainers.request import (
+    MIN_IMAGE_SIDE,
+    AuditInputError,
+    AuditRequest,
+    RequestAbandoned,
+    TokenRange,
+)
 from mllm_audit.explainers.results import AuditResult, Diagnosis, MethodInfo, Stats, Target
 from numpy.typing import NDArray
 from PIL import Image
@@ -362,12 +368,15 @@ class Auditor:
         requests: list[AuditRequest],
         on_progress: Callable[[EngineStats], None] | None = None,
         checked: bool = False,
+        abandoned: Callable[[], set[int]] | None = None,
     ) -> list[AuditResult | Exception]:
         """Audit every request; their masked images share forward batches.
 
         `on_progress` is called after every engine round with the forwards so far (it may raise
-        to stop the run, e.g. when a deadline has passed). `checked`: the caller has run
-        `check` on every request already.
+        to stop the run, e.g. when a deadline has passed). `abandoned`, asked after every round,
+        names the requests (indices into `requests`) nobody waits for any more: their jobs stop
+        and their results are RequestAbandoned, while the others run on. `checked`: the caller
+        has run `check` on every request already.
         """
         start = time.perf_counter()
         works: list[_Work | Exception] = []
@@ -386,12 +395,19 @@ class Auditor:
         )
 
         def progress(engine: EngineStats) -> None:
-            assert on_progress is not None
-            on_progress(EngineStats(engine.forward_passes + maps.forward_passes, engine.model_calls + maps.model_calls))
+            if on_progress:
+                on_progress(
+                    EngineStats(engine.forward_passes + maps.forward_passes, engine.model_calls + maps.model_calls)
+                )
+            for index in abandoned() if abandoned else ():
+                work = works[index]
+                for job in work.jobs if isinstance(work, _Work) else ():
+                    cancel(job, RequestAbandoned(f"request {index} was abandoned"))
 
-        if on_progress and maps.forward_passes:
+        watched = bool(on_progress or abandoned)
+        if watched and maps.forward_passes:
             progress(EngineStats())  # report the maps (and check the deadline) before the engine starts
-        stats = run_jobs(jobs, self._score, self.forward_batch_size, on_round=progress if on_progress else None)
+        stats = run_jobs(jobs, self._score, self.forward_batch_size, on_round=progress if watched else None)
         model_calls = stats.model_calls + maps.model_calls
         compute_ms = (time.perf_counter() - start) * 1000
         results: list[AuditResult | Exception] = []

@@ -78,6 +78,12 @@ def _fail(job: Job, exc: BaseException) -> None:
         pass
 
 
+def cancel(job: Job, reason: BaseException) -> None:
+    """Stop a job between rounds: it is done, with `reason` as its error, and scores no more images."""
+    if not job.done:
+        _fail(job, reason)
+
+
 def _score_isolated(
     score: ScoreFn, items: list[tuple[Job, int, np.ndarray]], stats: EngineStats
 ) -> dict[tuple[int, int], np.ndarray]:

@@ -15,6 +15,10 @@ class AuditInputError(ValueError):
     """The request is well-formed but cannot be audited (HTTP 422)."""
 
 
+class RequestAbandoned(Exception):
+    """Nobody waits for this request's result any more (its client left): its work was stopped."""
+
+
 @dataclass(frozen=True)
 class TokenRange:
     """Answer tokens [start, end) as one target (indices as the result's `tokens`)."""

@@ -24,7 +24,7 @@ from typing import Any
 import litserve as ls
 import numpy as np
 from mllm_audit.explainers.methods import WHITE_BOX as WHITE_BOX_METHODS
-from mllm_audit.explainers.request import AuditInputError, AuditRequest, TokenRange
+from mllm_audit.explainers.request import AuditInputError, AuditRequest, RequestAbandoned, TokenRange
 from mllm_audit.explainers.results import AuditResult
 from mllm_audit.service import logs, metrics
 from mllm_audit.service.config import Settings, env_name
@@ -47,6 +47,7 @@ class Envelope:
     deadline: float  # time.monotonic() after which the client has been answered 504
     body: dict[str, Any]  # every field, defaults included
     explicit: frozenset[str] = frozenset()  # the fields the client gave
+    uid: str = ""  # LitServe's id of the request on the queue, set by the worker loop (Shared.cancelled names it)
 
 
 @dataclass
@@ -60,10 +61,6 @@ class Decoded:
 
 class DeadlinePassed(Exception):
     """Every request of the batch has already been answered 504: stop spending compute on it."""
-
-
-class Abandoned(Exception):
-    """Every client of the batch has gone (disconnected or timed out): nobody reads the answer."""
 
 
 class AuditAPI(ls.LitAPI):
@@ -151,9 +148,9 @@ class AuditAPI(ls.LitAPI):
         if isinstance(result, Exception):
             log.warning("warm_up_failed", error=f"{type(result).__name__}: {result}")
 
-    def abandoned(self) -> bool:
-        """Whether every client of the running batch has gone; AuditLoop replaces it per batch."""
-        return False
+    def cancelled_uids(self) -> set[str]:
+        """Queue ids of requests whose client has gone; AuditLoop makes it read Shared.cancelled."""
+        return set()
 
     # ------------------------------------------------------------------ per request
     def decode_request(self, request: Envelope):
@@ -247,11 +244,14 @@ class AuditAPI(ls.LitAPI):
             counted = stats.forward_passes
             if time.monotonic() > deadline:
                 raise DeadlinePassed()
-            if self.abandoned():
-                raise Abandoned()
+
+        def abandoned() -> set[int]:  # stopped at the next engine round; the rest of the batch runs on
+            gone = self.cancelled_uids()
+            return {n for n, i in enumerate(valid) if items[i].envelope.uid in gone} if gone else set()
 
         try:
-            results = self.auditor.run([items[i].request for i in valid], on_progress=on_progress, checked=True)
+            requests = [items[i].request for i in valid]
+            results = self.auditor.run(requests, on_progress=on_progress, checked=True, abandoned=abandoned)
         except Exception as exc:
             results = [exc] * len(valid)
         for i, result in zip(valid, results):
@@ -349,7 +349,7 @@ def failure_of(exc: BaseException, request_id: str) -> Failure:
         return Failure(422, str(exc))
     if isinstance(exc, DeadlinePassed):
         return Failure(504, "request timed out")
-    if isinstance(exc, Abandoned):
+    if isinstance(exc, RequestAbandoned):
         return Failure(499, "the client closed the request")
     if isinstance(exc, (ImportError, NotImplementedError)):
         return Failure(501, f"this method is not available in this build: {exc}")

@@ -29,7 +29,7 @@ from typing import Any
 
 from mllm_audit.service.audit_backend import add_backend_arguments, make_backend
 from mllm_audit.service.cases import AuditCase, Columns, count_cases, read_cases
-from mllm_audit.service.client import AuditError
+from mllm_audit.service.client import AuditError, encode_image
 from mllm_audit.service.results_file import ResultsWriter
 
 HELP = "audit every case of a JSONL file or data set; results streamed to JSONL, then a summary"
@@ -100,7 +100,7 @@ class Progress:
 
 
 def request_body(case: AuditCase, args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"image": case.image_data(), "prompt": case.prompt, "answer": case.answer}
+    body: dict[str, Any] = {"image": encode_image(case.image_data()), "prompt": case.prompt, "answer": case.answer}
     if args.verify:
         body["verify"] = True
     if args.endpoint == "explain":

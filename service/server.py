@@ -158,8 +158,9 @@ class AuditHandler:
             queue = server._get_request_queue(QUEUE_PATH)
             queue.put((server.app.response_queue_id, uid, time.monotonic(), envelope))
             gone = await _answer_or_gone(event, request, deadline)
-            if gone:  # the worker skips it, or stops its batch at the next engine round if nobody else waits
-                server.shared.cancel(uid)
+            if gone:  # the worker skips it, or stops it at its next engine round
+                if server.shared is not None:
+                    server.shared.cancel(uid)
                 metrics.registry_metrics().cancelled.labels(reason=gone).inc()
                 if gone == "deadline":
                     raise HTTPException(504, f"request timed out after {settings.request_timeout:g} s")

@@ -6,7 +6,7 @@ the fork of the API servers):
   busy       worker id -> [(response queue id, uid), ...] of the batch the worker is running, so
              the supervisor can answer them 503 when that worker dies
   cancelled  uid -> time.time() of requests whose client is gone (disconnect or deadline): the
-             worker skips them, and stops a batch whose requests are all gone at its next round
+             worker skips them if queued, and stops them at its next engine round if running
   draining   set on SIGTERM: readiness fails, new and queued requests get 503
 """
 

@@ -8,7 +8,7 @@ LitServe collates a batch from the request queue (`get_batch_requests`); then, p
   3. the batch's (response queue, uid) pairs go into Shared.busy under this worker's id, so the
      supervisor can answer them 503 if this process dies before it answers;
   4. decode, predict, encode (AuditAPI's hooks, which never raise), and the answers are sent.
-AuditAPI.predict asks `abandoned()` after every engine round and stops a batch nobody waits for.
+AuditAPI.predict reads Shared.cancelled after every engine round and stops the requests in it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class AuditLoop(BatchedLoop):
         lit_spec=None,
         stream=False,
     ):
-        shared: Shared = lit_api.shared
+        shared = lit_api.shared
         key = str(worker_id)
         while True:
             try:
@@ -63,12 +63,10 @@ class AuditLoop(BatchedLoop):
             return
         uids = [uid for _, uid, _ in live]
         shared.busy[key] = [(consumer, uid) for consumer, uid, _ in live]
-
-        def abandoned() -> bool:
-            return set(uids) <= set(shared.cancelled.keys())
-
+        for _, uid, envelope in live:
+            envelope.uid = uid
         try:
-            lit_api.abandoned = abandoned
+            lit_api.cancelled_uids = lambda: set(shared.cancelled.keys())
             decoded = [lit_api.decode_request(envelope) for _, _, envelope in live]
             outputs = lit_api.predict(decoded)
             answers: list[Any] = [lit_api.encode_response(output) for output in outputs]

@@ -13,7 +13,7 @@ from mllm_audit.explainers import eagle
 from mllm_audit.explainers.audit import Auditor
 from mllm_audit.explainers.engine import Job, run_jobs
 from mllm_audit.explainers.regions import region_masks, rle_decode, superpixel_regions
-from mllm_audit.explainers.request import AuditInputError, AuditRequest, TokenRange
+from mllm_audit.explainers.request import AuditInputError, AuditRequest, RequestAbandoned, TokenRange
 from mllm_audit.models.loading import load_model
 from mllm_audit.models.scorer import Scorer
 from mllm_audit.service.serialize import audit_body
@@ -108,6 +108,19 @@ def test_span_targets_and_bad_requests(auditor):
     assert isinstance(out[2], AuditInputError) and "unknown method" in str(out[2])
     assert isinstance(out[3], AuditInputError) and "each needs at least 2" in str(out[3])
     assert isinstance(out[4], AuditInputError) and "needs 131 forward passes" in str(out[4])
+
+
+def test_an_abandoned_request_stops_and_the_rest_of_its_batch_runs_on(auditor):
+    a, b = held_out_sample("colour", 31), held_out_sample("colour", 32)
+    slow = AuditRequest(a.scene.image, a.prompt, a.truth, method="eagle_greedy", regions=32)
+    kept = AuditRequest(b.scene.image, b.prompt, b.truth, regions=8)
+    together = auditor.run([slow, kept], abandoned=lambda: {0})  # its client left: stopped after a round
+    [alone] = auditor.run([kept])
+    assert isinstance(together[0], RequestAbandoned)
+    assert not isinstance(together[1], Exception) and not isinstance(alone, Exception)
+    assert together[1].attributions[0].regions == alone.attributions[0].regions
+    [complete] = auditor.run([slow])  # what it would have cost: the stopped batch ran a fraction of that
+    assert complete.stats.forward_passes > 4 * together[1].stats.forward_passes
 
 
 def test_reliance_path_matches_explain_fields_in_two_passes(auditor):

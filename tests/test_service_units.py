@@ -421,15 +421,21 @@ class StubAuditor:
         if req.answer == "bad":
             raise AuditInputError("answer is bad")
 
-    def run(self, requests, on_progress=None, checked=False):
+    def run(self, requests, on_progress=None, checked=False, abandoned=None):
+        from mllm_audit.explainers.request import RequestAbandoned
+
         self.batches.append(len(requests))
         if self.slow:
             from mllm_audit.explainers.engine import EngineStats
 
             time.sleep(self.slow)
             on_progress(EngineStats(forward_passes=4, model_calls=1))
+        gone = abandoned() if abandoned else set()
         out = []
-        for req in requests:
+        for n, req in enumerate(requests):
+            if n in gone:
+                out.append(RequestAbandoned(f"request {n} was abandoned"))
+                continue
             if req.answer == "boom":
                 out.append(RuntimeError("scorer exploded"))
                 continue
@@ -592,20 +598,23 @@ def test_the_worker_loop_skips_cancelled_requests_and_refuses_while_draining():
     assert answers["uid-queued"].status == 503 and int(answers["uid-queued"].headers["Retry-After"]) >= 1
 
 
-def test_the_worker_loop_stops_a_batch_whose_clients_have_all_gone():
+def test_the_worker_loop_stops_the_requests_whose_clients_have_gone():
     from mllm_audit.service.shared import Shared
 
-    class Busy(dict):  # cancels the request as soon as the worker registers it (the client leaves mid-run)
+    class Busy(dict):  # the first client leaves as soon as the worker has taken its request
         def __setitem__(self, key, held):
             super().__setitem__(key, held)
-            for _, uid in held:
-                shared.cancel(uid)
+            if held:
+                shared.cancel("uid-left")
 
     shared = Shared(busy=Busy(), cancelled={}, draining=threading.Event())
-    api = stub_api(max_batch_size=1)
-    api.auditor = StubAuditor(slow=0.1)  # reports progress once: the abandoned batch stops there
-    answers = run_loop(api, [(0, "uid-left", time.monotonic(), envelope("red"))], shared)
-    assert answers["uid-left"].status == 499
+    api = stub_api(max_batch_size=2, batch_timeout=0.5)
+    api.auditor = StubAuditor(slow=0.1)
+    now = time.monotonic()
+    answers = run_loop(api, [(0, "uid-left", now, envelope("red")), (0, "uid-stays", now, envelope("blue"))], shared)
+    assert api.auditor.batches == [2]
+    assert answers["uid-left"].status == 499  # sent, though nobody reads it
+    assert RelianceResponse.model_validate_json(answers["uid-stays"][0]).tokens[0].text == "blue"
 
 
 def test_mixed_batch_on_the_reference_model_matches_single_requests(reference_scorer):
