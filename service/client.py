@@ -71,7 +71,7 @@ def encode_image(image: str | Path | bytes | Any) -> str:
     not a file is taken to be base64 (or a data URL) already."""
     if isinstance(image, bytes):
         return base64.b64encode(image).decode()
-    if isinstance(image, Path) or (isinstance(image, str) and len(image) < 4096 and Path(image).is_file()):
+    if isinstance(image, Path) or (isinstance(image, str) and _is_file(image)):
         return base64.b64encode(Path(image).read_bytes()).decode()
     if isinstance(image, str):
         return image
@@ -82,6 +82,13 @@ def encode_image(image: str | Path | bytes | Any) -> str:
         image.save(buf, format="PNG")
         return base64.b64encode(buf.getvalue()).decode()
     raise TypeError(f"cannot send {type(image).__name__} as an image (a path, bytes, base64 or a PIL image)")
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return len(text) < 4096 and Path(text).is_file()
+    except OSError:  # a base64 string is no file name (too long a component, say)
+        return False
 
 
 def build_request(model: type[RelianceRequest], request: RelianceRequest | None, fields: dict[str, Any]) -> Any:

@@ -122,3 +122,23 @@ def test_the_estimate_bounds_real_responses_and_a_runaway_request_is_refused(ref
     )
     refused = api.decode_request(runaway)
     assert refused.status == 422 and "MLLM_AUDIT_MAX_RESPONSE_BYTES" in refused.detail and "MB" in refused.detail
+
+
+@pytest.mark.unit
+def test_an_unsized_heatmap_of_a_photo_stays_small():
+    from mllm_audit.service.api import heatmap_size
+
+    s = Settings()
+    width, height = heatmap_size({}, 4000, 3000, s.max_heatmap_pixels, s.default_heatmap_pixels)
+    assert width * height <= s.default_heatmap_pixels and abs(width / height - 4 / 3) < 0.01
+    # one map as an array was an 18 MB body at the photo's size; now about 2 MB
+    assert estimated_bytes(1, (width, height), "array", (4000, 3000), 64, 8) < 3_000_000
+
+
+@pytest.mark.unit
+def test_retry_after_is_spread_so_refused_clients_do_not_return_together():
+    from mllm_audit.service.shared import retry_after
+
+    waits = [int(retry_after(10.0)) for _ in range(200)]
+    assert min(waits) >= 10 and max(waits) <= 15 and len(set(waits)) >= 4
+    assert {int(retry_after(0.01)) for _ in range(50)} <= {1, 2}  # never 0, never long for a short queue
