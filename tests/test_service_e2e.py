@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 from mllm_audit.explainers.regions import rle_decode
 from mllm_audit.models.reference import world
+from mllm_audit.service.client import AuditClient
 from mllm_audit.service.openapi import CONTRACT, contract
 from mllm_audit.service.schemas import ExplainResponse, RelianceResponse
 from PIL import Image
@@ -148,17 +149,9 @@ def test_audits_of_a_known_scene(open_server):
     assert "".join(t.text for t in reliance.tokens).strip() == obj.colour
     assert reliance.stats.forward_passes == 2 and "attributions" not in r.json()
 
-    r = c.post(
-        "/v1/explain",
-        json={
-            **body,
-            "image": "data:image/png;base64," + body["image"],
-            "regions": 16,
-            "heatmap": {"encoding": "array"},
-        },
-    )
-    assert r.status_code == 200, r.text
-    explain = ExplainResponse.model_validate(r.json())
+    with AuditClient(open_server.url, timeout=120) as client:  # the typed client: the service's own models
+        data_url = "data:image/png;base64," + body["image"]
+        explain = client.explain(**{**body, "image": data_url}, regions=16, heatmap={"encoding": "array"})
     assert explain.method.name == "eagle" and explain.method.params["regions"] == 16
     (attribution,) = explain.attributions
     assert attribution.target.text == obj.colour
