@@ -5,7 +5,8 @@ Two servers are started once each:
   `open_server`   no API key, one API server and one worker, batching on (8 requests, 0.25 s):
                   audits, batching, the bad-input matrix, logs, the OpenAPI contract, schemathesis;
   `locked_server` an API key, 2 API servers and 2 workers, a queue bound of 3, a 6 s timeout and
-                  debug logs: auth, metrics summed over processes, 503 with Retry-After, 504.
+                  debug logs: auth, metrics summed over processes, 503 with Retry-After, 504, and at last
+                  an API server process killed (the service exits 1).
 Region counts and budgets stay small so the whole file runs in a couple of minutes on a CPU.
 """
 
@@ -14,8 +15,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -586,3 +589,40 @@ def test_a_request_past_the_timeout_is_answered_504(locked_server):
     # and the service goes on answering
     r = httpx.post(url + "/v1/reliance", json=colour_question(61)[2], headers=AUTH, timeout=60)
     assert r.status_code == 200
+
+
+def test_a_killed_api_server_stops_the_service_with_exit_1(locked_server):
+    """Last of the module: it ends `locked_server`. No silent outage: the orchestrator sees the exit."""
+    url, proc = locked_server.url, locked_server.proc
+    assert httpx.get(url + "/livez").status_code == 200
+    assert httpx.get(url + "/info", headers=AUTH).status_code == 200  # its log line names an API server's pid
+
+    def api_servers() -> set[int]:
+        lines = [json.loads(line) for line in locked_server.log_text().splitlines() if line.startswith("{")]
+        return {line["pid"] for line in lines if line.get("endpoint") == "/info"}
+
+    deadline = time.monotonic() + 10
+    while not api_servers():
+        assert time.monotonic() < deadline, locked_server.log_tail()
+        time.sleep(0.1)
+    victim = min(api_servers())
+    assert victim != proc.pid
+    os.kill(victim, signal.SIGKILL)
+    assert proc.wait(timeout=15) == 1
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _group_alive(proc.pid):
+        time.sleep(0.2)
+    assert not _group_alive(proc.pid), "processes outlived the failed service"
+    with pytest.raises(httpx.TransportError):  # nobody holds the port: liveness fails, nothing half-answers
+        httpx.get(url + "/livez", timeout=5)
+    lines = [json.loads(line) for line in locked_server.log_text().splitlines() if line.startswith("{")]
+    failed = [line for line in lines if line["event"] == "service_failed"]
+    assert len(failed) == 1 and str(victim) in failed[0]["reason"]
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
