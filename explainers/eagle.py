@@ -80,6 +80,7 @@ class EagleResult:
     token_indices: list[int]  # target tokens the ranking explains
     forward_passes: int  # images this search scored, curves included
     search_complete: bool  # False when the budget stopped the search early
+    curve_forward_passes: int = 0  # of forward_passes, the images scored only to complete the curves
 
     def _auc(self, curve: np.ndarray, tokens: Sequence[int] | None) -> float:
         idx = self.token_indices if tokens is None else list(tokens)
@@ -246,20 +247,23 @@ def _finish(
     lam2: float,
     budget: _Budget,
     complete: bool,
+    curves: bool = True,
 ) -> Search:
     """Curves along the final ranking, scoring the prefix sets the search did not visit.
 
-    Missing prefixes are scored in one extra yield. If the budget cannot pay for all of
-    them, an evenly spread subset is scored and F is interpolated linearly in k between
-    known points for the gains (the curves then have fewer points).
+    Missing prefixes are scored in one extra yield (only with ``curves``; without, the curves
+    keep the points the search already scored, end points included). If the budget cannot pay
+    for all of them, an evenly spread subset is scored. F is interpolated linearly in k
+    between known points for the gains (the curves then have fewer points).
     """
+    searched = ev.passes
     k = len(ranking)
     prefixes = [frozenset(ranking[:i]) for i in range(k + 1)]
 
     def keys(i: int) -> list[_Key]:
         return [ev.keep(prefixes[i]), ev.remove(prefixes[i])]
 
-    missing = [i for i in range(k + 1) if ev.missing(keys(i))]
+    missing = [i for i in range(k + 1) if ev.missing(keys(i))] if curves else []
     if missing:
         left = budget.left(ev.passes)
         chosen = missing
@@ -296,6 +300,7 @@ def _finish(
         token_indices=tokens,
         forward_passes=ev.passes,
         search_complete=complete,
+        curve_forward_passes=ev.passes - searched,
     )
 
 

@@ -118,6 +118,7 @@ class Attribution:
     deletion_curve: FloatArray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)  # [[removed, p], ...]
     forward_passes: int = 0
     search_complete: bool = True  # False when the forward-pass budget cut the search
+    curve_forward_passes: int = 0  # of forward_passes, the images scored only for the curves
     context: list[ContextToken] | None = None
 
     def heatmap(self, size: tuple[int, int] | None = None) -> NDArray[np.float32]:

@@ -198,6 +198,7 @@ class AuditAPI(ls.LitAPI):
                 targets=targets,
                 regions=regions,
                 max_forward_passes=s.max_forward_passes if budget is None else int(budget),
+                curves=bool(body.get("curves", False)),
                 baseline=body["baseline"],
                 lambda1=body["lambda1"],
                 lambda2=body["lambda2"],

@@ -165,6 +165,12 @@ class ExplainRequest(RelianceRequest):
         le=MAX_FORWARD_PASSES_SCHEMA,
         description="budget of images run through the model for this request (null: the service's limit)",
     )
+    curves: bool = Field(
+        False,
+        description="white-box maps: also measure their insertion and deletion curves (and AUCs), 2 x 64 more "
+        "forward passes per target; off, a map costs its one pass. EAGLE's searches always return their curves, "
+        "mostly from images the search scored anyway; each attribution's `curve_forward_passes` says what they cost",
+    )
     heatmap: HeatmapOptions = Field(default_factory=HeatmapOptions)  # type: ignore[arg-type]
     baseline: Literal["black", "blur", "mean"] = Field(
         "black",
@@ -330,6 +336,9 @@ class Attribution(_Response):
         default_factory=list, description="[[share of the image removed, mean target probability], ...]"
     )
     search_complete: bool = Field(default=True, description="false when the forward-pass budget cut the search")
+    curve_forward_passes: int = Field(
+        default=0, description="of forward_passes, the images scored only for the insertion and deletion curves"
+    )
     context: list[ContextToken] | None = Field(
         default=None, description="white-box methods: the prompt and earlier answer tokens most relevant to the target"
     )

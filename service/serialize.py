@@ -86,6 +86,7 @@ def attribution_body(attribution: Attribution, encoding: str, size: tuple[int, i
         "deletion_curve": _curve(a.deletion_curve),
         "forward_passes": a.forward_passes,
         "search_complete": a.search_complete,
+        "curve_forward_passes": a.curve_forward_passes,
     }
     if a.context is not None:
         body["context"] = [asdict(c) for c in a.context]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import re
 
 import numpy as np
 import pytest
@@ -101,13 +102,23 @@ def test_span_targets_and_bad_requests(auditor):
     bad_method = AuditRequest(s.scene.image, s.prompt, s.truth, method="gradcam")
     n = len(auditor.scorer.prepare(s.prompt, s.truth, (96, 96)).tokens.ids)
     poor = AuditRequest(s.scene.image, s.prompt, s.truth, targets="tokens", max_forward_passes=2 * n - 1)
-    poor_tam = AuditRequest(s.scene.image, s.prompt, s.truth, method="tam", max_forward_passes=2 + 1 + 127)
-    out = wire(auditor.run([good, bad_span, bad_method, poor, poor_tam]))
+    poor_tam = AuditRequest(s.scene.image, s.prompt, s.truth, method="tam", max_forward_passes=130, curves=True)
+    one_pass_tam = AuditRequest(s.scene.image, s.prompt, s.truth, method="tam", max_forward_passes=3)
+    out = wire(auditor.run([good, bad_span, bad_method, poor, poor_tam, one_pass_tam]))
     assert out[0]["attributions"][0]["target"]["text"] == word
     assert isinstance(out[1], AuditInputError) and "outside the answer" in str(out[1])
     assert isinstance(out[2], AuditInputError) and "unknown method" in str(out[2])
-    assert isinstance(out[3], AuditInputError) and "each needs at least 2" in str(out[3])
+    # below a first scan of the 64 regions: a 422 that names the minimum (full, blank, 2 per region)
+    floor = re.search(r"with (\d+) regions and (\d+) target\(s\): it needs at least (\d+) \((\d+) per", str(out[3]))
+    assert isinstance(out[3], AuditInputError) and floor, out[3]
+    regions, targets, total, per_target = (int(g) for g in floor.groups())
+    assert targets == n and per_target == 2 + 2 * regions and total == n * per_target
     assert isinstance(out[4], AuditInputError) and "needs 131 forward passes" in str(out[4])
+    # curves are opt-in for a one-pass method: the map costs one pass, the response says the curves cost 0
+    tam_map = out[5]["attributions"][0]
+    assert (tam_map["forward_passes"], tam_map["curve_forward_passes"]) == (1, 0)
+    assert tam_map["insertion_auc"] is None and tam_map["insertion_curve"] == []
+    assert out[5]["stats"]["forward_passes"] == 1 + 2  # and the readout and black images
 
 
 def test_an_abandoned_request_stops_and_the_rest_of_its_batch_runs_on(auditor):

@@ -310,13 +310,14 @@ def test_white_box_maps_over_http(open_server):
     _scene, obj, body = colour_question(70)
     body = {**body, "answer": f"the {obj.shape} is {obj.colour}."}
     start = body["answer"].index(obj.colour)
-    for method, map_passes in (("tam", 1), ("msea+arc", 15)):
+    for method, map_passes, curves in (("tam", 1, False), ("msea+arc", 15, True)):
         before = scrape(url)
         r = httpx.post(
             url + "/v1/explain",
             json={
                 **body,
                 "method": method,
+                "curves": curves,  # off by default: a one-pass method then costs its one pass
                 "heatmap": {"encoding": "array"},
                 "targets": [{"start": start, "end": start + len(obj.colour)}],
             },
@@ -329,8 +330,15 @@ def test_white_box_maps_over_http(open_server):
         assert attribution.target.text == obj.colour and attribution.regions == []
         heat = np.asarray(attribution.heatmap.data)
         assert heat.shape == (96, 96) and np.isfinite(heat).all() and heat.max() > 0
-        assert 0 <= attribution.deletion_auc < attribution.insertion_auc <= 1
-        assert attribution.forward_passes == map_passes + 2 * 64  # the map, then 64-step curves
+        curve_passes = 2 * 64 if curves else 0  # the map, then 64-step curves when asked for
+        assert (attribution.forward_passes, attribution.curve_forward_passes) == (
+            map_passes + curve_passes,
+            curve_passes,
+        )
+        if curves:
+            assert 0 <= attribution.deletion_auc < attribution.insertion_auc <= 1
+        else:
+            assert attribution.insertion_auc is None and attribution.insertion_curve == []
         assert explain.stats.forward_passes == attribution.forward_passes + 2  # and the readout and black images
         targeted = [t for t in explain.tokens if t.index in attribution.target.token_indices]
         assert targeted and all(t.context for t in targeted)

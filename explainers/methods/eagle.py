@@ -2,7 +2,8 @@
 
 `eagle` is the faster search (stale re-ranking window, periodic full re-rank, bottom-up
 ranking of the worst candidates; see `mllm_audit.explainers.eagle.fast_search`), `eagle_greedy`
-the published plain greedy, kept as the reference.
+the published plain greedy, kept as the reference, and `eagle_fast_published` the paper's
+efficient search as its published code runs it (`mllm_audit.explainers.eagle_published`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from mllm_audit.explainers import eagle
+from mllm_audit.explainers import eagle, eagle_published
 from mllm_audit.explainers.engine import Job
 from mllm_audit.explainers.methods.base import Explainer, FloatArray, MethodResult, Plan, PlanContext, register
 from mllm_audit.explainers.regions import labels_at, region_bbox, region_masks, superpixel_regions
@@ -60,10 +61,12 @@ class _Eagle(Explainer):
         masks = region_masks(labels)
         n_targets = len(ctx.targets)
         budget = None if req.max_forward_passes is None else req.max_forward_passes // n_targets
-        if budget is not None and budget < 2:  # each target's search scores at least the full and blank images
+        floor = 2 + 2 * masks.shape[0]  # full, blank, and one scan of every region: below it, ranks by region id
+        if budget is not None and budget < floor:
             raise AuditInputError(
-                f"max_forward_passes {req.max_forward_passes} is too small for {n_targets} targets: "
-                "each needs at least 2"
+                f"max_forward_passes {req.max_forward_passes} is too small for {self.name} with "
+                f"{masks.shape[0]} regions and {n_targets} target(s): it needs at least {floor * n_targets} "
+                f"({floor} per target, for a first scan of the regions); ask for fewer regions or a larger budget"
             )
         options = {"baseline": req.baseline, "lam1": req.lambda1, "lam2": req.lambda2, "max_forward_passes": budget}
         jobs = [Job(ctx.audit, self.search(ctx.image, masks, t.token_indices, **options)) for t in ctx.targets]
@@ -112,6 +115,7 @@ class _Eagle(Explainer):
             deletion_curve=curve_points(result.areas, result.deletion, target.token_indices),
             forward_passes=result.forward_passes,
             search_complete=result.search_complete,
+            curve_forward_passes=result.curve_forward_passes,
         )
 
 
@@ -128,6 +132,24 @@ class EagleFast(_Eagle):
         return eagle.fast_search(image, masks, tokens, **options, s=FAST_SEARCH.s, p=FAST_SEARCH.p, u=FAST_SEARCH.u)
 
 
+class EagleFastPublished(_Eagle):
+    name = "eagle_fast_published"
+    summary = "EAGLE's efficient search as published: stale window, periodic re-rank, bottom-up tail"
+
+    def params(self, request: AuditRequest) -> dict[str, Any]:
+        return {
+            **super().params(request),
+            "s": eagle_published.PUBLISHED_S,
+            "p": eagle_published.PUBLISHED_P,
+            "u": eagle_published.PUBLISHED_U,
+        }
+
+    def search(
+        self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any
+    ) -> eagle.Search:
+        return eagle_published.published_fast_search(image, masks, tokens, **options)
+
+
 class EagleGreedy(_Eagle):
     name = "eagle_greedy"
     summary = "the published plain greedy search, K(K+1) images"
@@ -140,3 +162,4 @@ class EagleGreedy(_Eagle):
 
 register(EagleFast())
 register(EagleGreedy())
+register(EagleFastPublished())

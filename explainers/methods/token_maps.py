@@ -1,8 +1,9 @@
 """White-box token maps: TAM (arXiv 2506.23270), MSEA and ARC (arXiv 2509.22415), and both.
 
 One white-box forward per image view reads each answer token's logit at every image
-position (`mllm_audit.explainers.token_maps`); the engine then measures each map's
-insertion and deletion curves.
+position (`mllm_audit.explainers.token_maps`). Only when the request asks for `curves` does
+the engine then measure each map's insertion and deletion curves (2 x 64 images per target):
+by default a one-pass method costs one pass.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class TokenMap(Explainer):
         self.variant = variant
 
     def params(self, request: AuditRequest) -> dict[str, Any]:
-        return variant_params(self.variant)
+        return {**variant_params(self.variant), "curves": request.curves}
 
     def heatmaps(
         self, scorer: ScorerProtocol, audit: Audit, image: NDArray[np.uint8], targets: list[list[int]]
@@ -51,45 +52,56 @@ class TokenMap(Explainer):
 
     def plan(self, ctx: PlanContext) -> Plan:
         req = ctx.request
-        # the budget covers everything: full and black images (2), the views, each target's curves
+        # the budget covers everything: full and black images (2), the views, each target's curves if asked
         views = len(make_views(ctx.image)) if self.variant.multiscale else 1
-        cost = 2 + views + len(ctx.targets) * 2 * CURVE_STEPS
+        curves = len(ctx.targets) * 2 * CURVE_STEPS if req.curves else 0
+        cost = 2 + views + curves
         if req.max_forward_passes is not None and cost > req.max_forward_passes:
+            what = "maps and insertion/deletion curves" if req.curves else "maps"
             raise AuditInputError(
-                f"{self.name} with {len(ctx.targets)} targets needs {cost} forward passes (maps and "
-                f"insertion/deletion curves); max_forward_passes is {req.max_forward_passes}: ask for fewer "
-                "targets or a larger budget"
+                f"{self.name} with {len(ctx.targets)} targets needs {cost} forward passes ({what}); "
+                f"max_forward_passes is {req.max_forward_passes}: ask for fewer targets or a larger budget"
             )
         maps = self.heatmaps(ctx.scorer, ctx.audit, ctx.image, [t.token_indices for t in ctx.targets])
-        jobs = [
-            Job(ctx.audit, pixel_ranking_curves(ctx.image, m["heatmap"], t.token_indices, req.baseline, CURVE_STEPS))
-            for t, m in zip(ctx.targets, maps)
-        ]
+        jobs = (
+            [
+                Job(
+                    ctx.audit, pixel_ranking_curves(ctx.image, m["heatmap"], t.token_indices, req.baseline, CURVE_STEPS)
+                )
+                for t, m in zip(ctx.targets, maps)
+            ]
+            if req.curves
+            else []
+        )
         spent = EngineStats(maps[0]["forward_passes"], maps[0]["model_calls"])  # shared by every target
         return Plan(jobs, lambda: self._finish(ctx, maps, jobs), planning_cost=spent)
 
     def _finish(self, ctx: PlanContext, maps: list[dict[str, Any]], jobs: list[Job]) -> MethodResult:
         h, w = ctx.request.image.shape[:2]
-        attributions = [self._attribution(t, m, j, (w, h)) for t, m, j in zip(ctx.targets, maps, jobs)]
+        curve_jobs: list[Job | None] = list(jobs) if jobs else [None] * len(maps)
+        attributions = [self._attribution(t, m, j, (w, h)) for t, m, j in zip(ctx.targets, maps, curve_jobs)]
         token_context = {t: _context(c) for m in maps for t, c in m["token_context"].items()}
         return MethodResult(attributions, token_context=token_context)
 
     @staticmethod
-    def _attribution(target: Target, maps: dict[str, Any], job: Job, size: tuple[int, int]) -> Attribution:
-        insertion_auc, deletion_auc, curves = job.result
-        assert isinstance(curves, RankingCurves)
+    def _attribution(target: Target, maps: dict[str, Any], job: Job | None, size: tuple[int, int]) -> Attribution:
         heat = maps["heatmap"]
-        return Attribution(
+        attribution = Attribution(
             target=target,
             image_size=size,
             render=lambda at: bilinear(heat, at),
-            insertion_auc=insertion_auc,
-            deletion_auc=deletion_auc,
-            insertion_curve=curve_points(curves.areas, curves.insertion, target.token_indices),
-            deletion_curve=curve_points(curves.areas, curves.deletion, target.token_indices),
-            forward_passes=job.forward_passes + maps["forward_passes"],
+            forward_passes=maps["forward_passes"],
             context=_context(maps["context"]),
         )
+        if job is not None:  # curves asked for: 2 x CURVE_STEPS images of the map's pixel ranking
+            insertion_auc, deletion_auc, curves = job.result
+            assert isinstance(curves, RankingCurves)
+            attribution.insertion_auc, attribution.deletion_auc = insertion_auc, deletion_auc
+            attribution.insertion_curve = curve_points(curves.areas, curves.insertion, target.token_indices)
+            attribution.deletion_curve = curve_points(curves.areas, curves.deletion, target.token_indices)
+            attribution.forward_passes += job.forward_passes
+            attribution.curve_forward_passes = job.forward_passes
+        return attribution
 
 
 def _context(rows: list[dict[str, Any]]) -> list[ContextToken]:
