@@ -331,12 +331,13 @@ def _parse_targets(text: str):
 
 
 def write_overlay(image, result: dict, path: Path) -> None:
-    """The first attribution's heatmap as a red-yellow overlay on the image, plus its top region's box."""
+    """The first attribution's heatmap over the image with a colour bar, its target text and its kind."""
     import base64
     import io
 
     import numpy as np
-    from mllm_audit.explainers.overlay import overlay_heatmap
+    from mllm_audit.explainers.heatmap_kinds import figure_caption
+    from mllm_audit.explainers.overlay import heatmap_figure
     from PIL import Image
 
     attributions = result.get("attributions") or []
@@ -349,7 +350,8 @@ def write_overlay(image, result: dict, path: Path) -> None:
     else:
         values = np.asarray(Image.open(io.BytesIO(base64.b64decode(heat["data"]))), dtype=np.float32) / 255.0
     box = tuple(first["regions"][0]["bbox"]) if first.get("regions") else None
-    overlay_heatmap(image, values, box).save(path, format="PNG")
+    title, note = figure_caption(first["target"]["text"], heat.get("kind", "gain"), heat.get("flat_reason"))
+    heatmap_figure(image, values, title, note, box).save(path, format="PNG")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ transport) with the HTTP surface replaced by the service's:
   GET  /info       model, methods, limits and configuration (no secrets)
   GET  /metrics    Prometheus metrics of every process of the service (/metrics/ too)
   GET  /docs, /openapi.json   FastAPI's
+  GET  /ui         the audit viewer (mllm_audit.service.ui_routes)
 
 The endpoint handler replaces LitServe's RegularRequestHandler: it waits for the worker at
 most until the request's deadline (504 after it) or until the client disconnects (the worker
@@ -53,6 +54,7 @@ from mllm_audit.service.schemas import (
 )
 from mllm_audit.service.shared import Shared
 from mllm_audit.service.supervisor import Supervisor
+from mllm_audit.service.ui_routes import add_ui_routes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 TITLE = "MLLM Audit"
@@ -327,6 +329,7 @@ class AuditServer(ls.LitServer):
 
         for path in ("/metrics", "/metrics/"):  # both served: no redirect
             app.add_api_route(path, prometheus_metrics, methods=["GET"], include_in_schema=False)
+        add_ui_routes(app)
 
     def liveness_problem(self) -> str | None:
         if os.getppid() != self.main_pid and os.getpid() != self.main_pid:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mllm_audit.explainers.engine import EngineStats, Job
+from mllm_audit.explainers.heatmap_kinds import flat_reason
 from mllm_audit.explainers.faithfulness import RankingCurves, pixel_ranking_curves
 from mllm_audit.explainers.methods.base import Explainer, MethodResult, Plan, PlanContext, register
 from mllm_audit.explainers.methods.eagle import curve_points
@@ -89,6 +90,8 @@ class TokenMap(Explainer):
             deletion_curve=curve_points(curves.areas, curves.deletion, target.token_indices),
             forward_passes=job.forward_passes + maps["forward_passes"],
             context=_context(maps["context"]),
+            heatmap_kind="activation",
+            flat_reason=flat_reason(heat),
         )
 
 
