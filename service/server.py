@@ -8,7 +8,7 @@ transport) with the HTTP surface replaced by the service's:
   GET  /readyz     200 when every model worker is ready and the service is not draining (/health: the same)
   GET  /info       model, methods, limits and configuration (no secrets)
   GET  /metrics    Prometheus metrics of every process of the service (/metrics/ too)
-  GET  /docs, /openapi.json   FastAPI's
+  GET  /docs, /redoc  Swagger UI and ReDoc from bundled assets (mllm_audit.service.docs_routes); /openapi.json
   GET  /ui         the audit viewer (mllm_audit.service.ui_routes)
 
 The endpoint handler replaces LitServe's RegularRequestHandler: it waits for the worker at
@@ -53,6 +53,7 @@ from mllm_audit.service.schemas import (
     RelianceResponse,
 )
 from mllm_audit.service.shared import Shared
+from mllm_audit.service.docs_routes import add_docs_routes
 from mllm_audit.service.supervisor import Supervisor
 from mllm_audit.service.ui_routes import add_ui_routes
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -330,6 +331,7 @@ class AuditServer(ls.LitServer):
         for path in ("/metrics", "/metrics/"):  # both served: no redirect
             app.add_api_route(path, prometheus_metrics, methods=["GET"], include_in_schema=False)
         add_ui_routes(app)
+        add_docs_routes(app, TITLE)
 
     def liveness_problem(self) -> str | None:
         if os.getppid() != self.main_pid and os.getpid() != self.main_pid:

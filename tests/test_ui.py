@@ -57,29 +57,39 @@ def shots() -> Path:
 
 
 @pytest.fixture
-def page(browser, server):
-    """A page that reaches the server only: any request elsewhere is aborted and recorded."""
-    # bypass_csp: the test's own wait_for_function predicates are strings, which the page's CSP forbids
-    context = browser.new_context(viewport={"width": 1100, "height": 1500}, bypass_csp=True)
-    outside: list[str] = []
-    requests: list[str] = []
+def open_page(browser, server):
+    """Pages that reach the server only: any request elsewhere is aborted and recorded (and fails the test)."""
+    contexts, outside = [], []
 
-    def only_loopback(route):
-        url = route.request.url
-        requests.append(url)
-        host = urlparse(url).hostname
-        if url.startswith("data:") or host == "127.0.0.1":
-            route.continue_()
-        else:
-            outside.append(url)
-            route.abort()
+    def make(bypass_csp: bool = True):
+        # bypass_csp: the test's own wait_for_function predicates are strings, which the viewer's CSP forbids
+        context = browser.new_context(viewport={"width": 1100, "height": 1500}, bypass_csp=bypass_csp)
+        contexts.append(context)
+        requests: list[str] = []
 
-    context.route("**/*", only_loopback)
-    pg = context.new_page()
-    pg.outside, pg.requests = outside, requests
-    yield pg
-    context.close()
+        def only_loopback(route):
+            url = route.request.url
+            requests.append(url)
+            if url.startswith("data:") or urlparse(url).hostname == "127.0.0.1":
+                route.continue_()
+            else:
+                outside.append(url)
+                route.abort()
+
+        context.route("**/*", only_loopback)
+        pg = context.new_page()
+        pg.requests = requests
+        return pg
+
+    yield make
+    for context in contexts:
+        context.close()
     assert not outside, f"the page tried to reach beyond loopback: {outside}"
+
+
+@pytest.fixture
+def page(open_page):
+    return open_page()
 
 
 def canvas_pixels(page) -> dict[str, int]:
@@ -183,3 +193,16 @@ def test_controls_have_labels_and_are_reachable_by_keyboard(page, server):
         reached.add(page.evaluate("document.activeElement.id"))
     for control in ("drop-zone", "prompt", "answer", "method", "regions", "api-key", "submit"):
         assert control in reached, f"{control} not reachable with Tab"
+
+
+def test_swagger_ui_and_redoc_render_offline(open_page, server, shots):
+    page = open_page(bypass_csp=False)  # ReDoc's page relies on its CSP to load nothing from its CDN
+    page.goto(server.url + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    operations = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent)")
+    assert any("/v1/reliance" in text for text in operations)
+    page.screenshot(path=str(shots / "docs.png"))
+    page.goto(server.url + "/redoc")
+    page.wait_for_selector("h1:has-text('MLLM Audit')", timeout=30_000)
+    assert page.get_by_text("/v1/explain").count() > 0
+    page.screenshot(path=str(shots / "redoc.png"))
