@@ -101,10 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
                 "--heatmap", default="array", choices=("png", "array", "none"), help="heatmap encoding in the JSON"
             )
             p.add_argument(
+                "--heatmap-kind",
+                default=None,
+                choices=("gain", "cumulative", "activation"),
+                help="what the map shows (default: the method's: gain for EAGLE, activation for white-box)",
+            )
+            p.add_argument(
                 "--overlay",
                 type=Path,
                 default=None,
-                help="also write the first target's heatmap over the image to this PNG",
+                help="also write the first target's heatmap over the image, with a colour bar and its target, to this PNG",
             )
         p.add_argument("--output", type=Path, default=None, help="write the JSON here instead of stdout")
         _add_setting_flags(p, MODEL_FLAGS)
@@ -245,7 +251,7 @@ def audit_one(args: argparse.Namespace, settings: Settings) -> int:
             method=args.method,
             targets=_parse_targets(args.targets),
             max_forward_passes=args.budget,
-            heatmap={"encoding": args.heatmap},
+            heatmap={"encoding": args.heatmap, **({"kind": args.heatmap_kind} if args.heatmap_kind else {})},
         )
         if args.regions is not None:  # given, it is checked against the limit as a request's would be
             body["regions"] = args.regions

@@ -130,7 +130,7 @@ def test_the_viewer_explains_an_example_offline(page, server, shots):
     tokens = page.query_selector_all("#tokens-risk .token")
     assert len(tokens) >= 5 and "triangle" in "".join(t.text_content() for t in tokens)
     assert page.query_selector_all("#claims li"), "no claims listed"
-    page.screenshot(path=str(shots / "viewer.png"), full_page=True)
+    page.screenshot(path=str(shots / "viewer-answer.png"), full_page=True)
 
     # clicking another token draws another target's map (the first token's is shown at first)
     first = canvas_pixels(page)
@@ -141,7 +141,7 @@ def test_the_viewer_explains_an_example_offline(page, server, shots):
     after = canvas_pixels(page)
     assert after["pixels"] == first["pixels"] and after["hash"] != first["hash"]
     assert "insertion" in page.inner_html("#curves")
-    page.screenshot(path=str(shots / "viewer-token.png"), full_page=True)
+    page.screenshot(path=str(shots / "viewer.png"), full_page=True)
 
     # the slider reveals regions in rank order: the top one alone leaves most of the image black
     regions = int(page.get_attribute("#reveal", "max"))
