@@ -27,7 +27,10 @@ from mllm_audit.models.reference.evaluate import held_out_samples
 from mllm_audit.models.scorer import Scorer
 from PIL import Image
 
-CHECKPOINTS = {"weights": REFERENCE_MODEL_DIR, "weights-no-patch-words": REFERENCE_MODEL_DIR.parent / "weights-no-patch-words"}
+CHECKPOINTS = {
+    "weights": REFERENCE_MODEL_DIR,
+    "weights-no-patch-words": REFERENCE_MODEL_DIR.parent / "weights-no-patch-words",
+}
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -91,7 +94,8 @@ def main() -> None:
         auditor = Auditor(Scorer(load_model(path)), forward_batch_size=48)
         figures = measure(auditor, args.n, args.regions, size)
         report["checkpoints"][name] = figures
-        print(f"\n{name} ({time.monotonic() - started:.0f} s): mean ± standard error over {args.n} held-out colour questions")
+        seconds = time.monotonic() - started
+        print(f"\n{name} ({seconds:.0f} s): mean ± standard error over {args.n} held-out colour questions")
         for key, v in figures.items():
             print(f"  {key:28s} {v['mean']:.3f} ± {v['se']:.3f}")
     if args.json:

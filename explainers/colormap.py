@@ -59,7 +59,7 @@ def _table() -> NDArray[np.uint8]:
 
 
 COLORMAP: NDArray[np.uint8] = _table()  # [256, 3] sRGB, value 0 first
-COLORMAP_HEX: list[str] = ["#%02x%02x%02x" % tuple(int(c) for c in row) for row in COLORMAP]
+COLORMAP_HEX: list[str] = ["#" + "".join(f"{int(c):02x}" for c in row) for row in COLORMAP]
 
 
 def colourise(values: NDArray[np.floating]) -> NDArray[np.uint8]:

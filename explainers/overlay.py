@@ -48,15 +48,18 @@ def heatmap_figure(
     if scale > 1:
         overlay = overlay.resize((overlay.width * scale, overlay.height * scale), Image.Resampling.NEAREST)
     w, h = overlay.size
-    font = ImageFont.load_default(size=max(12, min(w, h) // 28))
-    line = int(font.size * 1.6)
+    size = max(12, min(w, h) // 28)
+    font = ImageFont.load_default(size=size)
+    line = int(size * 1.6)
     bar_w, margin = max(14, w // 30), max(8, w // 60)
     labels_w = int(font.getlength("1.0")) + margin
     figure = Image.new("RGB", (w + 3 * margin + bar_w + labels_w, h + 2 * line + 2 * margin), "white")
     figure.paste(overlay, (margin, line + margin))
     draw = ImageDraw.Draw(figure)
     draw.text((margin, margin // 2), _fit(title, font, figure.width - 2 * margin), fill="black", font=font)
-    draw.text((margin, h + line + margin * 3 // 2), _fit(note, font, figure.width - 2 * margin), fill="black", font=font)
+    draw.text(
+        (margin, h + line + margin * 3 // 2), _fit(note, font, figure.width - 2 * margin), fill="black", font=font
+    )
     x0, top = w + 2 * margin, line + margin
     ramp = colourise(np.linspace(1.0, 0.0, h))[:, None, :].repeat(bar_w, axis=1)  # top is 1
     figure.paste(Image.fromarray(ramp), (x0, top))

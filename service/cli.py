@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--overlay",
                 type=Path,
                 default=None,
-                help="also write the first target's heatmap over the image, with a colour bar and its target, to this PNG",
+                help="also write the first target's heatmap over the image (colour bar, target text) to this PNG",
             )
         p.add_argument("--output", type=Path, default=None, help="write the JSON here instead of stdout")
         _add_setting_flags(p, MODEL_FLAGS)

@@ -40,6 +40,7 @@ from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 from mllm_audit.service import logs, metrics
 from mllm_audit.service.api import QUEUE_PATH, AuditAPI, Envelope, Failure
 from mllm_audit.service.config import ENV_VARS, Settings, env_name
+from mllm_audit.service.docs_routes import add_docs_routes
 from mllm_audit.service.http_protocol import MAX_HEADER_BYTES, with_header_timeout
 from mllm_audit.service.images import FORMATS
 from mllm_audit.service.middleware import AuditMiddleware, error_response
@@ -53,7 +54,6 @@ from mllm_audit.service.schemas import (
     RelianceResponse,
 )
 from mllm_audit.service.shared import Shared
-from mllm_audit.service.docs_routes import add_docs_routes
 from mllm_audit.service.supervisor import Supervisor
 from mllm_audit.service.ui_routes import add_ui_routes
 from starlette.exceptions import HTTPException as StarletteHTTPException

@@ -77,9 +77,7 @@ class _Eagle(Explainer):
         # one label map at the client's pixels, shared by every target's regions
         segments = labels_at(labels, (w, h))
         kind = self.heatmap_kind(ctx.request)
-        attributions = [
-            self._attribution(t, r, labels, segments, (w, h), kind) for t, r in zip(ctx.targets, results)
-        ]
+        attributions = [self._attribution(t, r, labels, segments, (w, h), kind) for t, r in zip(ctx.targets, results)]
         # each token's insertion curve comes from the ranking of the first target that holds it
         owner = {t: r for target, r in reversed(list(zip(ctx.targets, results))) for t in target.token_indices}
         first = results[0]

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mllm_audit.explainers.engine import EngineStats, Job
-from mllm_audit.explainers.heatmap_kinds import flat_reason
 from mllm_audit.explainers.faithfulness import RankingCurves, pixel_ranking_curves
+from mllm_audit.explainers.heatmap_kinds import flat_reason
 from mllm_audit.explainers.methods.base import Explainer, MethodResult, Plan, PlanContext, register
 from mllm_audit.explainers.methods.eagle import curve_points
 from mllm_audit.explainers.msea import make_views
