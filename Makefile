@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # the project needs Python 3.11 (requires-python): python3.11 where it is installed, else python3
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 
-.PHONY: install serve test test-fast lint eval train openapi load reference-model docs
+.PHONY: install serve test test-fast lint eval train openapi load reference-model docs browser
 
 install: $(VENV)/.installed
 
@@ -27,8 +27,13 @@ serve: install
 
 # Every test (what CI runs: .ci/run). Each test is of one kind: unit, integration, e2e or deploy
 # (markers in pyproject.toml, checked by tests/conftest.py); slow ones are marked slow as well.
-test: install
+test: install browser
 	$(PY) -m pytest
+
+# The viewer's browser tests (tests/test_ui.py) drive Debian's chromium through Playwright; no
+# browser is ever downloaded by Playwright itself. Installed here when missing (CI runs as root).
+browser:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 # unit and integration tests, not the slow ones: nothing runs the product in a child process
 # (server, CLI, example scripts) and no deploy tooling. About 45 s of CPU on one core; the e2e tests

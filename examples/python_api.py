@@ -19,5 +19,5 @@ for token in result.tokens:
     print(f"{token.text!r}: visual reliance {token.visual_reliance:.2f}, risk {token.risk_label}")
 top = result.attributions[0].regions[0]
 print(f"top region {top.bbox} of {len(result.attributions[0].regions)}; answer risk {result.summary.risk_label}")
-result.attributions[0].overlay(image).save("overlay.png")
+result.attributions[0].figure(image).save("overlay.png")  # with its colour bar and target text
 print("overlay written to overlay.png")

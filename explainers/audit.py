@@ -147,7 +147,12 @@ class Auditor:
     def check(self, req: AuditRequest) -> None:
         """Raise AuditInputError for a request that cannot be audited; cheap, no model call."""
         if req.with_attributions:
-            methods.get(req.method)  # raises for an unknown name
+            method = methods.get(req.method)  # raises for an unknown name
+            if req.heatmap_kind is not None and req.heatmap_kind not in method.heatmap_kinds:
+                raise AuditInputError(
+                    f"{req.method} maps have no heatmap kind {req.heatmap_kind!r}; "
+                    f"use {', '.join(method.heatmap_kinds)}"
+                )
         if not req.answer.strip():
             raise AuditInputError("answer is empty: there is nothing to audit")
         if not req.prompt.strip():

@@ -82,6 +82,11 @@ class EagleResult:
     search_complete: bool  # False when the budget stopped the search early
     curve_forward_passes: int = 0  # of forward_passes, the images scored only to complete the curves
 
+    @property
+    def gain_scores(self) -> np.ndarray:
+        """[K] the "gain" heatmap value per region id (see `scores_from_marginal_gains`)."""
+        return scores_from_marginal_gains(self.ranking, self.gains)
+
     def _auc(self, curve: np.ndarray, tokens: Sequence[int] | None) -> float:
         idx = self.token_indices if tokens is None else list(tokens)
         return float(np.trapezoid(curve[:, idx].mean(axis=1), self.areas))
@@ -210,9 +215,7 @@ def _start(
 
 
 def scores_from_gains(ranking: Sequence[int], gains: np.ndarray) -> np.ndarray:
-    """Heatmap value per region id from the marginal gains along the ranking.
-
-    As EAGLE's own visualisation (arXiv 2509.22496) does it.
+    """The "cumulative" heatmap value per region id, from the marginal gains along the ranking.
 
     Rank k gets sum_{j>k} |gain_j| / sum_{j>1} |gain_j|: the share of the gains still to
     come (top 1, last 0). When every later gain is zero the ranking is all we know, so the
@@ -225,6 +228,20 @@ def scores_from_gains(ranking: Sequence[int], gains: np.ndarray) -> np.ndarray:
     by_rank = np.linspace(1.0, 0.0, k) if after[0] <= 0 else after / after[0]
     out = np.zeros(k, dtype=np.float64)
     out[list(ranking)] = by_rank
+    return out
+
+
+def scores_from_marginal_gains(ranking: Sequence[int], gains: np.ndarray) -> np.ndarray:
+    """Heatmap value per region id: its marginal gain at its rank over the largest gain.
+
+    A region that lowered the objective (negative gain) gets 0; so does every region when no
+    gain is positive (the map is then flat, and flagged as such by the service).
+    """
+    g = np.clip(np.asarray(gains, dtype=np.float64), 0.0, None)
+    peak = g.max() if g.size else 0.0
+    out = np.zeros(len(ranking), dtype=np.float64)
+    if peak > 0:
+        out[list(ranking)] = g / peak
     return out
 
 

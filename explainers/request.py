@@ -47,3 +47,4 @@ class AuditRequest:
     lambda2: float = 1.0  # EAGLE: weight of necessity, 1 - p_t(remove S)
     verify: bool = False  # ask the model a yes/no question about each claim (one pass per claim)
     correct_to: str | None = None  # diagnosis: which regions make the model prefer this answer instead
+    heatmap_kind: str | None = None  # what the map's values are (explainers.heatmap_kinds); None: the method's default

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from mllm_audit.explainers.overlay import overlay_heatmap
+from mllm_audit.explainers.heatmap_kinds import figure_caption
+from mllm_audit.explainers.overlay import heatmap_figure, overlay_heatmap
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -120,6 +121,8 @@ class Attribution:
     search_complete: bool = True  # False when the forward-pass budget cut the search
     curve_forward_passes: int = 0  # of forward_passes, the images scored only for the curves
     context: list[ContextToken] | None = None
+    heatmap_kind: str = "gain"  # what the values mean: mllm_audit.explainers.heatmap_kinds.KINDS
+    flat_reason: str | None = None  # set when the map is constant (all zero included): it carries no information
 
     def heatmap(self, size: tuple[int, int] | None = None) -> NDArray[np.float32]:
         """float32 [height, width] in [0, 1]; size is (width, height), the image's by default."""
@@ -136,6 +139,13 @@ class Attribution:
         rgb = np.asarray(Image.fromarray(image) if isinstance(image, np.ndarray) else image.convert("RGB"))
         box = self.regions[0].bbox if self.regions else None
         return overlay_heatmap(rgb, self.heatmap((rgb.shape[1], rgb.shape[0])), box, alpha)
+
+    def figure(self, image: Image.Image | NDArray[np.uint8], alpha: float = 0.6) -> Image.Image:
+        """The overlay with a colour bar, the target text above it and the map's kind (or flatness) below."""
+        rgb = np.asarray(Image.fromarray(image) if isinstance(image, np.ndarray) else image.convert("RGB"))
+        box = self.regions[0].bbox if self.regions else None
+        heat = self.heatmap((rgb.shape[1], rgb.shape[0]))
+        return heatmap_figure(rgb, heat, *figure_caption(self.target.text, self.heatmap_kind, self.flat_reason), box)
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,7 @@ class AuditAPI(ls.LitAPI):
                 lambda2=body["lambda2"],
                 verify=bool(body.get("verify", False)),
                 correct_to=body.get("correct_to"),
+                heatmap_kind=heatmap.get("kind"),
             )
             size = heatmap_size(heatmap, image.shape[1], image.shape[0], s.max_heatmap_pixels, s.default_heatmap_pixels)
             decoded = Decoded(envelope, req, queue_s, heatmap.get("encoding", "array"), size)

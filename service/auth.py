@@ -31,7 +31,7 @@ def key_matches(presented: str | None, expected: str) -> bool:
 def needs_key(path: str, settings: Settings) -> bool:
     if not settings.api_key:
         return False
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or path == "/ui" or path.startswith(("/ui/", "/docs/assets/")):  # static files, no data
         return False
     if path in PROBE_PATHS:
         return settings.protect_health

@@ -101,10 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
                 "--heatmap", default="array", choices=("png", "array", "none"), help="heatmap encoding in the JSON"
             )
             p.add_argument(
+                "--heatmap-kind",
+                default=None,
+                choices=("gain", "cumulative", "activation"),
+                help="what the map shows (default: the method's: gain for EAGLE, activation for white-box)",
+            )
+            p.add_argument(
                 "--overlay",
                 type=Path,
                 default=None,
-                help="also write the first target's heatmap over the image to this PNG",
+                help="also write the first target's heatmap over the image (colour bar, target text) to this PNG",
             )
         p.add_argument("--output", type=Path, default=None, help="write the JSON here instead of stdout")
         _add_setting_flags(p, MODEL_FLAGS)
@@ -245,7 +251,7 @@ def audit_one(args: argparse.Namespace, settings: Settings) -> int:
             method=args.method,
             targets=_parse_targets(args.targets),
             max_forward_passes=args.budget,
-            heatmap={"encoding": args.heatmap},
+            heatmap={"encoding": args.heatmap, **({"kind": args.heatmap_kind} if args.heatmap_kind else {})},
         )
         if args.regions is not None:  # given, it is checked against the limit as a request's would be
             body["regions"] = args.regions
@@ -331,12 +337,13 @@ def _parse_targets(text: str):
 
 
 def write_overlay(image, result: dict, path: Path) -> None:
-    """The first attribution's heatmap as a red-yellow overlay on the image, plus its top region's box."""
+    """The first attribution's heatmap over the image with a colour bar, its target text and its kind."""
     import base64
     import io
 
     import numpy as np
-    from mllm_audit.explainers.overlay import overlay_heatmap
+    from mllm_audit.explainers.heatmap_kinds import figure_caption
+    from mllm_audit.explainers.overlay import heatmap_figure
     from PIL import Image
 
     attributions = result.get("attributions") or []
@@ -349,7 +356,8 @@ def write_overlay(image, result: dict, path: Path) -> None:
     else:
         values = np.asarray(Image.open(io.BytesIO(base64.b64decode(heat["data"]))), dtype=np.float32) / 255.0
     box = tuple(first["regions"][0]["bbox"]) if first.get("regions") else None
-    overlay_heatmap(image, values, box).save(path, format="PNG")
+    title, note = figure_caption(first["target"]["text"], heat.get("kind", "gain"), heat.get("flat_reason"))
+    heatmap_figure(image, values, title, note, box).save(path, format="PNG")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from mllm_audit.explainers.heatmap_kinds import KINDS
 from mllm_audit.explainers.methods import METHODS, registered
 from mllm_audit.explainers.request import DEFAULT_METHOD
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 # the registry of methods is the only list of them
 Method = Literal[METHODS]  # type: ignore[valid-type]
 RiskLabel = Literal["low", "medium", "high", "not_visual"]
+HEATMAP_KINDS = tuple(KINDS)
 
 # Hard bounds of the schema; the service's own limits (config) may be lower, never higher.
 MAX_TEXT_CHARS = 100_000
@@ -113,6 +115,12 @@ class HeatmapOptions(_Request):
     width: int | None = Field(None, ge=1, le=MAX_HEATMAP_SIDE, description="heatmap width (default: the image width)")
     height: int | None = Field(
         None, ge=1, le=MAX_HEATMAP_SIDE, description="heatmap height (default: the image height)"
+    )
+    kind: Literal[HEATMAP_KINDS] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="what the values show (null: the method's default): "
+        + "; ".join(f"{k}: {v}" for k, v in KINDS.items())
+        + ". EAGLE methods: gain (default) or cumulative; white-box methods: activation",
     )
 
 
@@ -321,6 +329,11 @@ class Heatmap(_Response):
     height: int
     encoding: Literal["png", "array"]
     data: str | list[list[float]] = Field(description="base64 PNG, or rows of floats in [0, 1]")
+    kind: Literal[HEATMAP_KINDS] = Field(  # type: ignore[valid-type]
+        "gain", description="what the values mean: " + "; ".join(f"{k}: {v}" for k, v in KINDS.items())
+    )
+    flat: bool = Field(False, description="true: every value is the same (all zero included): the map shows nothing")
+    flat_reason: str | None = Field(None, description="why the map is flat, in words; null when it is not")
 
 
 class Attribution(_Response):

@@ -79,7 +79,7 @@ def attribution_body(attribution: Attribution, encoding: str, size: tuple[int, i
             }
             for r in a.regions
         ],
-        "heatmap": None if encoding == "none" else encode_heatmap(a.heatmap(size), encoding),
+        "heatmap": None if encoding == "none" else _heatmap(a, encoding, size),
         "insertion_auc": a.insertion_auc,
         "deletion_auc": a.deletion_auc,
         "insertion_curve": _curve(a.insertion_curve),
@@ -90,6 +90,14 @@ def attribution_body(attribution: Attribution, encoding: str, size: tuple[int, i
     }
     if a.context is not None:
         body["context"] = [asdict(c) for c in a.context]
+    return body
+
+
+def _heatmap(attribution: Attribution, encoding: str, size: tuple[int, int] | None) -> dict[str, Any] | None:
+    body = encode_heatmap(attribution.heatmap(size), encoding)
+    if body is not None:
+        reason = attribution.flat_reason
+        body.update(kind=attribution.heatmap_kind, flat=reason is not None, flat_reason=reason)
     return body
 
 

@@ -8,7 +8,8 @@ transport) with the HTTP surface replaced by the service's:
   GET  /readyz     200 when every model worker is ready and the service is not draining (/health: the same)
   GET  /info       model, methods, limits and configuration (no secrets)
   GET  /metrics    Prometheus metrics of every process of the service (/metrics/ too)
-  GET  /docs, /openapi.json   FastAPI's
+  GET  /docs, /redoc  Swagger UI and ReDoc from bundled assets (mllm_audit.service.docs_routes); /openapi.json
+  GET  /ui         the audit viewer (mllm_audit.service.ui_routes)
 
 The endpoint handler replaces LitServe's RegularRequestHandler: it waits for the worker at
 most until the request's deadline (504 after it) or until the client disconnects (the worker
@@ -39,6 +40,7 @@ from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 from mllm_audit.service import logs, metrics
 from mllm_audit.service.api import QUEUE_PATH, AuditAPI, Envelope, Failure
 from mllm_audit.service.config import ENV_VARS, Settings, env_name
+from mllm_audit.service.docs_routes import add_docs_routes
 from mllm_audit.service.http_protocol import MAX_HEADER_BYTES, with_header_timeout
 from mllm_audit.service.images import FORMATS
 from mllm_audit.service.middleware import AuditMiddleware, error_response
@@ -53,6 +55,7 @@ from mllm_audit.service.schemas import (
 )
 from mllm_audit.service.shared import Shared
 from mllm_audit.service.supervisor import Supervisor
+from mllm_audit.service.ui_routes import add_ui_routes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 TITLE = "MLLM Audit"
@@ -327,6 +330,8 @@ class AuditServer(ls.LitServer):
 
         for path in ("/metrics", "/metrics/"):  # both served: no redirect
             app.add_api_route(path, prometheus_metrics, methods=["GET"], include_in_schema=False)
+        add_ui_routes(app)
+        add_docs_routes(app, TITLE)
 
     def liveness_problem(self) -> str | None:
         if os.getppid() != self.main_pid and os.getpid() != self.main_pid:

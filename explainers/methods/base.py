@@ -58,6 +58,10 @@ class Explainer(ABC):
     name: str  # the request's `method`
     white_box: ClassVar[bool] = False  # needs the model's hidden states, not just output probabilities
     summary: str  # one line for the API docs
+    heatmap_kinds: ClassVar[tuple[str, ...]] = ("activation",)  # what its maps can show; the first is the default
+
+    def heatmap_kind(self, request: AuditRequest) -> str:
+        return request.heatmap_kind or self.heatmap_kinds[0]
 
     @abstractmethod
     def params(self, request: AuditRequest) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from mllm_audit.explainers import eagle, eagle_published
 from mllm_audit.explainers.engine import Job
+from mllm_audit.explainers.heatmap_kinds import EAGLE_KINDS, flat_reason
 from mllm_audit.explainers.methods.base import Explainer, FloatArray, MethodResult, Plan, PlanContext, register
 from mllm_audit.explainers.regions import labels_at, region_bbox, region_masks, superpixel_regions
 from mllm_audit.explainers.request import AuditInputError, AuditRequest
@@ -41,6 +42,7 @@ def curve_points(areas: FloatArray, probs: FloatArray, token_indices: Sequence[i
 
 class _Eagle(Explainer):
     white_box = False
+    heatmap_kinds = EAGLE_KINDS
 
     def params(self, request: AuditRequest) -> dict[str, Any]:
         return {
@@ -77,7 +79,8 @@ class _Eagle(Explainer):
         results: list[eagle.EagleResult] = [j.result for j in jobs]
         # one label map at the client's pixels, shared by every target's regions
         segments = labels_at(labels, (w, h))
-        attributions = [self._attribution(t, r, labels, segments, (w, h)) for t, r in zip(ctx.targets, results)]
+        kind = self.heatmap_kind(ctx.request)
+        attributions = [self._attribution(t, r, labels, segments, (w, h), kind) for t, r in zip(ctx.targets, results)]
         # each token's insertion curve comes from the ranking of the first target that holds it
         owner = {t: r for target, r in reversed(list(zip(ctx.targets, results))) for t in target.token_indices}
         first = results[0]
@@ -94,15 +97,16 @@ class _Eagle(Explainer):
         labels: NDArray[np.int32],
         segments: NDArray[np.int32],
         size: tuple[int, int],
+        kind: str,
     ) -> Attribution:
+        scores = result.gain_scores if kind == "gain" else result.region_scores
         regions = []
         for rank, region in enumerate(result.ranking, start=1):
             mask = segments == region
             if not mask.any():  # a sliver lost when mapping back to client pixels
                 continue
             x0, y0, x1, y1 = region_bbox(mask)
-            regions.append(Region(rank, int(region), float(result.region_scores[region]), (x0, y0, x1, y1)))
-        scores = result.region_scores
+            regions.append(Region(rank, int(region), float(scores[region]), (x0, y0, x1, y1)))
         return Attribution(
             target=target,
             image_size=size,
@@ -115,7 +119,12 @@ class _Eagle(Explainer):
             deletion_curve=curve_points(result.areas, result.deletion, target.token_indices),
             forward_passes=result.forward_passes,
             search_complete=result.search_complete,
+<<<<<<< HEAD
             curve_forward_passes=result.curve_forward_passes,
+=======
+            heatmap_kind=kind,
+            flat_reason=flat_reason(scores),
+>>>>>>> issue-15
         )
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from mllm_audit.explainers.engine import EngineStats, Job
 from mllm_audit.explainers.faithfulness import RankingCurves, pixel_ranking_curves
+from mllm_audit.explainers.heatmap_kinds import flat_reason
 from mllm_audit.explainers.methods.base import Explainer, MethodResult, Plan, PlanContext, register
 from mllm_audit.explainers.methods.eagle import curve_points
 from mllm_audit.explainers.msea import make_views
@@ -92,6 +93,8 @@ class TokenMap(Explainer):
             render=lambda at: bilinear(heat, at),
             forward_passes=maps["forward_passes"],
             context=_context(maps["context"]),
+            heatmap_kind="activation",
+            flat_reason=flat_reason(heat),
         )
         if job is not None:  # curves asked for: 2 x CURVE_STEPS images of the map's pixel ranking
             insertion_auc, deletion_auc, curves = job.result
