@@ -119,12 +119,9 @@ class _Eagle(Explainer):
             deletion_curve=curve_points(result.areas, result.deletion, target.token_indices),
             forward_passes=result.forward_passes,
             search_complete=result.search_complete,
-<<<<<<< HEAD
             curve_forward_passes=result.curve_forward_passes,
-=======
             heatmap_kind=kind,
             flat_reason=flat_reason(scores),
->>>>>>> issue-15
         )
 
 
