@@ -33,7 +33,7 @@ test: install browser
 # The viewer's browser tests (tests/test_ui.py) drive Debian's chromium through Playwright; no
 # browser is ever downloaded by Playwright itself. Installed here when missing (CI runs as root).
 browser:
-	@command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 
 # unit and integration tests, not the slow ones: nothing runs the product in a child process
 # (server, CLI, example scripts) and no deploy tooling. About 45 s of CPU on one core; the e2e tests

@@ -329,10 +329,13 @@ def check_white_box_maps(path) -> None:
         for m in maps:
             assert m["heatmap"].shape == (40, 70) and np.isfinite(m["heatmap"]).all()
             assert m["heatmap"].min() >= 0 and m["heatmap"].max() <= 1
-    [result] = Auditor(scorer).run([AuditRequest(image, PROMPT, ANSWER, method="msea+arc", targets=[(2, 6)])])
+    request = AuditRequest(image, PROMPT, ANSWER, method="msea+arc", targets=[(2, 6)], curves=True)
+    [result] = Auditor(scorer).run([request])
     assert not isinstance(result, Exception), result
     [att] = audit_body(result)["attributions"]
-    assert att["target"]["text"] == ANSWER[2:6] and att["forward_passes"] > 15 and isinstance(att["context"], list)
+    assert att["target"]["text"] == ANSWER[2:6] and isinstance(att["context"], list)
+    assert att["curve_forward_passes"] == 2 * 64 and att["forward_passes"] > att["curve_forward_passes"]
+    assert 0 <= att["insertion_auc"] <= 1 and len(att["insertion_curve"]) > 2
 
 
 def test_white_box_maps_on_qwen(tiny_qwen_dir):

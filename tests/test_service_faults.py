@@ -119,7 +119,9 @@ def test_a_client_that_leaves_frees_its_slot_and_stops_the_work(fragile_server):
 
 def test_sigterm_with_a_full_queue_answers_every_request_and_exits_0(fragile_server):
     url, proc = fragile_server.url, fragile_server.proc
-    bodies = [{**colour_question(10 + i)[2], "regions": 16, "max_forward_passes": 300} for i in range(12)]
+    # searches of several seconds each, so that the drain is still on when the late request comes
+    search = {"method": "eagle_greedy", "regions": 24, "max_forward_passes": 700, "heatmap": {"encoding": "none"}}
+    bodies = [{**colour_question(10 + i)[2], **search} for i in range(12)]
     outcomes: list[object] = [None] * len(bodies)
 
     def post(i: int) -> None:
