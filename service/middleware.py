@@ -5,7 +5,8 @@ In order, for each HTTP request:
   1. request id: X-Request-ID when the client sent a sane one, else a new one; echoed in the
      response header and in the body of every audit response and every JSON error;
   2. API key (service.auth), 401 without it;
-  3. for the audit endpoints: Content-Type (415), 503 while the service drains (SIGTERM), body
+  3. for the audit endpoints: Content-Type (415; JSON, or a multipart/form-data upload that
+     service.multipart turns into the JSON body), 503 while the service drains (SIGTERM), body
      size (413, from Content-Length and while reading) and pace (408 when it stalls), then the
      queue bound: past MLLM_AUDIT_MAX_QUEUE requests in flight across all API server processes
      (a counter in shared memory) the answer is 503 with a Retry-After estimated from the queue
@@ -24,6 +25,7 @@ import uuid
 from mllm_audit.service import auth, logs, metrics
 from mllm_audit.service.config import Settings
 from mllm_audit.service.http_protocol import MAX_HEADER_BYTES
+from mllm_audit.service.multipart import FormError, form_to_json
 from mllm_audit.service.shared import retry_after
 from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
@@ -114,6 +116,13 @@ class AuditMiddleware:
                         f"request body is larger than {self.settings.max_payload_bytes} bytes",
                     )
                     return
+                if _media(headers) == "multipart/form-data":  # an upload form: the same request as JSON
+                    try:
+                        body = form_to_json(body, headers["content-type"])
+                    except FormError as exc:
+                        await self._error(scope, receive, send_with_id, 400, str(exc))
+                        return
+                    _as_json(scope, len(body))
                 holding = self._acquire()
                 if not holding:
                     retry = retry_after(self._wait_estimate())
@@ -139,11 +148,11 @@ class AuditMiddleware:
 
     # ------------------------------------------------------------------ limits
     def _check_headers(self, headers: dict[str, str]):
-        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        media = _media(headers)
         if not media:
-            return 415, "Content-Type must be application/json; the request has none"
-        if media != "application/json" and not media.endswith("+json"):
-            return 415, f"Content-Type must be application/json, got {_prefix(media)!r}"
+            return 415, "Content-Type must be application/json (or multipart/form-data); the request has none"
+        if media not in ("application/json", "multipart/form-data") and not media.endswith("+json"):
+            return 415, f"Content-Type must be application/json or multipart/form-data, got {_prefix(media)!r}"
         length = headers.get("content-length")
         if length is not None:
             try:
@@ -230,6 +239,16 @@ def error_response(scope, status: int, detail: str, headers: dict | None = None)
     state = scope.setdefault("state", {})
     state.setdefault("log", {})["detail"] = detail
     return JSONResponse({"detail": detail, "request_id": state.get("request_id")}, status_code=status, headers=headers)
+
+
+def _media(headers: dict[str, str]) -> str:
+    return headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _as_json(scope, length: int) -> None:
+    """The request's headers as those of the JSON body it has become."""
+    kept = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
+    scope["headers"] = [*kept, (b"content-type", b"application/json"), (b"content-length", str(length).encode())]
 
 
 def _prefix(text: str, limit: int = 64) -> str:

@@ -84,7 +84,10 @@ AUDIT_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("Bad input: body not JSON, image not base64, or image data truncated or corrupt"),
     401: _error("Missing or invalid API key (only when the service has one)"),
     413: _error("Body larger than MLLM_AUDIT_MAX_PAYLOAD_BYTES or image over MLLM_AUDIT_MAX_IMAGE_PIXELS"),
-    415: _error("Content-Type not JSON, bytes that are not an image, or an image format the service does not decode"),
+    415: _error(
+        "Content-Type neither JSON nor multipart/form-data, bytes that are not an image, or an image format "
+        "the service does not decode"
+    ),
     408: _error("The request body stalled for MLLM_AUDIT_BODY_TIMEOUT seconds"),
     422: _error(
         "Valid JSON that cannot be audited: wrong types, missing fields, unknown method, "
@@ -109,6 +112,29 @@ REQUEST_ID_HEADER = {
     }
 }
 SECURITY: dict[str, Any] = {"security": [{}, {"BearerAuth": []}, {"ApiKeyAuth": []}]}
+# The same request as an upload form (mllm_audit.service.multipart): Swagger UI's "Try it out" shows a file picker
+UPLOAD_FORM: dict[str, Any] = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "prompt", "answer"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": "the image file"},
+                        "prompt": {"type": "string"},
+                        "answer": {"type": "string"},
+                    },
+                    "additionalProperties": {
+                        "type": "string",
+                        "description": "any other field of the JSON body, as JSON text: regions=16, "
+                        'heatmap={"encoding": "png"}',
+                    },
+                }
+            }
+        }
+    }
+}
 
 
 def model_block(settings: Settings) -> dict[str, Any]:
@@ -257,7 +283,7 @@ class AuditServer(ls.LitServer):
             tags=["audit"],
             summary="Attribution masks, reliance and risk of answer tokens",
             response_description="The audit",
-            openapi_extra=SECURITY,
+            openapi_extra={**SECURITY, **UPLOAD_FORM},
         )
         async def explain(body: ExplainRequest, request: Request):
             return await handler.handle("explain", body, request)
@@ -269,7 +295,7 @@ class AuditServer(ls.LitServer):
             tags=["audit"],
             summary="Visual reliance and hallucination risk per answer token (cheap path)",
             response_description="The reliance audit",
-            openapi_extra=SECURITY,
+            openapi_extra={**SECURITY, **UPLOAD_FORM},
         )
         async def reliance(body: RelianceRequest, request: Request):
             return await handler.handle("reliance", body, request)

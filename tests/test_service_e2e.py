@@ -179,6 +179,26 @@ def test_audits_of_a_known_scene(open_server):
     assert Image.open(io.BytesIO(base64.b64decode(heatmap["data"]))).size == (48, 48)
 
 
+def test_an_image_file_can_be_uploaded_as_a_form(open_server):
+    """What curl -F and Swagger UI's "Try it out" send: the same audit as the JSON body's."""
+    _scene, _obj, body = colour_question(4)
+    png = base64.b64decode(body["image"])
+    fields = {"prompt": body["prompt"], "answer": body["answer"], "regions": "8", "heatmap": '{"encoding": "none"}'}
+    r = httpx.post(open_server.url + "/v1/explain", data=fields, files={"image": ("scene.png", png)}, timeout=120)
+    assert r.status_code == 200, r.text
+    uploaded = ExplainResponse.model_validate(r.json())
+    as_json = {**body, "regions": 8, "heatmap": {"encoding": "none"}}
+    direct = ExplainResponse.model_validate(
+        httpx.post(open_server.url + "/v1/explain", json=as_json, timeout=120).json()
+    )
+    assert [t.text for t in uploaded.tokens] == [t.text for t in direct.tokens]
+    assert [g.region_id for g in uploaded.attributions[0].regions] == [
+        g.region_id for g in direct.attributions[0].regions
+    ]
+    r = httpx.post(open_server.url + "/v1/reliance", data={"prompt": "p"}, files={"image": ("x.png", b"not an image")})
+    assert r.status_code == 422 and "answer" in r.json()["detail"]
+
+
 def test_top_region_lies_on_the_named_object(open_server):
     """The region that makes the trained reference model say the colour is the one that holds the
     object the question names (scenes whose answer the model knows; it knows ~99.6% of them)."""

@@ -147,3 +147,29 @@ def test_retry_after_is_spread_so_refused_clients_do_not_return_together():
     waits = [int(retry_after(10.0)) for _ in range(200)]
     assert min(waits) >= 10 and max(waits) <= 15 and len(set(waits)) >= 4
     assert {int(retry_after(0.01)) for _ in range(50)} <= {1, 2}  # never 0, never long for a short queue
+
+
+@pytest.mark.unit
+def test_an_upload_form_becomes_the_json_body():
+    import base64
+
+    import httpx
+    from mllm_audit.service.multipart import FormError, form_to_json
+
+    png = encode(Image.new("RGB", (16, 16), (200, 10, 10)))
+    fields = {"prompt": "What colour?", "answer": "42", "regions": "16", "heatmap": '{"encoding": "png"}'}
+    request = httpx.Request("POST", "http://x/", data=fields | {"method": "tam"}, files={"image": ("a.png", png)})
+    body = json.loads(form_to_json(request.read(), request.headers["content-type"]))
+    assert base64.b64decode(body.pop("image")) == png
+    assert body == {
+        "prompt": "What colour?",
+        "answer": "42",
+        "regions": 16,
+        "heatmap": {"encoding": "png"},
+        "method": "tam",
+    }
+    extra = httpx.Request("POST", "http://x/", data=fields, files={"image": ("a.png", png), "other": ("b.png", png)})
+    with pytest.raises(FormError, match="only image"):
+        form_to_json(extra.read(), extra.headers["content-type"])
+    with pytest.raises(FormError, match="does not parse"):
+        form_to_json(b"not a form", "multipart/form-data; boundary=xyz")
