@@ -21,6 +21,7 @@ SIGTERM) is mllm_audit.service.supervisor's.
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import pickle
@@ -29,6 +30,7 @@ import time
 import uuid
 from dataclasses import asdict
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import litserve as ls
@@ -59,6 +61,7 @@ from mllm_audit.service.ui_routes import add_ui_routes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 TITLE = "MLLM Audit"
+EXAMPLES = Path(__file__).resolve().parent / "examples"  # recorded answers shown in the OpenAPI document
 DESCRIPTION = (
     "Audits a multimodal LLM's answer: which image regions made the model say each answer token "
     "(attribution masks), how much each token rests on the image versus the language prior "
@@ -137,10 +140,20 @@ UPLOAD_FORM: dict[str, Any] = {
 }
 
 
+def response_example(endpoint: str) -> dict[str, Any]:
+    """A real answer of the bundled model, recorded with the CLI on examples/images/red-circle.png:
+
+    mllm-audit reliance --image examples/images/red-circle.png --prompt "Describe the image." \
+        --answer "a red circle and a blue square." --output service/examples/reliance.json
+    mllm-audit explain --image examples/images/red-circle.png --prompt "What color is the circle?" \
+        --answer red --regions 16 --heatmap png --output service/examples/explain.json
+    """
+    example: dict[str, Any] = json.loads((EXAMPLES / f"{endpoint}.json").read_text())
+    return example
+
+
 def model_block(settings: Settings) -> dict[str, Any]:
     """Model id, family and revision from the model directory alone (no weights loaded)."""
-    from pathlib import Path
-
     from mllm_audit.models.families import family_of
     from mllm_audit.models.loading import REFERENCE_MODEL_DIR, check_model_dir, model_id_for
 
@@ -300,9 +313,10 @@ class AuditServer(ls.LitServer):
         async def reliance(body: RelianceRequest, request: Request):
             return await handler.handle("reliance", body, request)
 
-        for route in app.routes:  # the request id header on every documented audit response
+        for route in app.routes:  # the request id header and a real answer on every documented audit response
             if isinstance(route, APIRoute) and route.path in ("/v1/explain", "/v1/reliance"):
-                route.responses = {**route.responses, 200: {"headers": REQUEST_ID_HEADER}}
+                example = {"application/json": {"example": response_example(route.path.rsplit("/", 1)[-1])}}
+                route.responses = {**route.responses, 200: {"headers": REQUEST_ID_HEADER, "content": example}}
 
         def probe(path: str, summary: str, not_ok: str, check):
             @app.get(

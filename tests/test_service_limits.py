@@ -173,3 +173,29 @@ def test_an_upload_form_becomes_the_json_body():
         form_to_json(extra.read(), extra.headers["content-type"])
     with pytest.raises(FormError, match="does not parse"):
         form_to_json(b"not a form", "multipart/form-data; boundary=xyz")
+
+
+@pytest.mark.integration
+def test_the_documented_response_examples_are_real_answers(reference_scorer):
+    """The answers /docs shows (service/examples) validate, and the model still gives them."""
+    from pathlib import Path
+
+    from mllm_audit.explainers.audit import Auditor
+    from mllm_audit.explainers.calibration import CALIBRATION_FILE
+    from mllm_audit.explainers.calibration import load as load_calibration
+    from mllm_audit.explainers.request import AuditRequest
+    from mllm_audit.service.schemas import ExplainResponse, RelianceResponse
+    from mllm_audit.service.server import response_example
+
+    reliance = RelianceResponse.model_validate(response_example("reliance"))
+    explain = ExplainResponse.model_validate(response_example("explain"))
+    assert [(c.text, c.risk_label) for c in reliance.claims] == [("red circle", "low"), ("blue square", "high")]
+    assert explain.attributions and explain.attributions[0].heatmap.encoding == "png"
+    image = np.asarray(
+        Image.open(Path(__file__).resolve().parents[1] / "examples/images/red-circle.png").convert("RGB")
+    )
+    request = AuditRequest(image, "Describe the image.", "a red circle and a blue square.", with_attributions=False)
+    shipped = load_calibration(Path(reference_scorer.loaded.path) / CALIBRATION_FILE)  # as the service loads it
+    [now] = Auditor(reference_scorer, calibration=shipped).run([request])
+    assert [(c.text, c.risk_label) for c in now.claims] == [(c.text, c.risk_label) for c in reliance.claims]
+    assert [t.text for t in now.tokens] == [t.text for t in reliance.tokens]
