@@ -20,12 +20,17 @@ from typing import Any
 from mllm_audit.service.results_file import read_records
 
 MAX_CASES = 200
+# the page is a file: it may load nothing, and run only its own inline scripts and styles
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 THUMBNAIL_SIDE = 192  # pixels: 200 cases stay a few MB
 REPORT_STYLE = """
-table.cases { border-collapse: collapse; width: 100% } .cases td, .cases th { border: 1px solid #ddd; padding: 4px 6px }
-.cases th button { font: inherit; font-weight: 700; background: none; border: 0; cursor: pointer; padding: 0; margin: 0 }
-.cases th[aria-sort=ascending] button::after { content: " \\25B2" } .cases th[aria-sort=descending] button::after { content: " \\25BC" }
-.case { border-top: 1px solid #bbb; margin-top: 1em } .case canvas { image-rendering: pixelated; border: 1px solid #999 }
+table.cases { border-collapse: collapse; width: 100% }
+.cases td, .cases th { border: 1px solid #ddd; padding: 4px 6px }
+.cases th button { font: inherit; font-weight: 700; background: none; border: 0; cursor: pointer; padding: 0 }
+.cases th[aria-sort=ascending] button::after { content: " \\25B2" }
+.cases th[aria-sort=descending] button::after { content: " \\25BC" }
+.case { border-top: 1px solid #bbb; margin-top: 1em }
+.case canvas { image-rendering: pixelated; border: 1px solid #999 }
 pre { background: #f8f8f8; padding: 1em; white-space: pre-wrap }
 """
 
@@ -143,7 +148,7 @@ def write_report(
     )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>MLLM Audit report: {html.escape(source.name)}</title>
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
 <style>{_script("viewer.css")}{REPORT_STYLE}</style></head><body>
 <h1>MLLM Audit report</h1><p>{html.escape(str(source))}</p>
 <pre>{html.escape(render(summary))}</pre>

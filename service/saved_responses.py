@@ -26,7 +26,12 @@ def record_of(line: dict[str, Any], number: int) -> dict[str, Any]:
     base = {"id": ident, "image": line.get("image"), "prompt": line.get("prompt", ""), "answer": line.get("answer")}
     if "tokens" not in line or "summary" not in line:
         detail = str(line.get("detail", "not a /v1/reliance or /v1/explain response"))
-        return {**base, "labels": None, "status": "error", "error": {"stage": "request", "status": None, "detail": detail}}
+        return {
+            **base,
+            "labels": None,
+            "status": "error",
+            "error": {"stage": "request", "status": None, "detail": detail},
+        }
     stats = line.get("stats") or {}
     record = {
         **base,

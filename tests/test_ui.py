@@ -215,9 +215,14 @@ def test_the_html_report_sorts_and_draws_offline(browser, server, tmp_path, shot
 
     saved = tmp_path / "responses.jsonl"
     with AuditClient(server.url, api_key=KEY) as client, saved.open("w") as fh:
-        for name, answer in (("red-circle.png", "a red circle and a blue square."), (EXAMPLE.name, "a green triangle.")):
+        for name, answer in (
+            ("red-circle.png", "a red circle and a blue square."),
+            (EXAMPLE.name, "a green triangle."),
+        ):
             image = EXAMPLE.parent / name
-            result = client.explain(image=image, prompt="Describe the image.", answer=answer, regions=8, heatmap={"encoding": "png"})
+            result = client.explain(
+                image=image, prompt="Describe the image.", answer=answer, regions=8, heatmap={"encoding": "png"}
+            )
             fh.write(result.model_dump_json(exclude_none=False)[:-1] + f', "id": "{name}", "image": "{image}"}}\n')
         fh.write('{"detail": "the answer is empty", "id": "refused"}\n')
     report = tmp_path / "report.html"
@@ -253,9 +258,12 @@ def test_the_html_report_sorts_and_draws_offline(browser, server, tmp_path, shot
         const data = JSON.parse(document.getElementById('report-cases').textContent)[0];
         const img = await window.MLLMRender.loadImage(data.image);
         const bare = document.createElement('canvas'); bare.width = c.width; bare.height = c.height;
-        const ctx = bare.getContext('2d'); ctx.imageSmoothingEnabled = false; ctx.drawImage(img, 0, 0, c.width, c.height);
-        const a = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, b = ctx.getImageData(0, 0, c.width, c.height).data;
-        let n = 0; for (let i = 0; i < a.length; i += 4) if (a[i] !== b[i] || a[i + 1] !== b[i + 1] || a[i + 2] !== b[i + 2]) n++;
+        const ctx = bare.getContext('2d'); ctx.imageSmoothingEnabled = false;
+        ctx.drawImage(img, 0, 0, c.width, c.height);
+        const a = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const b = ctx.getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < a.length; i += 4) if (a[i] !== b[i] || a[i + 1] !== b[i + 1] || a[i + 2] !== b[i + 2]) n++;
         return n / (a.length / 4); }"""
     )
     assert changed > 0.5, changed
