@@ -5,6 +5,7 @@
     mllm-audit reliance --image FILE --prompt TEXT --answer TEXT
     mllm-audit calibrate --labelled FILE --out risk_calibration.json [--model DIR] [--verify]
     mllm-audit audit DATA --out results.jsonl [--url URL | --model DIR] [--concurrency 8] [--resume]
+    mllm-audit report RESULTS.jsonl --html report.html   # saved /v1/* responses or audit results
     mllm-audit check SUITE.yaml [--url URL | --model DIR] [--junit report.xml] [--json report.json]
     mllm-audit openapi            # the served OpenAPI document as YAML (same as python -m mllm_audit.service.openapi)
 
@@ -135,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         _add_setting_flags(p, MODEL_FLAGS)
 
+    from mllm_audit.service import saved_responses
+
+    report = sub.add_parser("report", help=saved_responses.HELP, description=saved_responses.__doc__)
+    saved_responses.add_arguments(report)
+
     sub.add_parser("openapi", help="print the OpenAPI document (YAML) the service serves")
     env = sub.add_parser("env", help="list the MLLM_AUDIT_* environment variables")
     env.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/configuration.md")
@@ -154,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             from mllm_audit.service import audit_run, suite
 
             return (audit_run if args.command == "audit" else suite).main(args, _settings(args, MODEL_FLAGS))
+        if args.command == "report":
+            from mllm_audit.service import saved_responses
+
+            return saved_responses.main(args)
         if args.command == "openapi":
             from mllm_audit.service.openapi import document_yaml
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from mllm_audit.service import cli
 from mllm_audit.service.client import AuditClient, AuditError
+from mllm_audit.service.report import write_report
 
 from tests.server_process import ServerProcess
 
@@ -118,7 +119,18 @@ def test_audit_records_bad_cases_and_goes_on(server, tmp_path):
     assert data["labels"]["high"]["recall"] == 1.0  # both labelled blue squares are flagged high
     assert "estimated hallucination rate" in run.stdout and "audit [" in run.stderr and "ETA" in run.stderr
     page = html.read_text()
-    assert page.count("data:image/png;base64,") == 8 and "<rect" in page and "nope.png not found" in page
+    assert page.count('"image":"data:image/png;base64,') == 8 and "nope.png not found" in page
+    assert "window.MLLMRender" in page and "viewer.css" not in page and "<script src" not in page  # all inlined
+    assert "the 8 riskiest of 8 audited cases and 3 of 3 errors" in page
+    # a large run's page is capped, and says so; `mllm-audit report` reads the results file as well
+    write_report(out, tmp_path / "capped.html", data, max_cases=2)
+    capped = (tmp_path / "capped.html").read_text()
+    assert (
+        capped.count('"image":"data:image/png;base64,') == 2
+        and "the 2 riskiest of 8 audited cases and 2 of 3" in capped
+    )
+    assert cli.main(["report", str(out), "--html", str(tmp_path / "again.html")]) == 0
+    assert (tmp_path / "again.html").read_text().count('"image":"data:image/png;base64,') == 8
     # the same --out again without --resume: refused, the file untouched
     before = out.read_bytes()
     again = audit(str(tmp_path / "cases.jsonl"), "--out", str(out), "--url", server.url)

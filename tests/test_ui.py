@@ -206,3 +206,67 @@ def test_swagger_ui_and_redoc_render_offline(open_page, server, shots):
     page.wait_for_selector("h1:has-text('MLLM Audit')", timeout=30_000)
     assert page.get_by_text("/v1/explain").count() > 0
     page.screenshot(path=str(shots / "redoc.png"))
+
+
+def test_the_html_report_sorts_and_draws_offline(browser, server, tmp_path, shots):
+    """Saved /v1/explain responses (heat maps as PNG) through `mllm-audit report`, opened from file://."""
+    from mllm_audit.service import cli
+    from mllm_audit.service.client import AuditClient
+
+    saved = tmp_path / "responses.jsonl"
+    with AuditClient(server.url, api_key=KEY) as client, saved.open("w") as fh:
+        for name, answer in (
+            ("red-circle.png", "a red circle and a blue square."),
+            (EXAMPLE.name, "a green triangle."),
+        ):
+            image = EXAMPLE.parent / name
+            result = client.explain(
+                image=image, prompt="Describe the image.", answer=answer, regions=8, heatmap={"encoding": "png"}
+            )
+            fh.write(result.model_dump_json(exclude_none=False)[:-1] + f', "id": "{name}", "image": "{image}"}}\n')
+        fh.write('{"detail": "the answer is empty", "id": "refused"}\n')
+    report = tmp_path / "report.html"
+    assert cli.main(["report", str(saved), "--html", str(report)]) == 0
+
+    context = browser.new_context(viewport={"width": 1100, "height": 1500})
+    fetched: list[str] = []
+
+    def nothing_but_the_file(route):
+        fetched.append(route.request.url)
+        (route.continue_ if route.request.url.startswith(("file:", "data:")) else route.abort)()
+
+    context.route("**/*", nothing_but_the_file)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(report.as_uri())
+    page.wait_for_function("document.body.dataset.drawn === '2'")
+    assert not errors and all(u.startswith(("file:", "data:")) for u in fetched), (errors, fetched)
+    ids = lambda: page.eval_on_selector_all("#cases-table tbody tr", "rs => rs.map(r => r.cells[0].textContent)")  # noqa: E731
+    before = ids()
+    assert before[:2] == ["red-circle.png", EXAMPLE.name] and before[2] == "refused"  # riskiest first, then errors
+    page.click("#cases-table th:nth-child(1) button")  # id, ascending
+    assert ids() == sorted(before) and ids() != before
+    page.click("#cases-table th:nth-child(2) button")  # risk, ascending: the error (-1) first
+    assert ids()[0] == "refused" and page.get_attribute("#cases-table th:nth-child(2)", "aria-sort") == "ascending"
+    drawn = page.eval_on_selector_all("canvas.overlay", "cs => cs.map(c => c.dataset.drawn)")
+    assert drawn == ["heatmap", "heatmap"]
+    page.screenshot(path=str(shots / "report.png"), full_page=True)
+    # the overlay is not the bare image: the heat map and the boxes changed most of its pixels
+    changed = page.evaluate(
+        """async () => { const c = document.querySelector('canvas.overlay');
+        const data = JSON.parse(document.getElementById('report-cases').textContent)[0];
+        const img = await window.MLLMRender.loadImage(data.image);
+        const bare = document.createElement('canvas'); bare.width = c.width; bare.height = c.height;
+        const ctx = bare.getContext('2d'); ctx.imageSmoothingEnabled = false;
+        ctx.drawImage(img, 0, 0, c.width, c.height);
+        const a = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const b = ctx.getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < a.length; i += 4) if (a[i] !== b[i] || a[i + 1] !== b[i + 1] || a[i + 2] !== b[i + 2]) n++;
+        return n / (a.length / 4); }"""
+    )
+    assert changed > 0.5, changed
+    risky = page.eval_on_selector_all("#case-0 .token.risk-high", "ts => ts.map(t => t.textContent)")
+    assert any("square" in t or "blue" in t for t in risky)
+    context.close()
