@@ -109,6 +109,20 @@ REQUEST_ID_HEADER = {
         "schema": {"type": "string"},
     }
 }
+# One server-sent event of a `stream: true` answer (OpenAPI 3.1: the schema describes each event)
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["progress", "result", "error"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": 'progress: {"forward_passes", "budget"}; result: the ExplainResponse; '
+            'error: {"status", "detail", "request_id"}',
+        },
+    },
+}
 SECURITY: dict[str, Any] = {"security": [{}, {"BearerAuth": []}, {"ApiKeyAuth": []}]}
 
 
@@ -348,6 +362,8 @@ class AuditServer(ls.LitServer):
         for route in app.routes:  # the request id header on every documented audit response
             if isinstance(route, APIRoute) and route.path in ("/v1/explain", "/v1/reliance"):
                 route.responses = {**route.responses, 200: {"headers": REQUEST_ID_HEADER}}
+                if route.path == "/v1/explain":  # with `stream: true` (see ExplainRequest.stream)
+                    route.responses[200]["content"] = {"text/event-stream": {"schema": SSE_EVENT}}
 
         def probe(path: str, summary: str, not_ok: str, check):
             @app.get(
