@@ -33,6 +33,9 @@ from mllm_audit.service.serialize import audit_body, estimated_bytes
 from mllm_audit.service.shared import Failure, Shared
 from mllm_audit.service.worker_loop import AuditLoop
 
+# streamed requests: how often the worker writes their forward passes to Shared.progress (a queue-manager round trip)
+PROGRESS_INTERVAL_S = 0.5
+
 # LitServe's api_path, here only the key of the one request queue (never routed): service.server feeds both endpoints
 QUEUE_PATH = "/_audit_queue"
 
@@ -152,6 +155,9 @@ class AuditAPI(ls.LitAPI):
         """Queue ids of requests whose client has gone; AuditLoop makes it read Shared.cancelled."""
         return set()
 
+    def report_progress(self, entries: dict[str, tuple[int, int | None]]) -> None:
+        """uid -> (forward passes, budget) of streamed requests; AuditLoop makes it write Shared.progress."""
+
     # ------------------------------------------------------------------ per request
     def decode_request(self, request: Envelope):
         queue_s = max(0.0, time.monotonic() - request.received)
@@ -239,13 +245,19 @@ class AuditAPI(ls.LitAPI):
             return outputs
         deadline = max(items[i].envelope.deadline for i in valid)
         counted = 0
+        streamed = [items[i].envelope.uid for i in valid if items[i].envelope.body.get("stream")]
+        budget = batch_budget([items[i].request for i in valid])
+        reported = 0.0
 
         def on_progress(stats):  # after each engine round: count the images run, stop when nobody waits
-            nonlocal counted
+            nonlocal counted, reported
             metrics.registry_metrics().forward_passes.inc(stats.forward_passes - counted)
             counted = stats.forward_passes
             if time.monotonic() > deadline:
                 raise DeadlinePassed()
+            if streamed and time.monotonic() - reported >= PROGRESS_INTERVAL_S:
+                reported = time.monotonic()
+                self.report_progress({uid: (stats.forward_passes, budget) for uid in streamed})
 
         def abandoned() -> set[int]:  # stopped at the next engine round; the rest of the batch runs on
             gone = self.cancelled_uids()
@@ -308,6 +320,18 @@ class AuditAPI(ls.LitAPI):
             "tokens": len(output.get("tokens", [])),
         }
         return data, log
+
+
+def batch_budget(requests: list[AuditRequest]) -> int | None:
+    """The most forward passes the batch's searches may run (None for a batch of cheap-path requests only).
+
+    The engine counts the batch's passes together, so a streamed request's progress is its batch's.
+    A search may stop well before its budget; the readouts add a pass or two per request.
+    """
+    searches = [r.max_forward_passes for r in requests if r.with_attributions]
+    if not searches or None in searches:
+        return None
+    return sum(s for s in searches if s is not None) + len(requests)
 
 
 def cpu_threads(settings: Settings) -> int:

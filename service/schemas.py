@@ -195,6 +195,13 @@ class ExplainRequest(RelianceRequest):
         "removal moves the model from the answer to it, and the smallest share of the image that does",
     )
 
+    stream: bool = Field(
+        False,
+        description="answer as server-sent events (text/event-stream): `progress` events "
+        '`{"forward_passes", "budget"}` about every 0.5 s while the audit waits or runs, then one `result` event '
+        "with this response's JSON, or one `error` event `{status, detail, request_id}`",
+    )
+
     check_correct_to = field_validator("correct_to")(lambda v: v if v is None else _valid_text(v))
 
 

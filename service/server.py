@@ -36,11 +36,11 @@ from typing import Any
 import litserve as ls
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 from mllm_audit.service import logs, metrics
-from mllm_audit.service.api import QUEUE_PATH, AuditAPI, Envelope, Failure
+from mllm_audit.service.api import PROGRESS_INTERVAL_S, QUEUE_PATH, AuditAPI, Envelope, Failure
 from mllm_audit.service.config import ENV_VARS, Settings, env_name
 from mllm_audit.service.docs_routes import add_docs_routes
 from mllm_audit.service.http_protocol import MAX_HEADER_BYTES, with_header_timeout
@@ -113,6 +113,20 @@ REQUEST_ID_HEADER = {
         "description": "the request id (the client's X-Request-ID when it sent one), also in the body",
         "schema": {"type": "string"},
     }
+}
+# One server-sent event of a `stream: true` answer (OpenAPI 3.1: the schema describes each event)
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["progress", "result", "error"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": 'progress: {"forward_passes", "budget"}; result: the ExplainResponse; '
+            'error: {"status", "detail", "request_id"}',
+        },
+    },
 }
 SECURITY: dict[str, Any] = {"security": [{}, {"BearerAuth": []}, {"ApiKeyAuth": []}]}
 # The same request as an upload form (mllm_audit.service.multipart): Swagger UI's "Try it out" shows a file picker
@@ -196,28 +210,50 @@ class AuditHandler:
         uid = uuid.uuid4().hex
         event = asyncio.Event()
         server.response_buffer[uid] = ResponseBufferItem(event)  # registered before the worker can answer
+        if getattr(body, "stream", False):
+            try:
+                self.enqueue(uid, envelope)
+            except BaseException:
+                server.response_buffer.pop(uid, None)
+                raise
+            events = stream_events(self, uid, event, deadline, state)
+            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
-            queue = server._get_request_queue(QUEUE_PATH)
-            queue.put((server.app.response_queue_id, uid, time.monotonic(), envelope))
+            self.enqueue(uid, envelope)
             gone = await _answer_or_gone(event, request, deadline)
             if gone:  # the worker skips it, or stops it at its next engine round
-                if server.shared is not None:
-                    server.shared.cancel(uid)
-                metrics.registry_metrics().cancelled.labels(reason=gone).inc()
+                self.cancel(uid, gone)
                 if gone == "deadline":
                     raise HTTPException(504, f"request timed out after {settings.request_timeout:g} s")
                 return Response(status_code=499)  # nobody reads it; the log line and metrics say 499
-            response, status = server.response_buffer[uid].response
+            answer = server.response_buffer[uid].response
         finally:
             server.response_buffer.pop(uid, None)
+        return Response(content=self.body_of(answer, state), media_type="application/json")
 
+    def enqueue(self, uid: str, envelope: Envelope) -> None:
+        queue = self.server._get_request_queue(QUEUE_PATH)
+        queue.put((self.server.app.response_queue_id, uid, time.monotonic(), envelope))
+
+    def cancel(self, uid: str, reason: str) -> None:
+        if self.server.shared is not None:
+            self.server.shared.cancel(uid)
+        metrics.registry_metrics().cancelled.labels(reason=reason).inc()
+
+    def body_of(self, answer, state: dict) -> bytes:
+        """The worker's answer as the response's JSON; raises the HTTPException of an error."""
+        response, status = answer
         if status == LitAPIStatus.ERROR:
             raise _worker_error(response)
         if isinstance(response, Failure):  # http_error answers it and logs the detail
             raise HTTPException(response.status, response.detail, headers=response.headers or None)
         data, log_fields = response
         state.setdefault("log", {}).update(log_fields)
-        return Response(content=data, media_type="application/json")
+        return data
+
+    def progress(self, uid: str) -> tuple[int, int | None] | None:
+        shared = self.server.shared
+        return shared.progress.get(uid) if shared is not None else None
 
 
 async def _answer_or_gone(event: asyncio.Event, request: Request, deadline: float) -> str | None:
@@ -240,6 +276,54 @@ async def _disconnected(request: Request) -> None:
     """Returns when the client closes the connection (the body has been read: only http.disconnect can come)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def stream_events(handler: AuditHandler, uid: str, event: asyncio.Event, deadline: float, state: dict):
+    """Server-sent events of a `stream: true` request: progress while it waits, then its result or error.
+
+    A client that leaves makes the next write fail and closes this generator: the request is cancelled
+    as on the plain path (the worker skips it, or stops it at its next engine round).
+    """
+    finished = False
+    server = handler.server
+    try:
+        passes, budget = 0, None
+        while not event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                finished = True
+                handler.cancel(uid, "deadline")
+                detail = f"request timed out after {server.settings.request_timeout:g} s"
+                yield sse_error(state, 504, detail)
+                return
+            try:
+                await asyncio.wait_for(event.wait(), timeout=min(PROGRESS_INTERVAL_S, left))
+            except TimeoutError:
+                passes, budget = handler.progress(uid) or (passes, budget)
+                yield sse("progress", {"forward_passes": passes, "budget": budget})
+        finished = True
+        try:
+            data = handler.body_of(server.response_buffer[uid].response, state)
+        except HTTPException as exc:
+            yield sse_error(state, exc.status_code, str(exc.detail))
+            return
+        yield b"event: result\ndata: " + data + b"\n\n"
+    finally:
+        server.response_buffer.pop(uid, None)
+        if server.shared is not None:  # the worker removes it; not if it died mid-request
+            server.shared.progress.pop(uid, None)
+        if not finished:
+            handler.cancel(uid, "disconnect")
+
+
+def sse(name: str, data: dict) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def sse_error(state: dict, status: int, detail: str) -> bytes:
+    """The error event; the HTTP status was 200 already, so the log line carries the audit's own."""
+    state.setdefault("log", {}).update(detail=detail, stream_status=status)
+    return sse("error", {"status": status, "detail": detail, "request_id": state.get("request_id")})
 
 
 def _worker_error(response) -> HTTPException:
@@ -315,8 +399,12 @@ class AuditServer(ls.LitServer):
 
         for route in app.routes:  # the request id header and a real answer on every documented audit response
             if isinstance(route, APIRoute) and route.path in ("/v1/explain", "/v1/reliance"):
-                example = {"application/json": {"example": response_example(route.path.rsplit("/", 1)[-1])}}
-                route.responses = {**route.responses, 200: {"headers": REQUEST_ID_HEADER, "content": example}}
+                content: dict[str, Any] = {
+                    "application/json": {"example": response_example(route.path.rsplit("/", 1)[-1])}
+                }
+                if route.path == "/v1/explain":  # with `stream: true` (see ExplainRequest.stream)
+                    content["text/event-stream"] = {"schema": SSE_EVENT}
+                route.responses = {**route.responses, 200: {"headers": REQUEST_ID_HEADER, "content": content}}
 
         def probe(path: str, summary: str, not_ok: str, check):
             @app.get(

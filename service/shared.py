@@ -8,6 +8,8 @@ the fork of the API servers):
   cancelled  uid -> time.time() of requests whose client is gone (disconnect or deadline): the
              worker skips them if queued, and stops them at its next engine round if running
   draining   set on SIGTERM: readiness fails, new and queued requests get 503
+  progress   uid -> (forward passes so far, budget or None) of running requests whose client
+             asked for a stream (`stream: true`): the worker writes it, the API server reads it
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ class Shared:
     busy: Any  # DictProxy[str, list[tuple[int, str]]]
     cancelled: Any  # DictProxy[str, float]
     draining: Any  # EventProxy
+    progress: Any = field(default_factory=dict)  # DictProxy[str, tuple[int, int | None]]
 
     @classmethod
     def create(cls, manager) -> Shared:
-        return cls(busy=manager.dict(), cancelled=manager.dict(), draining=manager.Event())
+        return cls(busy=manager.dict(), cancelled=manager.dict(), draining=manager.Event(), progress=manager.dict())
 
     def cancel(self, uid: str) -> None:
         self.cancelled[uid] = time.time()

@@ -8,7 +8,8 @@ LitServe collates a batch from the request queue (`get_batch_requests`); then, p
   3. the batch's (response queue, uid) pairs go into Shared.busy under this worker's id, so the
      supervisor can answer them 503 if this process dies before it answers;
   4. decode, predict, encode (AuditAPI's hooks, which never raise), and the answers are sent.
-AuditAPI.predict reads Shared.cancelled after every engine round and stops the requests in it.
+AuditAPI.predict reads Shared.cancelled after every engine round and stops the requests in it,
+and writes the forward passes of streamed requests to Shared.progress (removed here once answered).
 """
 
 from __future__ import annotations
@@ -65,13 +66,17 @@ class AuditLoop(BatchedLoop):
         shared.busy[key] = [(consumer, uid) for consumer, uid, _ in live]
         for _, uid, envelope in live:
             envelope.uid = uid
+        streamed = [uid for _, uid, envelope in live if envelope.body.get("stream")]
         try:
             lit_api.cancelled_uids = lambda: set(shared.cancelled.keys())
+            lit_api.report_progress = shared.progress.update
             decoded = [lit_api.decode_request(envelope) for _, _, envelope in live]
             outputs = lit_api.predict(decoded)
             answers: list[Any] = [lit_api.encode_response(output) for output in outputs]
         except Exception as exc:  # the hooks turn every error into a Failure; this is the last resort
             answers = [Failure(500, f"internal error in the model worker: {type(exc).__name__}")] * len(live)
+        for uid in streamed:
+            shared.progress.pop(uid, None)
         for (consumer, uid, _), answer in zip(live, answers):
             self.send(transport, consumer, uid, answer)
         shared.busy[key] = []

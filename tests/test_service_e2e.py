@@ -323,6 +323,54 @@ def test_bad_input_gets_its_status_and_a_json_detail(open_server, case):
     assert httpx.get(open_server.url + "/health").text == "ok"  # nothing a request sends takes the server down
 
 
+def sse_events(lines) -> list[tuple[str, dict]]:
+    """(event, JSON data) of a text/event-stream, in order."""
+    events, name = [], None
+    for line in lines:
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def test_a_streamed_explanation_reports_progress_then_its_result(open_server):
+    _scene, _obj, body = colour_question(3)
+    slow = {**body, "method": "eagle_greedy", "regions": 32, "stream": True}
+    with httpx.stream("POST", open_server.url + "/v1/explain", json=slow, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r.iter_lines())
+    names = [name for name, _ in events]
+    assert names[-1] == "result" and set(names[:-1]) == {"progress"}, names
+    progress = [data for name, data in events if name == "progress"]
+    assert len(progress) >= 2
+    passes = [p["forward_passes"] for p in progress]
+    assert passes == sorted(passes) and passes[-1] > passes[0], passes
+    # the budget: the service's limit (200) plus the risk readout's pass
+    assert all(p["budget"] == 201 for p in progress if p["forward_passes"]), progress
+    result = ExplainResponse.model_validate(events[-1][1])
+    assert result.method.name == "eagle_greedy" and result.stats.forward_passes >= passes[-1]
+
+    refused = {**body, "max_forward_passes": 300, "stream": True}  # over the service's limit: the worker's 422
+    with httpx.stream("POST", open_server.url + "/v1/explain", json=refused, timeout=60) as r:
+        events = sse_events(r.iter_lines())
+        request_id = r.headers["x-request-id"]
+    name, error = events[-1]
+    assert name == "error" and error["status"] == 422 and "max_forward_passes" in error["detail"]
+    assert error["request_id"] == request_id
+
+    before = scrape(open_server.url)
+    with httpx.stream("POST", open_server.url + "/v1/explain", json=slow, timeout=60) as r:
+        next(line for line in r.iter_lines() if line.startswith("data: "))  # the client leaves at the first event
+    # queued behind the abandoned search, so answered once the worker has stopped it
+    assert httpx.post(open_server.url + "/v1/reliance", json=body, timeout=60).status_code == 200
+    after = scrape(open_server.url)
+    cancelled = "mllm_audit_requests_cancelled_total"
+    assert total(after, cancelled, reason="disconnect") == total(before, cancelled, reason="disconnect") + 1
+    spent = total(after, "mllm_audit_forward_passes_total") - total(before, "mllm_audit_forward_passes_total") - 2
+    assert spent < result.stats.forward_passes  # stopped before the end, as without stream
+
+
 def test_white_box_maps_over_http(open_server):
     """tam and msea+arc through the service: the same attribution schema as EAGLE, context per
     token, and every forward pass (maps included) counted in the response and the metrics."""

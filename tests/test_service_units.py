@@ -617,6 +617,43 @@ def test_the_worker_loop_stops_the_requests_whose_clients_have_gone():
     assert RelianceResponse.model_validate_json(answers["uid-stays"][0]).tokens[0].text == "blue"
 
 
+def test_the_worker_loop_reports_progress_of_streamed_requests_only_while_they_run():
+    from mllm_audit.service.shared import Shared
+
+    class Progress(dict):  # keeps every write: the entries themselves are removed once answered
+        def __init__(self):
+            super().__init__()
+            self.writes: list[dict] = []
+
+        def update(self, entries):
+            self.writes.append(dict(entries))
+            super().update(entries)
+
+    shared = Shared(busy={}, cancelled={}, draining=threading.Event(), progress=Progress())
+    api = stub_api(max_batch_size=2, batch_timeout=0.5)
+    api.auditor = StubAuditor(slow=0.05)
+    streamed = envelope("red")
+    streamed.body["stream"] = True
+    now = time.monotonic()
+    answers = run_loop(api, [(0, "uid-streamed", now, streamed), (0, "uid-plain", now, envelope("blue"))], shared)
+    assert set(answers) == {"uid-streamed", "uid-plain"} and api.auditor.batches == [2]
+    # the stub's one engine round: 4 passes; a reliance-only batch has no budget
+    assert shared.progress.writes == [{"uid-streamed": (4, None)}]
+    assert dict(shared.progress) == {}
+
+
+def test_the_progress_budget_sums_the_searches_of_a_batch():
+    from mllm_audit.explainers.request import AuditRequest
+    from mllm_audit.service.api import batch_budget
+
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    search = AuditRequest(image, "p", "a", max_forward_passes=100)
+    cheap = AuditRequest(image, "p", "a", with_attributions=False)
+    assert batch_budget([search, cheap, search]) == 203  # and a readout pass per request
+    assert batch_budget([cheap]) is None
+    assert batch_budget([AuditRequest(image, "p", "a", max_forward_passes=None)]) is None
+
+
 def test_mixed_batch_on_the_reference_model_matches_single_requests(reference_scorer):
     """Real model: an explain and a reliance request share forward batches with bad neighbours
     and get the same tokens as when each runs alone."""

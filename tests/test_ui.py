@@ -125,6 +125,9 @@ def test_the_viewer_explains_an_example_offline(page, server, shots):
     page.select_option("#targets", "tokens")
     page.fill("#regions", "8")
     page.click("#submit")
+    # the streamed progress: the bar's share of the budget, and its count in the text
+    page.wait_for_function("document.getElementById('progress').value > 0", timeout=60_000)
+    assert "forward passes" in page.text_content("#progress-text")
     page.wait_for_selector("#result:not([hidden])", timeout=120_000)
     assert page.is_hidden("#error")
     tokens = page.query_selector_all("#tokens-risk .token")

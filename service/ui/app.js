@@ -115,26 +115,71 @@ with AuditClient("${location.origin}", api_key=${$("api-key").value ? "\"...\"" 
     const body = requestBody();
     snippets(path, body);
     $("submit").disabled = true;
-    $("progress").hidden = false;
+    const bar = $("progress");
+    bar.removeAttribute("value");  // indeterminate until the service reports a budget
+    bar.hidden = false;
     const started = performance.now();
-    const timer = setInterval(() => { $("progress-text").textContent = `working… ${((performance.now() - started) / 1000).toFixed(0)} s`; }, 500);
+    const seconds = () => ((performance.now() - started) / 1000).toFixed(0);
+    let done = "";  // "N of M forward passes" once a progress event has come
+    const tick = () => { $("progress-text").textContent = `working… ${done ? done + ", " : ""}${seconds()} s`; };
+    const timer = setInterval(tick, 500);
+    const streamed = path.endsWith("explain");  // /v1/explain streams its progress; /v1/reliance is one pass or two
     try {
-      const response = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json", ...headers() }, body: JSON.stringify(body) });
+      const response = await fetch(path, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", ...headers() },
+        body: JSON.stringify(streamed ? { ...body, stream: true } : body),
+      });
       if (!response.ok) {
         const { detail, requestId } = await errorOf(response);
         showError(detail, requestId);
         return;
       }
-      state.response = await response.json();
+      state.response = streamed ? await readEvents(response, (p) => {
+        if (p.budget) {
+          bar.max = p.budget;
+          bar.value = Math.min(p.forward_passes, p.budget);
+          done = `${p.forward_passes} of ${p.budget} forward passes`;
+          tick();
+        }
+      }) : await response.json();
       await show(state.response);
       $("progress-text").textContent = `done in ${((performance.now() - started) / 1000).toFixed(1)} s`;
     } catch (e) {
-      showError("The request failed: " + e.message);
+      if (e.status) showError(`HTTP ${e.status}: ${e.message}`, e.requestId);
+      else showError("The request failed: " + e.message);
       $("progress-text").textContent = "";
     } finally {
       clearInterval(timer);
       $("submit").disabled = false;
-      $("progress").hidden = true;
+      bar.hidden = true;
+    }
+  }
+
+  // A `stream: true` answer (text/event-stream): progress events go to onProgress; the result event's
+  // JSON is returned; an error event is thrown with its status and request id.
+  async function readEvents(response, onProgress) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffered = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      buffered += decoder.decode(value || new Uint8Array(), { stream: !done });
+      let end;
+      while ((end = buffered.indexOf("\n\n")) >= 0) {
+        const block = buffered.slice(0, end);
+        buffered = buffered.slice(end + 2);
+        const name = (block.match(/^event: (.*)$/m) || [])[1];
+        const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+        if (name === "progress") onProgress(JSON.parse(data));
+        else if (name === "result") { reader.cancel(); return JSON.parse(data); }
+        else if (name === "error") {
+          const error = JSON.parse(data);
+          reader.cancel();
+          throw Object.assign(new Error(error.detail), { status: error.status, requestId: error.request_id });
+        }
+      }
+      if (done) throw new Error("the connection closed before the result");
     }
   }
 
