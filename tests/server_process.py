@@ -15,6 +15,7 @@ it needs the repository root on sys.path (pytest's rootdir; bench/load.py puts i
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -110,6 +111,23 @@ class ServerProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict]:
+        """The server's JSON log lines, parsed (anything else, e.g. a traceback, left out)."""
+        return [json.loads(line) for line in self.log_text().splitlines() if line.startswith("{")]
+
+    def group_gone(self, timeout: float = 15.0) -> bool:
+        """Whether every process of the server's group (its own session) has exited within `timeout` s."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])

@@ -117,6 +117,16 @@ def scrape(url: str, headers: dict | None = None) -> dict[tuple, float]:
     return samples
 
 
+def passes_settle(url: str, headers: dict | None = None, timeout: float = 60) -> list[float]:
+    """Forward passes scraped each second until four scrapes agree (the worker has stopped)."""
+    passes = [total(scrape(url, headers), "mllm_audit_forward_passes_total")]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (len(passes) >= 4 and len(set(passes[-4:])) == 1):
+        time.sleep(1)
+        passes.append(total(scrape(url, headers), "mllm_audit_forward_passes_total"))
+    return passes
+
+
 def total(samples: dict, name: str, **labels) -> float:
     return sum(
         v
@@ -470,7 +480,7 @@ def test_logs_are_json_lines_without_prompts_or_images(open_server):
     r = httpx.post(open_server.url + "/v1/reliance", json=body, headers={"X-Request-ID": "log-check-7"}, timeout=60)
     assert r.status_code == 200
     time.sleep(0.3)
-    lines = [json.loads(line) for line in open_server.log_text().splitlines() if line.startswith("{")]
+    lines = open_server.log_records()
     mine = [line for line in lines if line.get("request_id") == "log-check-7"]
     assert len(mine) == 1
     (line,) = mine
@@ -600,7 +610,7 @@ def test_metrics_add_up_over_api_servers_and_workers(locked_server):
     assert total(after, "mllm_audit_model_info", model_id="mllm-audit-reference", family="llava") == 1
 
     # the samples came from several processes: 2 API servers and 2 workers write their own files
-    lines = [json.loads(line) for line in locked_server.log_text().splitlines() if line.startswith("{")]
+    lines = locked_server.log_records()
     workers = {line["pid"] for line in lines if line.get("event") == "model_loaded"}
     assert len(workers) == 2
     # the kernel spreads the connections of this file's tests over both API servers
@@ -649,18 +659,14 @@ def test_a_request_past_the_timeout_is_answered_504(locked_server):
 
     # the worker gave up on it too: its forward passes stop growing (unchanged over 3 s of scrapes)
     # before the search is done, so the audit is never completed (nor counted as an explanation)
-    passes = [total(scrape(url, AUTH), "mllm_audit_forward_passes_total")]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (len(passes) >= 4 and len(set(passes[-4:])) == 1):
-        time.sleep(1)
-        passes.append(total(scrape(url, AUTH), "mllm_audit_forward_passes_total"))
+    passes = passes_settle(url, AUTH, timeout=120)
     assert len(passes) >= 4 and len(set(passes[-4:])) == 1, f"the worker is still running it: {passes}"
     after = scrape(url, AUTH)
     assert total(after, "mllm_audit_forward_passes_total") > total(before, "mllm_audit_forward_passes_total")
     explained = "mllm_audit_explanation_seconds_count"
     assert total(after, explained, method="eagle_greedy") == total(before, explained, method="eagle_greedy")
     # its log line (written after the answer was sent; the scrapes above took seconds)
-    lines = [json.loads(line) for line in locked_server.log_text().splitlines() if line.startswith("{")]
+    lines = locked_server.log_records()
     assert [line["status"] for line in lines if line.get("request_id") == "past-deadline"] == [504]
     # and the service goes on answering
     r = httpx.post(url + "/v1/reliance", json=colour_question(61)[2], headers=AUTH, timeout=60)
@@ -674,7 +680,7 @@ def test_a_killed_api_server_stops_the_service_with_exit_1(locked_server):
     assert httpx.get(url + "/info", headers=AUTH).status_code == 200  # its log line names an API server's pid
 
     def api_servers() -> set[int]:
-        lines = [json.loads(line) for line in locked_server.log_text().splitlines() if line.startswith("{")]
+        lines = locked_server.log_records()
         return {line["pid"] for line in lines if line.get("endpoint") == "/info"}
 
     deadline = time.monotonic() + 10
@@ -685,20 +691,9 @@ def test_a_killed_api_server_stops_the_service_with_exit_1(locked_server):
     assert victim != proc.pid
     os.kill(victim, signal.SIGKILL)
     assert proc.wait(timeout=15) == 1
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and _group_alive(proc.pid):
-        time.sleep(0.2)
-    assert not _group_alive(proc.pid), "processes outlived the failed service"
+    assert locked_server.group_gone(), "processes outlived the failed service"
     with pytest.raises(httpx.TransportError):  # nobody holds the port: liveness fails, nothing half-answers
         httpx.get(url + "/livez", timeout=5)
-    lines = [json.loads(line) for line in locked_server.log_text().splitlines() if line.startswith("{")]
+    lines = locked_server.log_records()
     failed = [line for line in lines if line["event"] == "service_failed"]
     assert len(failed) == 1 and str(victim) in failed[0]["reason"]
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-        return True
-    except ProcessLookupError:
-        return False

@@ -8,7 +8,6 @@ ends it. A killed API server process ends tests/test_service_e2e.py's `locked_se
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -20,7 +19,7 @@ import httpx
 import pytest
 
 from tests.server_process import ServerProcess
-from tests.test_service_e2e import colour_question, scrape, total
+from tests.test_service_e2e import colour_question, passes_settle, scrape, total
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,23 +36,9 @@ def slow_explain(seed: int) -> dict:
     }
 
 
-def log_lines(server: ServerProcess) -> list[dict]:
-    return [json.loads(line) for line in server.log_text().splitlines() if line.startswith("{")]
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def passes_settle(url: str) -> list[float]:
-    """Forward passes scraped each second until four scrapes agree (the worker has stopped)."""
-    passes = [total(scrape(url), "mllm_audit_forward_passes_total")]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (len(passes) >= 4 and len(set(passes[-4:])) == 1):
-        time.sleep(1)
-        passes.append(total(scrape(url), "mllm_audit_forward_passes_total"))
-    return passes
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +60,7 @@ def test_a_killed_worker_answers_its_request_503_and_the_service_recovers(fragil
     with ThreadPoolExecutor(1) as pool:
         started = time.monotonic()
         pending = pool.submit(httpx.post, url + "/v1/explain", json=slow_explain(1), timeout=120)
-        workers = [line["pid"] for line in log_lines(fragile_server) if line["event"] == "model_loaded"]
+        workers = [line["pid"] for line in fragile_server.log_records() if line["event"] == "model_loaded"]
         time.sleep(2)
         before = {pid: cpu_seconds(pid) for pid in workers}
         time.sleep(1)
@@ -97,7 +82,7 @@ def test_a_killed_worker_answers_its_request_503_and_the_service_recovers(fragil
         time.sleep(0.3)
     assert httpx.post(url + "/v1/reliance", json=colour_question(2)[2], timeout=60).status_code == 200
     assert total(scrape(url), "mllm_audit_worker_restarts_total") == 1
-    died = [line for line in log_lines(fragile_server) if line["event"] == "worker_died"]
+    died = [line for line in fragile_server.log_records() if line["event"] == "worker_died"]
     assert [(line["pid"], line["exit_code"], line["answered_503"]) for line in died] == [(busy, -9, 1)]
 
 
@@ -114,7 +99,7 @@ def test_a_client_that_leaves_frees_its_slot_and_stops_the_work(fragile_server):
     assert total(after, "mllm_audit_requests_total", endpoint="/v1/explain", status="499") == 1
     explained = "mllm_audit_explanation_seconds_count"
     assert total(after, explained, method="eagle_greedy") == total(before, explained, method="eagle_greedy")
-    assert [line["status"] for line in log_lines(fragile_server) if line.get("request_id") == "gone"] == [499]
+    assert [line["status"] for line in fragile_server.log_records() if line.get("request_id") == "gone"] == [499]
 
 
 def test_sigterm_with_a_full_queue_answers_every_request_and_exits_0(fragile_server):
@@ -150,18 +135,7 @@ def test_sigterm_with_a_full_queue_answers_every_request_and_exits_0(fragile_ser
         if isinstance(outcome, httpx.Response) and outcome.status_code == 503:
             assert "shutting down" in outcome.json()["detail"] and int(outcome.headers["retry-after"]) >= 1
     assert exit_code == 0
-    lines = log_lines(fragile_server)
+    lines = fragile_server.log_records()
     assert [line["event"] for line in lines if line["event"] in ("draining", "drained")] == ["draining", "drained"]
     assert "Traceback" not in fragile_server.log_text(), fragile_server.log_tail()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and _group_alive(proc.pid):
-        time.sleep(0.2)
-    assert not _group_alive(proc.pid), "worker processes outlived the server"
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    assert fragile_server.group_gone(), "worker processes outlived the server"
