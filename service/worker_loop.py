@@ -38,6 +38,9 @@ class AuditLoop(BatchedLoop):
     ):
         shared = lit_api.shared
         key = str(worker_id)
+        # what predict asks and tells after each engine round: cancellations, and progress of streamed requests
+        lit_api.cancelled_uids = lambda: set(shared.cancelled.keys())
+        lit_api.report_progress = shared.progress.update
         while True:
             try:
                 batch, _timed_out = self.get_batch_requests(lit_api, request_queue, transport)
@@ -68,8 +71,6 @@ class AuditLoop(BatchedLoop):
             envelope.uid = uid
         streamed = [uid for _, uid, envelope in live if envelope.body.get("stream")]
         try:
-            lit_api.cancelled_uids = lambda: set(shared.cancelled.keys())
-            lit_api.report_progress = shared.progress.update
             decoded = [lit_api.decode_request(envelope) for _, _, envelope in live]
             outputs = lit_api.predict(decoded)
             answers: list[Any] = [lit_api.encode_response(output) for output in outputs]
