@@ -198,7 +198,8 @@ class ExplainRequest(RelianceRequest):
     stream: bool = Field(
         False,
         description="answer as server-sent events (text/event-stream): `progress` events "
-        '`{"forward_passes", "budget"}` about every 0.5 s while the audit waits or runs, then one `result` event '
+        '`{"forward_passes", "budget"}` about every 0.5 s while the audit waits or runs and once with the final count, '
+        "then one `result` event "
         "with this response's JSON, or one `error` event `{status, detail, request_id}`",
     )
 

@@ -307,6 +307,9 @@ async def stream_events(handler: AuditHandler, uid: str, event: asyncio.Event, d
         except HTTPException as exc:
             yield sse_error(state, exc.status_code, str(exc.detail))
             return
+        # the last rounds may fall between two polls: a closing progress event with the final count fills the bar
+        final = max(passes, state["log"].get("forward_passes") or 0)
+        yield sse("progress", {"forward_passes": final, "budget": budget})
         yield b"event: result\ndata: " + data + b"\n\n"
     finally:
         server.response_buffer.pop(uid, None)
