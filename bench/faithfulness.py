@@ -2,6 +2,12 @@
 
     python -m bench.faithfulness [--n 100] [--regions 64]
         [--methods eagle,eagle_greedy,random,centre,tam,msea,arc,msea+arc]
+    python -m bench.faithfulness --frontier --n 6 [--models ref,npw]
+
+--frontier: the budget frontier of the two fast searches (`eagle`, the default lazy search, and
+`eagle_fast_published`) at max_forward_passes 32, 64, 128, 256, 512 and unlimited, against plain
+greedy (unlimited) and a random order, on the same samples and every checkpoint named, in one run.
+A budget below a method's floor is what the service answers 422 to; the table says so.
 
 Samples: object words (answers to colour and shape questions, target = the answer) and
 whole captions (target = the caption), on scenes the model never saw. Every method's
@@ -21,7 +27,7 @@ import json
 import time
 
 import numpy as np
-from mllm_audit.explainers import eagle
+from mllm_audit.explainers import eagle, eagle_lazy, eagle_published
 from mllm_audit.explainers.engine import Job, run_jobs
 from mllm_audit.explainers.faithfulness import pixel_ranking_curves, pointing_game
 from mllm_audit.explainers.regions import region_masks, superpixel_regions
@@ -59,12 +65,8 @@ def run(n: int, regions: int, methods: list[str], batch_size: int, model_dir: st
         for m in methods:
             start = time.perf_counter()
             passes, extra = 0, {}
-            if m in ("eagle", "eagle_greedy"):
-                search = (
-                    eagle.greedy_search(s.scene.image, masks, tokens)
-                    if m == "eagle_greedy"
-                    else eagle.fast_search(s.scene.image, masks, tokens)
-                )
+            if m in ("eagle", "eagle_greedy", "eagle_fast_published"):
+                search = search_for(m, s.scene.image, masks, tokens, None)
                 job = Job(audit, search)
                 run_jobs([job], scorer.log_probs, batch_size)
                 if job.error:
@@ -141,7 +143,105 @@ def print_table(table: dict) -> None:
         )
 
 
-BLACK_BOX = ("eagle", "eagle_greedy", *BASELINES)
+BLACK_BOX = ("eagle", "eagle_greedy", "eagle_fast_published", *BASELINES)
+FRONTIER_BUDGETS = (32, 64, 128, 256, 512, None)
+CHECKPOINTS = {"ref": None, "npw": "models/reference/weights-no-patch-words"}
+
+
+def search_for(method: str, image: np.ndarray, masks: np.ndarray, tokens: list[int], budget: int | None):
+    """The service's search for a method (curves as the service computes them by default), or None below its floor."""
+    k = masks.shape[0]
+    if method == "eagle":
+        floor = eagle_lazy.minimum_passes(k)
+        make = lambda: eagle_lazy.lazy_search(image, masks, tokens, max_forward_passes=budget)  # noqa: E731
+    elif method == "eagle_fast_published":
+        floor = 2 + 2 * k
+        make = lambda: eagle_published.published_fast_search(  # noqa: E731
+            image, masks, tokens, max_forward_passes=budget, curves=False
+        )
+    else:
+        floor = 2 + 2 * k
+        make = lambda: eagle.greedy_search(image, masks, tokens, max_forward_passes=budget)  # noqa: E731
+    return None if budget is not None and budget < floor else make()
+
+
+def frontier(n: int, regions: int, checkpoints: list[str], batch_size: int) -> dict:
+    """Per checkpoint: {row name: {insertion_auc, deletion_auc, pointing, forward_passes, refused}}."""
+    samples = bench_samples(n)
+    rows = [("eagle_greedy", None), ("random", None)]
+    rows += [(m, b) for m in ("eagle", "eagle_fast_published") for b in FRONTIER_BUDGETS]
+    out = {}
+    for name in checkpoints:
+        scorer = Scorer(load_model(CHECKPOINTS.get(name, name)))
+        rng = np.random.default_rng(0)
+        got: dict[str, list[dict]] = {}
+        for s in samples:
+            audit = scorer.prepare(s.prompt, s.answer, (s.scene.image.shape[1], s.scene.image.shape[0]))
+            tokens = list(range(audit.n_tokens))
+            labels = superpixel_regions(s.scene.image, regions)
+            masks = region_masks(labels)
+            mask, _ = target_masks(s)
+            for method, budget in rows:
+                key = f"{method} @ {budget or 'unlimited'}" if method != "random" else "random order"
+                passes = 0
+                if method == "random":
+                    heat = baseline_heatmap("random", labels, rng)
+                else:
+                    search = search_for(method, s.scene.image, masks, tokens, budget)
+                    if search is None:
+                        got.setdefault(key, []).append({"refused": True})
+                        continue
+                    job = Job(audit, search)
+                    run_jobs([job], scorer.log_probs, batch_size)
+                    if job.error:
+                        raise job.error
+                    heat, passes = eagle.heatmap_from_regions(labels, job.result.region_scores), job.forward_passes
+                curve_job = Job(audit, pixel_ranking_curves(s.scene.image, heat, tokens))
+                run_jobs([curve_job], scorer.log_probs, batch_size)
+                ins, dele, _ = curve_job.result
+                got.setdefault(key, []).append(
+                    {
+                        "insertion_auc": ins,
+                        "deletion_auc": dele,
+                        "pointing": pointing_game(heat, mask),
+                        "passes": passes,
+                    }
+                )
+            print(f"  {name}: sample {len(got['random order'])}/{len(samples)}", flush=True)
+        out[name] = {key: _frontier_row(rs) for key, rs in got.items()}
+        print_frontier({name: out[name]})
+    return out
+
+
+def _frontier_row(rs: list[dict]) -> dict:
+    if any(r.get("refused") for r in rs):
+        return {"refused": True}
+    ins = np.array([r["insertion_auc"] for r in rs])
+    dele = np.array([r["deletion_auc"] for r in rs])
+    return {
+        "insertion_auc": float(ins.mean()),
+        "insertion_sem": float(ins.std(ddof=1) / np.sqrt(len(ins))) if len(ins) > 1 else 0.0,
+        "deletion_auc": float(dele.mean()),
+        "pointing": float(np.mean([r["pointing"] for r in rs])),
+        "forward_passes": float(np.mean([r["passes"] for r in rs])),
+    }
+
+
+def print_frontier(table: dict, greedy_key: str = "eagle_greedy @ unlimited") -> None:
+    for name, rows in table.items():
+        greedy = rows[greedy_key]
+        print(f"\n{name}: insertion AUC (± s.e.m.), deletion AUC, pointing game (mask, all samples), passes\n")
+        print("| search @ budget | ins AUC ↑ | del AUC ↓ | PG | passes | greedy's passes / passes |")
+        print("|---|---|---|---|---|---|")
+        for key, r in rows.items():
+            if r.get("refused"):
+                print(f"| {key} | 422: below the floor | | | | |")
+                continue
+            ratio = greedy["forward_passes"] / r["forward_passes"] if r["forward_passes"] else float("nan")
+            print(
+                f"| {key} | {r['insertion_auc']:.3f} ± {r['insertion_sem']:.3f} | {r['deletion_auc']:.3f} | "
+                f"{r['pointing']:.2f} | {r['forward_passes']:.0f} | {ratio:.1f}× |"
+            )
 
 
 def main() -> None:
@@ -152,7 +252,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--model", default=None, help="model directory (default: the bundled reference model)")
     ap.add_argument("--json", default=None, help="also write the tables as JSON here")
+    ap.add_argument("--frontier", action="store_true", help="the budget frontier of the fast searches (see above)")
+    ap.add_argument("--models", default="ref,npw", help="--frontier: checkpoints (ref, npw or directories)")
     args = ap.parse_args()
+    if args.frontier:
+        start = time.perf_counter()
+        table = frontier(args.n, args.regions, [m for m in args.models.split(",") if m], args.batch_size)
+        print(f"\n{args.n} samples per checkpoint, {args.regions} regions, {time.perf_counter() - start:.0f} s")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(table, fh, indent=2)
+        return
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(BLACK_BOX) - set(token_maps.METHODS)
     if unknown:

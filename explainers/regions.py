@@ -47,7 +47,48 @@ def superpixel_regions(
     # SLIC may skip ids after merging small segments: relabel to consecutive 0..K-1 so
     # region id == row of region_masks().
     _, consecutive = np.unique(raw, return_inverse=True)
-    return consecutive.reshape(h, w).astype(np.int32)
+    # SLIC's count is a hint (a checkerboard of 16 cells asked for 16 gave 3): split or merge to n
+    return fit_region_count(consecutive.reshape(h, w).astype(np.int32), n_regions)
+
+
+def fit_region_count(labels: np.ndarray, n_regions: int) -> NDArray[np.int32]:
+    """Split the largest or merge the smallest regions until there are n_regions (or one per pixel).
+
+    Splitting halves a region at the median of its pixels along its longer side; merging gives the
+    smallest region to the neighbour it shares the longest border with. Ids stay consecutive.
+    """
+    out = np.asarray(labels, dtype=np.int32).copy()
+    target = min(int(n_regions), out.size)
+    count = int(out.max()) + 1
+    while count < target:
+        sizes = np.bincount(out.ravel(), minlength=count)
+        biggest = int(np.argmax(sizes))
+        ys, xs = np.nonzero(out == biggest)
+        coord = ys if np.ptp(ys) >= np.ptp(xs) else xs
+        order = np.argsort(coord, kind="stable")
+        half = order[len(order) // 2 :]
+        out[ys[half], xs[half]] = count
+        count += 1
+    while count > target:
+        sizes = np.bincount(out.ravel(), minlength=count)
+        smallest = int(np.argmin(sizes))
+        into = _longest_border_neighbour(out, smallest)
+        out[out == smallest] = into
+        out[out == count - 1] = smallest  # the last id fills the hole: ids stay 0..count-2
+        count -= 1
+    return out
+
+
+def _longest_border_neighbour(labels: np.ndarray, region: int) -> int:
+    pairs = []
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
+        touch = (a == region) ^ (b == region)
+        pairs.append(np.where(a[touch] == region, b[touch], a[touch]))
+    neighbours = np.concatenate(pairs)
+    if neighbours.size == 0:  # an island: merge with any other region
+        return 1 if region == 0 else 0
+    values, counts = np.unique(neighbours, return_counts=True)
+    return int(values[np.argmax(counts)])
 
 
 def region_masks(labels: np.ndarray) -> np.ndarray:

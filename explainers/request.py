@@ -40,7 +40,7 @@ class AuditRequest:
     targets: str | list[CharSpan | TokenRange] = "answer"
     regions: int = 64
     max_forward_passes: int | None = None
-    curves: bool = False  # insertion / deletion curves even where they cost forward passes (white-box maps)
+    curves: bool = False  # every insertion / deletion curve point, even where it costs forward passes
     with_attributions: bool = True  # False: the cheap reliance path (2 forward passes)
     baseline: str = "black"  # what removed regions become (black, blur or mean colour)
     lambda1: float = 1.0  # EAGLE: weight of insight, p_t(keep S)

@@ -175,9 +175,10 @@ class ExplainRequest(RelianceRequest):
     )
     curves: bool = Field(
         False,
-        description="white-box maps: also measure their insertion and deletion curves (and AUCs), 2 x 64 more "
-        "forward passes per target; off, a map costs its one pass. EAGLE's searches always return their curves, "
-        "mostly from images the search scored anyway; each attribution's `curve_forward_passes` says what they cost",
+        description="measure every point of the insertion and deletion curves (and AUCs) even where it costs "
+        "forward passes: 2 x 64 more per target for a white-box map (off, it costs its one pass); for EAGLE, the "
+        "ranking's prefixes its search did not score (off, its curves keep the points it scored, end points "
+        "included). Each attribution's `curve_forward_passes` says what the curves cost",
     )
     heatmap: HeatmapOptions = Field(default_factory=HeatmapOptions)  # type: ignore[arg-type]
     baseline: Literal["black", "blur", "mean"] = Field(

@@ -1,14 +1,15 @@
-"""The published efficient search (`eagle_fast_published`) on scripted scores."""
+"""The default lazy search and the published efficient search, on scripted scores."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from mllm_audit.explainers.eagle import greedy_search
+from mllm_audit.explainers.eagle_lazy import lazy_search, minimum_passes, region_groups
 from mllm_audit.explainers.eagle_published import published_fast_search
 from mllm_audit.explainers.regions import region_masks
 
-from tests.test_eagle import drive, expected_ranking, grid_labels, make_audit
+from tests.test_eagle import drive, expected_ranking, grid_labels, make_audit, toy_logp
 
 pytestmark = pytest.mark.unit
 
@@ -64,3 +65,53 @@ def test_published_search_on_an_additive_toy_is_exact():
     result, images, _ = drive(published_fast_search(audit.image, audit.masks, token_indices=[0]), audit)
     assert result.ranking == expected_ranking(audit, 0)
     assert images == result.forward_passes < 24 * 25
+
+
+# ---------------------------------------------------------------- the default lazy search
+
+
+def test_region_groups_partition_the_regions_into_compact_groups():
+    labels = grid_labels(32, 32, 8, 8)
+    groups = region_groups(region_masks(labels), 8)
+    assert sorted(v for g in groups for v in g) == list(range(64))
+    assert len(groups) == 8
+    for g in groups:  # compact: a group spans few grid rows and columns
+        rows, cols = {v // 8 for v in g}, {v % 8 for v in g}
+        assert len(rows) <= 4 and len(cols) <= 4
+
+
+def test_lazy_search_is_exact_with_enough_probes_and_cheap_by_default():
+    audit = make_audit(rows=6, cols=8, cell=3, seed=7)  # K = 48, additive
+    exact, _, _ = drive(lazy_search(audit.image, audit.masks, [0], probes=48, flat=0.0), audit)
+    assert exact.ranking == expected_ranking(audit, 0)
+    cheap, images, _ = drive(lazy_search(audit.image, audit.masks, [0]), audit)
+    assert images == cheap.forward_passes and cheap.curve_forward_passes == 0
+    assert images < 48 * 49 / 10
+    assert cheap.ranking[:3] == expected_ranking(audit, 0)[:3]
+
+
+def order_auc(audit, order: list[int]) -> float:
+    """Insertion AUC of a region order, every prefix scored by the toy (equal-area regions)."""
+    probs = []
+    for i in range(len(order) + 1):
+        image = np.where(np.isin(audit.labels, order[:i])[..., None], audit.image, 0).astype(np.uint8)
+        probs.append(np.exp(toy_logp(audit, image)[0]))
+    return float(np.trapezoid(probs, np.linspace(0, 1, len(order) + 1)))
+
+
+def test_every_budget_from_the_floor_gives_a_ranking_better_than_random_and_quality_rises():
+    audit = make_audit(rows=6, cols=8, cell=3, seed=11, sharp=12.0)  # K = 48, regions interact
+    floor = minimum_passes(48)
+    with pytest.raises(ValueError, match=f"minimum {floor}"):
+        drive(lazy_search(audit.image, audit.masks, [0], max_forward_passes=floor - 1), audit)
+    rng = np.random.default_rng(0)
+    chance = np.mean([order_auc(audit, [int(v) for v in rng.permutation(48)]) for _ in range(20)])
+    aucs = []
+    for budget in (floor, 40, 80, None):
+        result, images, _ = drive(lazy_search(audit.image, audit.masks, [0], max_forward_passes=budget), audit)
+        assert budget is None or images <= budget
+        assert sorted(result.ranking) == list(range(48))
+        aucs.append(order_auc(audit, result.ranking))
+    assert min(aucs) > chance + 0.05, (aucs, chance)
+    assert all(b >= a - 0.01 for a, b in zip(aucs, aucs[1:])), aucs  # no budget does worse than a smaller one
+    assert aucs[-1] > aucs[0]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mllm_audit.explainers.eagle import fast_search, heatmap_from_regions
+from mllm_audit.explainers.eagle import heatmap_from_regions
+from mllm_audit.explainers.eagle_lazy import lazy_search
 from mllm_audit.explainers.faithfulness import auc, insertion_deletion_from_ranking, pixel_ranking_curves, pointing_game
 from mllm_audit.explainers.masking import baseline_image, compose
 from mllm_audit.explainers.regions import region_bbox, region_masks, rle_decode, rle_encode, superpixel_regions
@@ -104,7 +105,7 @@ def test_superpixel_search_finds_the_object():
         return np.log(np.array([0.05 + 0.9 * showing]))
 
     labels = superpixel_regions(img, n_regions=32)
-    gen = fast_search(img, region_masks(labels), token_indices=[0])
+    gen = lazy_search(img, region_masks(labels), token_indices=[0])
     try:
         batch = next(gen)
         while True:
@@ -261,3 +262,28 @@ def test_word_pieces_share_their_words_verdict():
         ["an", " is", "land", "."], np.full(4, 0.5), np.full(4, 0.5), visual=visual_claims(answer, spans)
     )
     assert [t.risk_label for t in tokens] == ["not_visual", "low", "low", "not_visual"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("scene", ["checkerboard", "flat", "photo-like"])
+def test_the_region_count_is_the_one_asked_for(scene):
+    # SLIC's count is a hint: 16 asked on a checkerboard gave 3; the service must return 16 +- 10 %
+    h, w = 96, 128
+    yy, xx = np.mgrid[0:h, 0:w]
+    if scene == "checkerboard":
+        image = np.repeat((((yy // 24) + (xx // 32)) % 2 * 255).astype(np.uint8)[..., None], 3, axis=2)
+    elif scene == "flat":
+        image = np.full((h, w, 3), 128, dtype=np.uint8)
+    else:  # smooth gradients, sensor noise and a few sharp-edged shapes
+        rng = np.random.default_rng(4)
+        photo = np.stack([yy / h * 200, xx / w * 200, (yy + xx) / (h + w) * 255], axis=-1) + rng.normal(
+            0, 12, (h, w, 3)
+        )
+        photo[20:50, 30:70] = (220, 40, 40)
+        photo[(yy - 70) ** 2 + (xx - 95) ** 2 < 225] = (40, 80, 225)
+        image = np.clip(photo, 0, 255).astype(np.uint8)
+    for asked in (16, 32, 64):
+        labels = superpixel_regions(image, asked)
+        ids = np.unique(labels)
+        assert abs(len(ids) - asked) <= 0.1 * asked, (scene, asked, len(ids))
+        assert list(ids) == list(range(len(ids)))  # consecutive: id == row of region_masks

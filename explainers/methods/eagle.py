@@ -1,9 +1,9 @@
 """EAGLE (arXiv 2509.22496): black-box region attribution by greedy subset selection.
 
-`eagle` is the faster search (stale re-ranking window, periodic full re-rank, bottom-up
-ranking of the worst candidates; see `mllm_audit.explainers.eagle.fast_search`), `eagle_greedy`
-the published plain greedy, kept as the reference, and `eagle_fast_published` the paper's
-efficient search as its published code runs it (`mllm_audit.explainers.eagle_published`).
+`eagle` is the default, a coarse-to-fine lazy greedy that stops once the objective is flat
+(`mllm_audit.explainers.eagle_lazy`); `eagle_greedy` the published plain greedy, kept as the
+reference; `eagle_fast_published` the paper's efficient search as its published code runs it
+(`mllm_audit.explainers.eagle_published`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from mllm_audit.explainers import eagle, eagle_published
+from mllm_audit.explainers import eagle, eagle_lazy, eagle_published
 from mllm_audit.explainers.engine import Job
 from mllm_audit.explainers.heatmap_kinds import EAGLE_KINDS, flat_reason
 from mllm_audit.explainers.methods.base import Explainer, FloatArray, MethodResult, Plan, PlanContext, register
@@ -24,15 +24,25 @@ from numpy.typing import NDArray
 
 
 @dataclass(frozen=True)
-class FastSearch:
-    """The faster search's settings (`mllm_audit.explainers.eagle.fast_search`)."""
+class LazySearch:
+    """The default search's settings (`mllm_audit.explainers.eagle_lazy`)."""
 
-    s: int = 6  # re-ranking window
-    p: int = 4  # bottom-up candidates
-    u: int = 15  # full re-rank period
+    groups: int = eagle_lazy.DEFAULT_GROUPS  # coarse regions scanned first
+    probes: int = eagle_lazy.DEFAULT_PROBES  # regions re-measured per step at most
+    flat: float = eagle_lazy.DEFAULT_FLAT  # stop once F(S) is this close to F(all), relative
 
 
-FAST_SEARCH = FastSearch()
+@dataclass(frozen=True)
+class PublishedSearch:
+    """The published efficient search's settings (`mllm_audit.explainers.eagle_published`)."""
+
+    s: int = eagle_published.PUBLISHED_S  # re-ranking window
+    p: int = eagle_published.PUBLISHED_P  # bottom-up candidates
+    u: int = eagle_published.PUBLISHED_U  # full re-rank period
+
+
+LAZY_SEARCH = LazySearch()
+PUBLISHED_SEARCH = PublishedSearch()
 
 
 def curve_points(areas: FloatArray, probs: FloatArray, token_indices: Sequence[int]) -> FloatArray:
@@ -50,7 +60,12 @@ class _Eagle(Explainer):
             "lambda1": request.lambda1,
             "lambda2": request.lambda2,
             "max_forward_passes": request.max_forward_passes,
+            "curves": request.curves,
         }
+
+    def minimum_passes(self, k: int) -> int:
+        """The smallest per-target budget that yields a usable ranking: the first scan of every region."""
+        return 2 + 2 * k
 
     def search(
         self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any
@@ -63,14 +78,20 @@ class _Eagle(Explainer):
         masks = region_masks(labels)
         n_targets = len(ctx.targets)
         budget = None if req.max_forward_passes is None else req.max_forward_passes // n_targets
-        floor = 2 + 2 * masks.shape[0]  # full, blank, and one scan of every region: below it, ranks by region id
-        if budget is not None and budget < floor:
+        floor = self.minimum_passes(masks.shape[0])
+        if budget is not None and budget < floor:  # below it the ranking would be no better than region ids
             raise AuditInputError(
                 f"max_forward_passes {req.max_forward_passes} is too small for {self.name} with "
                 f"{masks.shape[0]} regions and {n_targets} target(s): it needs at least {floor * n_targets} "
-                f"({floor} per target, for a first scan of the regions); ask for fewer regions or a larger budget"
+                f"({floor} per target, for a first pass over the regions); ask for fewer regions or a larger budget"
             )
-        options = {"baseline": req.baseline, "lam1": req.lambda1, "lam2": req.lambda2, "max_forward_passes": budget}
+        options = {
+            "baseline": req.baseline,
+            "lam1": req.lambda1,
+            "lam2": req.lambda2,
+            "max_forward_passes": budget,
+            "curves": req.curves,
+        }
         jobs = [Job(ctx.audit, self.search(ctx.image, masks, t.token_indices, **options)) for t in ctx.targets]
         return Plan(jobs, lambda: self._finish(ctx, labels, jobs), measures_contrast=req.baseline == "black")
 
@@ -125,17 +146,20 @@ class _Eagle(Explainer):
         )
 
 
-class EagleFast(_Eagle):
+class EagleLazy(_Eagle):
     name = "eagle"
-    summary = "EAGLE's faster greedy search over superpixels (default)"
+    summary = "coarse-to-fine lazy greedy over superpixels, stopped once the objective is flat (default)"
 
     def params(self, request: AuditRequest) -> dict[str, Any]:
-        return {**super().params(request), **asdict(FAST_SEARCH)}
+        return {**super().params(request), **asdict(LAZY_SEARCH)}
+
+    def minimum_passes(self, k: int) -> int:
+        return eagle_lazy.minimum_passes(k, LAZY_SEARCH.groups)
 
     def search(
         self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any
     ) -> eagle.Search:
-        return eagle.fast_search(image, masks, tokens, **options, s=FAST_SEARCH.s, p=FAST_SEARCH.p, u=FAST_SEARCH.u)
+        return eagle_lazy.lazy_search(image, masks, tokens, **options, **asdict(LAZY_SEARCH))
 
 
 class EagleFastPublished(_Eagle):
@@ -143,17 +167,12 @@ class EagleFastPublished(_Eagle):
     summary = "EAGLE's efficient search as published: stale window, periodic re-rank, bottom-up tail"
 
     def params(self, request: AuditRequest) -> dict[str, Any]:
-        return {
-            **super().params(request),
-            "s": eagle_published.PUBLISHED_S,
-            "p": eagle_published.PUBLISHED_P,
-            "u": eagle_published.PUBLISHED_U,
-        }
+        return {**super().params(request), **asdict(PUBLISHED_SEARCH)}
 
     def search(
         self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any
     ) -> eagle.Search:
-        return eagle_published.published_fast_search(image, masks, tokens, **options)
+        return eagle_published.published_fast_search(image, masks, tokens, **options, **asdict(PUBLISHED_SEARCH))
 
 
 class EagleGreedy(_Eagle):
@@ -163,9 +182,10 @@ class EagleGreedy(_Eagle):
     def search(
         self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any
     ) -> eagle.Search:
+        options.pop("curves")  # every prefix of the ranking is scored by the search itself
         return eagle.greedy_search(image, masks, tokens, **options)
 
 
-register(EagleFast())
+register(EagleLazy())
 register(EagleGreedy())
 register(EagleFastPublished())
