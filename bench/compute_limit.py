@@ -10,8 +10,9 @@ In one run, on the reference model and `--n` held-out scenes (bench/samples.py):
 2. each explanation's wall time, its forward passes, and `compute` = passes x that best
    per-image forward time; `ratio` = wall / compute (the target is <= 1.1);
 3. how much of the gap is the forward itself, run at the smaller batches the search makes
-   (`mean batch`, `forward / compute`), and where the rest goes: the phases of bench/phase_timer.py (image preparation, masking, the
-   search's Python, batching, log-prob readout, the engine, the rest of the audit).
+   (`mean batch`, `forward / compute`), and where the rest goes: the phases of
+   bench/phase_timer.py (image preparation, masking, the search's Python, batching, log-prob
+   readout, the engine, the rest of the audit).
 
 Prints a table per method and writes every figure as JSON. On a shared 2-core machine the
 figures move from run to run; compare them within one run.
@@ -41,7 +42,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def forward_seconds_per_image(scorer: Scorer, batch_sizes: list[int], repeats: int) -> dict[int, float]:
     """The forward call's seconds per image at each batch size (masked copies of one scene)."""
-    s = bench_samples(1)[0]
+    s = bench_samples(5)[0]  # a colour question
     audit = scorer.prepare(s.prompt, s.truth, s.scene.image.shape[1::-1])
     rng = np.random.default_rng(0)
     images = [np.where(rng.random((*s.scene.image.shape[:2], 1)) < 0.5, s.scene.image, 0).astype(np.uint8)]
@@ -103,7 +104,9 @@ def print_tables(forward: dict[int, float], summaries: list[dict[str, Any]]) -> 
     for batch, seconds in forward.items():
         print(f"| {batch} | {seconds * 1000:.2f} |")
     print()
-    print("| method | wall s / expl. | passes | compute s | wall / compute | mean batch | forward s | forward / compute |")
+    print(
+        "| method | wall s / expl. | passes | compute s | wall / compute | mean batch | forward s | forward / compute |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for s in summaries:
         print(

@@ -13,8 +13,8 @@ import pytest
 import torch
 from mllm_audit.explainers.audit import Auditor
 from mllm_audit.explainers.request import AuditRequest
-from mllm_audit.models.families import family_of
 from mllm_audit.models.backends import onnx_precision
+from mllm_audit.models.families import family_of
 from mllm_audit.models.loading import REFERENCE_MODEL_DIR, load_model
 from mllm_audit.models.onnx_backend import OnnxBackend
 from mllm_audit.models.onnx_cache import PARTIAL_PREFIX
