@@ -18,10 +18,16 @@ ONNX Runtime silently falls back to the CPU provider when CUDA is asked for but 
 are missing, so `providers` holds what the sessions really use, and the worker logs it.
 The model is loaded on the CPU in float32 for the export (the reference model and small
 checkpoints; a model of several GB exceeds what one ONNX file holds without external data).
+
+With a cache directory (models/onnx_cache.py) the graphs are exported once per model revision
+and export settings, and later starts load them (`exported` says which happened). `precision`
+"float16" converts the exported float32 graphs to float16, inputs and outputs included, for the
+CUDA provider only: ONNX Runtime's CPU provider lacks float16 kernels for much of the graph.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -32,6 +38,7 @@ import numpy as np
 import torch
 from mllm_audit.models.families import FAMILIES, Family
 from mllm_audit.models.loading import LoadedModel
+from mllm_audit.models.onnx_cache import GRAPH_FILES, cached_graphs, export_settings
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -40,6 +47,8 @@ if TYPE_CHECKING:
 
 ONNX_FAMILIES = tuple(f.name for f in FAMILIES if f.separable_forward)
 OPSET = 17
+PRECISIONS = {"float32": np.float32, "float16": np.float16}
+log = logging.getLogger(__name__)
 
 
 class _Vision(torch.nn.Module):
@@ -65,7 +74,14 @@ class _Language(torch.nn.Module):
 class OnnxBackend:
     """The loaded model's forward, run by ONNX Runtime (families with a separable forward)."""
 
-    def __init__(self, loaded: LoadedModel, use_cuda: bool = False, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        use_cuda: bool = False,
+        cache: Path | None = None,
+        precision: str = "float32",
+    ) -> None:
+        """`cache`: the directory of exported graphs (None: export into a temporary directory)."""
         import onnxruntime as ort
 
         if not loaded.family.separable_forward:
@@ -75,38 +91,62 @@ class OnnxBackend:
             )
         if loaded.device.type != "cpu" or loaded.dtype != torch.float32:
             raise ValueError("the onnx backend exports a model loaded on the CPU in float32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown onnx precision {precision!r}; use {' or '.join(PRECISIONS)}")
+        if precision == "float16" and not use_cuda:
+            raise ValueError("the onnx backend runs float16 on the CUDA provider only; use float32 on the CPU")
         self.family = loaded.family
+        self.precision = precision
+        self.float_type = PRECISIONS[precision]
         model = loaded.model
         self.image_token_id = self.family.image_token_id(model)
         weight = model.get_input_embeddings().weight
         assert isinstance(weight, torch.Tensor)
-        self.embeddings: NDArray[np.float32] = weight.detach().numpy()
+        self.embeddings: NDArray[np.floating[Any]] = weight.detach().numpy().astype(self.float_type, copy=False)
+
+        def export(directory: Path) -> None:
+            self._export(loaded, directory)
+            if precision == "float16":
+                _convert_to_float16(directory)
+
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if directory is None:
+        if cache is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="mllm-audit-onnx-")
-            directory = Path(self._tmp.name)
-        # two images of the processor's pixel shape, for the export to trace
-        probe = Image.new("RGB", (224, 224))
-        pixels = torch.zeros_like(self.family.image_inputs(loaded.processor, [probe, probe])["pixel_values"])
-        vision_file, language_file = self._export(model, pixels, Path(directory))
+            self.graphs = Path(self._tmp.name)
+            export(self.graphs)
+            self.exported = True
+        else:
+            found = cached_graphs(cache, loaded.path, export_settings(OPSET, precision), export)
+            self.graphs, self.exported = found.directory, found.exported
+        log.info("onnx graphs %s: %s", "exported" if self.exported else "loaded from the cache", self.graphs)
         wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the worker's share of the cores
         # idle threads that spin waiting for work take cores from the rest of the worker: with
         # spinning on, batches of 8 and 32 ran 1.3-1.8x slower on 2 cores (bench/backend.py)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        vision_file, language_file = (self.graphs / name for name in GRAPH_FILES)
         self.vision = ort.InferenceSession(str(vision_file), options, providers=wanted)
         self.language = ort.InferenceSession(str(language_file), options, providers=wanted)
         self.providers: list[str] = self.language.get_providers()  # what ORT granted, not what was asked for
         self.requested = wanted
+        if precision == "float16" and self.providers[0] != "CUDAExecutionProvider":
+            raise RuntimeError(
+                f"float16 onnx graphs need the CUDA provider, but ONNX Runtime granted {self.providers} "
+                "(are onnxruntime-gpu and its CUDA libraries installed?); use float32"
+            )
 
-    def _export(self, model: PreTrainedModel, pixels: torch.Tensor, directory: Path) -> tuple[Path, Path]:
+    def _export(self, loaded: LoadedModel, directory: Path) -> None:
+        model = loaded.model
+        # two images of the processor's pixel shape, for the export to trace
+        probe = Image.new("RGB", (224, 224))
+        pixels = torch.zeros_like(self.family.image_inputs(loaded.processor, [probe, probe])["pixel_values"])
         vision, language = _Vision(self.family, model), _Language(self.family, model)
         with torch.inference_mode():
             n_features = vision(pixels).shape[1]
         embeds = torch.zeros(2, n_features + 4, self.embeddings.shape[1])
         mask = torch.ones(2, n_features + 4, dtype=torch.long)
-        vision_file, language_file = directory / "vision.onnx", directory / "language.onnx"
+        vision_file, language_file = (directory / name for name in GRAPH_FILES)
         with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -133,14 +173,14 @@ class OnnxBackend:
                     "logits": {0: "batch", 1: "sequence"},
                 },
             )
-        return vision_file, language_file
 
     def __call__(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor, **_: Any
     ) -> SimpleNamespace:
         """The model's output (`.logits`) for a right-padded batch, one image per row."""
         ids = input_ids.cpu().numpy()
-        features = self.vision.run(None, {"pixel_values": pixel_values.float().cpu().numpy()})[0]
+        pixels = pixel_values.cpu().numpy().astype(self.float_type, copy=False)
+        features = self.vision.run(None, {"pixel_values": pixels})[0]
         embeds = self.embeddings[ids]
         is_image = ids == self.image_token_id
         if is_image.sum() != features.shape[0] * features.shape[1]:
@@ -152,8 +192,18 @@ class OnnxBackend:
         logits = self.language.run(
             None,
             {
-                "inputs_embeds": embeds.astype(np.float32, copy=False),
+                "inputs_embeds": embeds,
                 "attention_mask": attention_mask.cpu().numpy().astype(np.int64, copy=False),
             },
         )[0]
         return SimpleNamespace(logits=torch.from_numpy(logits))
+
+
+def _convert_to_float16(directory: Path) -> None:
+    """Rewrite both graphs in float16, their inputs and outputs too (half the bytes to move)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    for name in GRAPH_FILES:
+        graph = onnx.load(str(directory / name))
+        onnx.save(convert_float_to_float16(graph, keep_io_types=False), str(directory / name))

@@ -108,6 +108,7 @@ class AuditAPI(ls.LitAPI):
             backend=s.backend,
             trust_remote_code=s.trust_remote_code,
             model_id=s.model_id or None,
+            onnx_cache=s.onnx_cache,
         )
         loaded = scorer.loaded
         backend = scorer.run_model if s.backend == "onnx" else None
@@ -139,6 +140,9 @@ class AuditAPI(ls.LitAPI):
             dtype=str(loaded.dtype).removeprefix("torch."),
             backend=s.backend,
             onnx_providers=backend.providers if backend else None,
+            # whether this start exported the graphs or reused an earlier start's (MLLM_AUDIT_ONNX_CACHE)
+            onnx_graphs=str(backend.graphs) if backend else None,
+            onnx_exported=backend.exported if backend else None,
             risk_calibration=calibration.id if calibration else None,
             threads=torch.get_num_threads(),
             seconds=round(time.monotonic() - started, 2),

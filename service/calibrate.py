@@ -360,6 +360,7 @@ def calibrate(args: argparse.Namespace, settings: Any) -> int:
         backend=settings.backend,
         trust_remote_code=settings.trust_remote_code,
         model_id=settings.model_id or None,
+        onnx_cache=settings.onnx_cache,
     )
     loaded = scorer.loaded
     auditor = Auditor(

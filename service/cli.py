@@ -33,6 +33,7 @@ MODEL_FLAGS = (
     "device",
     "dtype",
     "backend",
+    "onnx_cache",
     "trust_remote_code",
     "forward_batch_size",
     "cpu_threads",

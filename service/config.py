@@ -14,6 +14,7 @@ PREFIX = "MLLM_AUDIT_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 BACKENDS = ("torch", "onnx")
 DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # mllm_audit.models.loading.DTYPES
+ONNX_DTYPE_NAMES = ("auto", "float32", "fp32", "float16", "fp16")  # mllm_audit.models.backends.onnx_precision
 
 
 def _describe(default, doc: str):
@@ -33,8 +34,14 @@ class Settings:
     trust_remote_code: bool = _describe(False, "allow model code shipped with the checkpoint")
     backend: str = _describe(
         "torch",
-        "torch, or onnx: the model exported at start-up and run by ONNX Runtime "
-        "(LLaVA family, float32; its CUDA provider with a cuda device)",
+        "torch, or onnx: the model exported to ONNX and run by ONNX Runtime (LLaVA family; float32, "
+        "or float16 with dtype float16 on its CUDA provider, which it uses with a cuda device)",
+    )
+    onnx_cache: str = _describe(
+        "",
+        "directory of the onnx backend's exported graphs, one entry per model revision and export "
+        "settings, reused by later starts (empty: $XDG_CACHE_HOME/mllm-audit/onnx, else "
+        "~/.cache/mllm-audit/onnx; none: export into a temporary directory at every start)",
     )
     host: str = _describe("127.0.0.1", "address to listen on")
     port: int = _describe(8000, "port to listen on")
@@ -138,6 +145,13 @@ class Settings:
             raise ValueError(f"{env_name('backend')} must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"{env_name('dtype')} must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
+        if self.backend == "onnx" and self.dtype not in ONNX_DTYPE_NAMES:
+            raise ValueError(
+                f"{env_name('dtype')}={self.dtype} with {env_name('backend')}=onnx: the onnx backend runs "
+                "auto or float32, or float16 on a cuda device"
+            )
+        if self.backend == "onnx" and self.dtype in ("float16", "fp16") and self.device == "cpu":
+            raise ValueError(f"{env_name('dtype')}={self.dtype} with {env_name('backend')}=onnx needs a cuda device")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"{env_name('log_level')} must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 

@@ -1,17 +1,23 @@
-"""The ONNX Runtime backend scores as the torch model does, and says which provider runs it."""
+"""The ONNX Runtime backend scores as the torch model does, says which provider runs it, and
+reuses its exported graphs from the cache while the model is unchanged."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from mllm_audit.explainers.audit import Auditor
 from mllm_audit.explainers.request import AuditRequest
+from mllm_audit.models.backends import onnx_precision
 from mllm_audit.models.families import family_of
-from mllm_audit.models.loading import load_model
+from mllm_audit.models.loading import REFERENCE_MODEL_DIR, load_model
 from mllm_audit.models.onnx_backend import OnnxBackend
+from mllm_audit.models.onnx_cache import PARTIAL_PREFIX
 from mllm_audit.models.scorer import Scorer
 from PIL import Image
 
@@ -80,3 +86,106 @@ def test_the_llava_family_computes_the_image_features_as_the_model_does(which, r
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
     with pytest.raises(NotImplementedError):
         family_of("qwen2_vl").image_features(loaded.model, pixels)
+
+
+# ---------------------------------------------------------------------------- the graphs' cache
+
+
+def cache_entries(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir() if not p.name.startswith(PARTIAL_PREFIX))
+
+
+def graph_mtimes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+
+
+def logits_of(backend: OnnxBackend, loaded) -> np.ndarray:
+    scorer = Scorer(loaded, backend)
+    s = held_out_sample("colour", 83)
+    return scorer.white_box([(scorer.prepare(s.prompt, s.truth, (96, 96)), s.scene.image)])[0].logits.numpy()
+
+
+def test_a_second_start_loads_the_cached_graphs_instead_of_exporting(reference, tmp_path, monkeypatch):
+    first = OnnxBackend(reference, cache=tmp_path)
+    assert first.exported and cache_entries(tmp_path) == [first.graphs.name]
+    written = graph_mtimes(first.graphs)
+    assert {"vision.onnx", "language.onnx", "manifest.json"} <= set(written)
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the graphs were exported again")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    second = OnnxBackend(reference, cache=tmp_path)
+    assert not second.exported and second.graphs == first.graphs
+    assert graph_mtimes(second.graphs) == written and cache_entries(tmp_path) == [first.graphs.name]
+    np.testing.assert_array_equal(logits_of(second, reference), logits_of(first, reference))
+
+
+def test_a_changed_weights_file_gets_a_new_cache_entry(tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(REFERENCE_MODEL_DIR, model_dir)
+    loaded = load_model(model_dir)
+    cache = tmp_path / "cache"
+    before = OnnxBackend(loaded, cache=cache)
+    weights = next(model_dir.glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten a second later
+    after = OnnxBackend(loaded, cache=cache)
+    assert before.exported and after.exported
+    assert after.graphs != before.graphs and cache_entries(cache) == sorted([before.graphs.name, after.graphs.name])
+    assert OnnxBackend(loaded, cache=cache).graphs == after.graphs  # and that entry is reused
+
+
+def test_a_partial_export_is_never_used(reference, tmp_path, monkeypatch):
+    # what a crash mid-export leaves: a .partial-* directory with a truncated graph
+    crashed = tmp_path / f"{PARTIAL_PREFIX}crashed"
+    crashed.mkdir()
+    for name in ("vision.onnx", "language.onnx"):
+        (crashed / name).write_bytes(b"\x08\x07truncated")
+
+    real_export = torch.onnx.export
+
+    def fail_on_the_second_graph(model, args, f, **kwargs):
+        if Path(f).name == "language.onnx":
+            raise RuntimeError("killed mid-export")
+        real_export(model, args, f, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", fail_on_the_second_graph)
+    with pytest.raises(RuntimeError, match="killed mid-export"):
+        OnnxBackend(reference, cache=tmp_path)
+    # the failed export left neither an entry nor a partial directory of its own
+    assert sorted(p.name for p in tmp_path.iterdir()) == [crashed.name]
+
+    monkeypatch.setattr(torch.onnx, "export", real_export)
+    backend = OnnxBackend(reference, cache=tmp_path)
+    assert backend.exported and backend.graphs.parent == tmp_path and backend.graphs != crashed
+    assert (crashed / "vision.onnx").read_bytes() == b"\x08\x07truncated"  # left alone, not read
+    np.testing.assert_allclose(logits_of(backend, reference), logits_of(OnnxBackend(reference), reference), atol=1e-5)
+
+
+def test_float16_is_refused_on_the_cpu_and_converts_the_graphs(reference, tmp_path):
+    import onnxruntime as ort
+
+    with pytest.raises(ValueError, match="CUDA provider only"):
+        OnnxBackend(reference, precision="float16")
+    with pytest.raises(ValueError, match="float16 on CUDA only"):
+        onnx_precision("fp16", "cpu")
+    assert onnx_precision("auto", "cuda:0") == "float32" and onnx_precision("fp16", "cuda:0") == "float16"
+    with pytest.raises(ValueError, match="not 'bf16'"):
+        onnx_precision("bf16", "cuda")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine grants the CUDA provider: nothing falls back to refuse")
+    # asked for CUDA on a machine without it, ONNX Runtime grants the CPU: refused after the export
+    with pytest.raises(RuntimeError, match="need the CUDA provider"):
+        OnnxBackend(reference, use_cuda=True, cache=tmp_path, precision="float16")
+    [entry] = cache_entries(tmp_path)
+    float32 = OnnxBackend(reference, cache=tmp_path)
+    assert float32.graphs.name != entry  # precision is part of the key
+    # the float16 graph takes and gives float16 and computes the float32 one's features
+    half = ort.InferenceSession(str(tmp_path / entry / "vision.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.type for i in half.get_inputs()] == ["tensor(float16)"]
+    pixels = np.random.default_rng(0).standard_normal((2, *half.get_inputs()[0].shape[1:])).astype(np.float32)
+    [features16] = half.run(None, {"pixel_values": pixels.astype(np.float16)})
+    [features32] = float32.vision.run(None, {"pixel_values": pixels})
+    assert features16.dtype == np.float16
+    np.testing.assert_allclose(features16.astype(np.float32), features32, atol=0.02 * np.abs(features32).max())

@@ -1,0 +1,176 @@
+"""How close is an explanation to compute-bound? Wall time against forward passes x forward time.
+
+    python -m bench.compute_limit [--n 4] [--regions 64] [--methods eagle,eagle_greedy] [--threads 2]
+                                  [--device cpu] [--json bench/results/compute_limit.json]
+
+In one run, on the reference model and `--n` held-out scenes (bench/samples.py):
+
+1. the model's forward time per image, at forward batches of 1, 8 and 32 (the forward call
+   alone, as the scorer makes it; the best of them is the engine's best batch size);
+2. each explanation's wall time, its forward passes, and `compute` = passes x that best
+   per-image forward time; `ratio` = wall / compute (the target is <= 1.1);
+3. how much of the gap is the forward itself, run at the smaller batches the search makes
+   (`mean batch`, `forward / compute`), and where the rest goes: the phases of
+   bench/phase_timer.py (image preparation, masking, the search's Python, batching, log-prob
+   readout, the engine, the rest of the audit).
+
+Prints a table per method and writes every figure as JSON. On a shared 2-core machine the
+figures move from run to run; compare them within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mllm_audit.explainers.audit import Auditor
+from mllm_audit.explainers.request import AuditRequest
+from mllm_audit.models.loading import load_model
+from mllm_audit.models.scorer import Scorer
+
+from bench.phase_timer import PhaseTimer, breakdown
+from bench.samples import bench_samples
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def forward_seconds_per_image(scorer: Scorer, batch_sizes: list[int], repeats: int) -> dict[int, float]:
+    """The forward call's seconds per image at each batch size (masked copies of one scene)."""
+    s = bench_samples(5)[0]  # a colour question
+    audit = scorer.prepare(s.prompt, s.truth, s.scene.image.shape[1::-1])
+    rng = np.random.default_rng(0)
+    images = [np.where(rng.random((*s.scene.image.shape[:2], 1)) < 0.5, s.scene.image, 0).astype(np.uint8)]
+    images *= max(batch_sizes)
+    timer = PhaseTimer(scorer)
+    per_image = {}
+    with timer.active():
+        for batch in batch_sizes:
+            pairs = [(audit, image) for image in images[:batch]]
+            scorer.log_probs(pairs)  # warm up this shape
+            timer.reset()
+            for _ in range(repeats):
+                scorer.log_probs(pairs)
+            per_image[batch] = timer.seconds["forward"] / (repeats * batch)
+    return per_image
+
+
+def explain_timed(auditor: Auditor, timer: PhaseTimer, sample: Any, method: str, regions: int) -> dict[str, Any]:
+    request = AuditRequest(sample.scene.image, sample.prompt, sample.truth, method=method, regions=regions)
+    timer.reset()
+    start = time.perf_counter()
+    [result] = auditor.run([request])
+    wall = time.perf_counter() - start
+    if isinstance(result, Exception):
+        raise result
+    return {
+        "wall_s": wall,
+        "passes": result.stats.forward_passes,
+        "forward_calls": timer.calls["forward"],
+        "phases_s": breakdown(timer.seconds, wall),
+    }
+
+
+def summarise(method: str, runs: list[dict[str, Any]], per_image: float) -> dict[str, Any]:
+    wall = sum(r["wall_s"] for r in runs)
+    passes = sum(r["passes"] for r in runs)
+    compute = passes * per_image
+    phases = {name: sum(r["phases_s"][name] for r in runs) for name in runs[0]["phases_s"]}
+    forward = phases["forward"]
+    return {
+        "method": method,
+        "explanations": len(runs),
+        "wall_s_per_explanation": wall / len(runs),
+        "passes_per_explanation": passes / len(runs),
+        "compute_s_per_explanation": compute / len(runs),
+        "ratio_wall_to_compute": wall / compute,
+        # the forward at the batch sizes the search really made, against the best batch's
+        "mean_forward_batch": passes / sum(r["forward_calls"] for r in runs),
+        "forward_s_per_explanation": forward / len(runs),
+        "ratio_forward_to_compute": forward / compute,
+        "phase_share_of_wall": {name: seconds / wall for name, seconds in phases.items()},
+        "runs": runs,
+    }
+
+
+def print_tables(forward: dict[int, float], summaries: list[dict[str, Any]]) -> None:
+    print("| forward batch | ms per image (forward call only) |")
+    print("| --- | --- |")
+    for batch, seconds in forward.items():
+        print(f"| {batch} | {seconds * 1000:.2f} |")
+    print()
+    print(
+        "| method | wall s / expl. | passes | compute s | wall / compute | mean batch | forward s | forward / compute |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for s in summaries:
+        print(
+            f"| {s['method']} | {s['wall_s_per_explanation']:.3f} | {s['passes_per_explanation']:.0f} | "
+            f"{s['compute_s_per_explanation']:.3f} | {s['ratio_wall_to_compute']:.2f}x | "
+            f"{s['mean_forward_batch']:.1f} | {s['forward_s_per_explanation']:.3f} | "
+            f"{s['ratio_forward_to_compute']:.2f}x |"
+        )
+    print()
+    names = list(summaries[0]["phase_share_of_wall"])
+    print("| share of wall | " + " | ".join(s["method"] for s in summaries) + " |")
+    print("| --- |" + " --- |" * len(summaries))
+    for name in names:
+        print(f"| {name} | " + " | ".join(f"{s['phase_share_of_wall'][name]:.1%}" for s in summaries) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=4, help="held-out scenes per method")
+    ap.add_argument("--regions", type=int, default=64)
+    ap.add_argument("--methods", default="eagle,eagle_greedy")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--forward-batch-size", type=int, default=32, help="the engine's batch size")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per forward batch size")
+    ap.add_argument("--json", type=Path, default=RESULTS / "compute_limit.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    loaded = load_model(device=args.device, dtype=args.dtype)
+    scorer = Scorer(loaded)
+    forward = forward_seconds_per_image(scorer, [1, 8, 32], args.repeats)
+    best_batch = min(forward, key=lambda b: forward[b])
+    auditor = Auditor(scorer, forward_batch_size=args.forward_batch_size)
+    samples = bench_samples(args.n)
+    timer = PhaseTimer(scorer)
+    summaries = []
+    with timer.active():
+        explain_timed(auditor, timer, samples[0], "eagle", 8)  # warm up
+        for method in args.methods.split(","):
+            runs = [explain_timed(auditor, timer, s, method, args.regions) for s in samples]
+            summaries.append(summarise(method, runs, forward[best_batch]))
+    print(
+        f"{loaded.device} {str(loaded.dtype).removeprefix('torch.')}, {args.threads} torch threads, "
+        f"{args.n} scenes, {args.regions} regions; best forward batch {best_batch}\n"
+    )
+    print_tables(forward, summaries)
+    if loaded.device.type == "cpu":
+        print(
+            "\nMeasured on CPU: forward and Python overhead share the same cores, and on a shared "
+            "machine every figure moves by 10% or more from run to run."
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "machine": {"platform": platform.platform(), "device": str(loaded.device), "torch": torch.__version__},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "forward_s_per_image": forward,
+        "best_forward_batch": best_batch,
+        "methods": summaries,
+    }
+    args.json.write_text(json.dumps(record, indent=2))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
