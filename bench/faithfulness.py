@@ -4,9 +4,10 @@
         [--methods eagle,eagle_greedy,random,centre,tam,msea,arc,msea+arc]
     python -m bench.faithfulness --frontier --n 6 [--models ref,npw]
 
---frontier: the budget frontier of the two fast searches (`eagle`, the default lazy search, and
+--frontier: the budget frontier of the fast searches (`eagle`, the default; `eagle_lazy`;
 `eagle_fast_published`) at max_forward_passes 32, 64, 128, 256, 512 and unlimited, against plain
-greedy (unlimited) and a random order, on the same samples and every checkpoint named, in one run.
+greedy (unlimited) and a random order, on the same samples and every checkpoint named, in one run
+(`--searches` runs a subset: the figures are deterministic, only the timings are not).
 A budget below a method's floor is what the service answers 422 to; the table says so.
 
 Samples: object words (answers to colour and shape questions, target = the answer) and
@@ -65,7 +66,7 @@ def run(n: int, regions: int, methods: list[str], batch_size: int, model_dir: st
         for m in methods:
             start = time.perf_counter()
             passes, extra = 0, {}
-            if m in ("eagle", "eagle_greedy", "eagle_fast_published"):
+            if m in ("eagle", "eagle_greedy", "eagle_fast_published", "eagle_lazy"):
                 search = search_for(m, s.scene.image, masks, tokens, None)
                 job = Job(audit, search)
                 run_jobs([job], scorer.log_probs, batch_size)
@@ -143,39 +144,42 @@ def print_table(table: dict) -> None:
         )
 
 
-BLACK_BOX = ("eagle", "eagle_greedy", "eagle_fast_published", *BASELINES)
+BLACK_BOX = ("eagle", "eagle_greedy", "eagle_fast_published", "eagle_lazy", *BASELINES)
 FRONTIER_BUDGETS = (32, 64, 128, 256, 512, None)
+FRONTIER_SEARCHES = ("eagle", "eagle_lazy", "eagle_fast_published")
 CHECKPOINTS = {"ref": None, "npw": "models/reference/weights-no-patch-words"}
 
 
 def search_for(method: str, image: np.ndarray, masks: np.ndarray, tokens: list[int], budget: int | None):
-    """The service's search for a method (curves as the service computes them by default), or None below its floor."""
+    """The service's search for a method (curves only where the search scored them), or None below its floor."""
     k = masks.shape[0]
-    if method == "eagle":
+    options = {"max_forward_passes": budget, "curves": False}
+    if method == "eagle_lazy":
         floor = eagle_lazy.minimum_passes(k)
-        make = lambda: eagle_lazy.lazy_search(image, masks, tokens, max_forward_passes=budget)  # noqa: E731
+        make = lambda: eagle_lazy.lazy_search(image, masks, tokens, **options)  # noqa: E731
     elif method == "eagle_fast_published":
         floor = 2 + 2 * k
-        make = lambda: eagle_published.published_fast_search(  # noqa: E731
-            image, masks, tokens, max_forward_passes=budget, curves=False
-        )
+        make = lambda: eagle_published.published_fast_search(image, masks, tokens, **options)  # noqa: E731
+    elif method == "eagle":
+        floor = 2 + 2 * k
+        make = lambda: eagle.fast_search(image, masks, tokens, **options)  # noqa: E731
     else:
         floor = 2 + 2 * k
         make = lambda: eagle.greedy_search(image, masks, tokens, max_forward_passes=budget)  # noqa: E731
     return None if budget is not None and budget < floor else make()
 
 
-def frontier(n: int, regions: int, checkpoints: list[str], batch_size: int) -> dict:
+def frontier(n: int, regions: int, checkpoints: list[str], batch_size: int, searches: list[str]) -> dict:
     """Per checkpoint: {row name: {insertion_auc, deletion_auc, pointing, forward_passes, refused}}."""
     samples = bench_samples(n)
-    rows = [("eagle_greedy", None), ("random", None)]
-    rows += [(m, b) for m in ("eagle", "eagle_fast_published") for b in FRONTIER_BUDGETS]
+    rows = [(m, None) for m in ("eagle_greedy", "random") if m in searches]
+    rows += [(m, b) for m in FRONTIER_SEARCHES if m in searches for b in FRONTIER_BUDGETS]
     out = {}
     for name in checkpoints:
         scorer = Scorer(load_model(CHECKPOINTS.get(name, name)))
         rng = np.random.default_rng(0)
         got: dict[str, list[dict]] = {}
-        for s in samples:
+        for done, s in enumerate(samples, start=1):
             audit = scorer.prepare(s.prompt, s.answer, (s.scene.image.shape[1], s.scene.image.shape[0]))
             tokens = list(range(audit.n_tokens))
             labels = superpixel_regions(s.scene.image, regions)
@@ -207,7 +211,7 @@ def frontier(n: int, regions: int, checkpoints: list[str], batch_size: int) -> d
                         "passes": passes,
                     }
                 )
-            print(f"  {name}: sample {len(got['random order'])}/{len(samples)}", flush=True)
+            print(f"  {name}: sample {done}/{len(samples)}", flush=True)
         out[name] = {key: _frontier_row(rs) for key, rs in got.items()}
         print_frontier({name: out[name]})
     return out
@@ -222,6 +226,7 @@ def _frontier_row(rs: list[dict]) -> dict:
         "insertion_auc": float(ins.mean()),
         "insertion_sem": float(ins.std(ddof=1) / np.sqrt(len(ins))) if len(ins) > 1 else 0.0,
         "deletion_auc": float(dele.mean()),
+        "deletion_sem": float(dele.std(ddof=1) / np.sqrt(len(dele))) if len(dele) > 1 else 0.0,
         "pointing": float(np.mean([r["pointing"] for r in rs])),
         "forward_passes": float(np.mean([r["passes"] for r in rs])),
     }
@@ -229,7 +234,7 @@ def _frontier_row(rs: list[dict]) -> dict:
 
 def print_frontier(table: dict, greedy_key: str = "eagle_greedy @ unlimited") -> None:
     for name, rows in table.items():
-        greedy = rows[greedy_key]
+        greedy = rows.get(greedy_key, {}).get("forward_passes")
         print(f"\n{name}: insertion AUC (± s.e.m.), deletion AUC, pointing game (mask, all samples), passes\n")
         print("| search @ budget | ins AUC ↑ | del AUC ↓ | PG | passes | greedy's passes / passes |")
         print("|---|---|---|---|---|---|")
@@ -237,7 +242,7 @@ def print_frontier(table: dict, greedy_key: str = "eagle_greedy @ unlimited") ->
             if r.get("refused"):
                 print(f"| {key} | 422: below the floor | | | | |")
                 continue
-            ratio = greedy["forward_passes"] / r["forward_passes"] if r["forward_passes"] else float("nan")
+            ratio = greedy / r["forward_passes"] if greedy and r["forward_passes"] else float("nan")
             print(
                 f"| {key} | {r['insertion_auc']:.3f} ± {r['insertion_sem']:.3f} | {r['deletion_auc']:.3f} | "
                 f"{r['pointing']:.2f} | {r['forward_passes']:.0f} | {ratio:.1f}× |"
@@ -254,10 +259,16 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the tables as JSON here")
     ap.add_argument("--frontier", action="store_true", help="the budget frontier of the fast searches (see above)")
     ap.add_argument("--models", default="ref,npw", help="--frontier: checkpoints (ref, npw or directories)")
+    ap.add_argument(
+        "--searches",
+        default=",".join(("eagle_greedy", "random", *FRONTIER_SEARCHES)),
+        help="--frontier: rows to run (eagle_greedy, random and the fast searches)",
+    )
     args = ap.parse_args()
     if args.frontier:
         start = time.perf_counter()
-        table = frontier(args.n, args.regions, [m for m in args.models.split(",") if m], args.batch_size)
+        models = [m for m in args.models.split(",") if m]
+        table = frontier(args.n, args.regions, models, args.batch_size, args.searches.split(","))
         print(f"\n{args.n} samples per checkpoint, {args.regions} regions, {time.perf_counter() - start:.0f} s")
         if args.json:
             with open(args.json, "w") as fh:

@@ -66,7 +66,7 @@ class EagleResult:
     p_t(remove S_k) for k = prefix_sizes[i], for every answer token t (probabilities).
     """
 
-    search: str  # "greedy", "lazy" or "published"
+    search: str  # "greedy", "fast", "lazy" or "published"
     ranking: list[int]  # region ids, most important first
     gains: np.ndarray  # [K] marginal gain of F at each rank (rank 1 first)
     region_scores: np.ndarray  # [K] heatmap value per region id, top region 1, last 0
@@ -377,6 +377,96 @@ def greedy_search(
         remaining.remove(best)
     ranking = selected + _order_by_estimate(remaining, estimate)
     return (yield from _finish(ev, "greedy", ranking, tokens, lam1, lam2, budget, complete))
+
+
+def fast_search(
+    image: np.ndarray,
+    masks: np.ndarray,
+    token_indices: Sequence[int] | None = None,
+    baseline: str | np.ndarray = "black",
+    lam1: float = 1.0,
+    lam2: float = 1.0,
+    s: int = 6,
+    p: int = 4,
+    u: int = 15,
+    max_forward_passes: int | None = None,
+    curves: bool = True,
+) -> Search:
+    """EAGLE's faster search: lazy top-down greedy plus a bottom-up ranking that meets it.
+
+    Our reading of EAGLE's (arXiv 2509.22496) faster search (the paper gives the idea, not every detail):
+
+    * State: ``selected`` (ranked from the top), ``tail`` (ranked from the bottom, worst
+      first), ``remaining`` (the middle), and for each region an *estimate*: its
+      marginal gain F(S+{v}) - F(S) from the last step that measured it.
+    * Top-down, step i: if ``i % u == 0`` every remaining region is re-measured (a full
+      re-rank, always at step 0); otherwise only the ``s`` regions with the best (stale)
+      estimates are. The best freshly measured region is appended to ``selected``.
+    * Bottom-up, every step after the first: the ``p`` remaining regions with the worst
+      estimates (outside the top-down candidates, except at a full re-rank, when all
+      are candidates) are tried for removal from the universe M = selected + remaining:
+      F(M - {v}) is measured and the region whose removal keeps F highest (the least
+      needed) is put in front of ``tail``. It never takes the region top-down just took.
+    * Both halves are scored in ONE yield per step; each step places up to two regions,
+      until the two rankings meet; a single last region is placed without scoring.
+    * Final ranking: selected + tail (best to worst). Each top-down step scores the
+      prefix S_k and each bottom-up step the prefix M - {v}, so most curve points come
+      free; missing ones are scored in one extra yield at the end and counted.
+
+    Cost at K regions: about 2K (step 0) + 2(s+p) per step afterwards, plus a full
+    re-rank every u steps: 556 passes at K = 48 (780 at K = 64) with (s, p, u) = (6, 4, 15),
+    against K(K+1) = 2352 for plain greedy. The budget rule is greedy's: the middle is
+    ordered by the latest estimates.
+    """
+    if s < 1 or p < 0 or u < 1:
+        raise ValueError("need s >= 1, p >= 0, u >= 1")
+    ev = _SubsetScores(image, masks, baseline)
+    budget = _Budget(max_forward_passes)
+    tokens = yield from _start(ev, token_indices)
+    selected: list[int] = []
+    tail: list[int] = []  # worst first
+    remaining = list(range(ev.k))
+    estimate: dict[int, float] = {}
+    complete = True
+    step = 0
+    while remaining:
+        if len(remaining) == 1:
+            selected.append(remaining.pop())
+            break
+        order = _order_by_estimate(remaining, estimate)
+        rerank = step % u == 0
+        top = list(remaining) if rerank else order[:s]
+        pool = order if rerank else [v for v in order if v not in top]
+        bottom = pool[-p:] if (step > 0 and p > 0) else []
+        universe = frozenset(selected) | frozenset(remaining)
+        wanted = [key for v in top for key in (ev.keep([*selected, v]), ev.remove([*selected, v]))]
+        wanted += [key for v in bottom for key in (ev.keep(universe - {v}), ev.remove(universe - {v}))]
+        if not budget.allows(ev.passes, len(ev.missing(wanted))):
+            complete = False
+            break
+        yield from ev.evaluate(wanted)
+
+        base = ev.value(selected, tokens, lam1, lam2)
+        values = [ev.value([*selected, v], tokens, lam1, lam2) for v in top]
+        estimate.update({v: val - base for v, val in zip(top, values)})
+        best = top[int(np.argmax(values))]
+        selected.append(best)
+        remaining.remove(best)
+
+        # Removing a region that top-down did not take leaves M unchanged, so the scores
+        # of M - {v} measured above are still the right ones.
+        options = [v for v in bottom if v != best]
+        if options:
+            kept = [ev.value(universe - {v}, tokens, lam1, lam2) for v in options]
+            worst = options[int(np.argmax(kept))]
+            tail.append(worst)
+            remaining.remove(worst)
+        step += 1
+    ranking = selected + _order_by_estimate(remaining, estimate) + tail[::-1]
+    return (yield from _finish(ev, "fast", ranking, tokens, lam1, lam2, budget, complete, curves))
+
+
+# ---------------------------------------------------------------- heatmap
 
 
 def heatmap_from_regions(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import re
 
 import numpy as np
 import pytest
 import torch
-from mllm_audit.explainers import eagle, eagle_lazy
+from mllm_audit.explainers import eagle
 from mllm_audit.explainers.audit import Auditor
 from mllm_audit.explainers.engine import Job, run_jobs
 from mllm_audit.explainers.regions import region_masks, rle_decode, superpixel_regions
@@ -44,7 +45,7 @@ def test_engine_results_do_not_depend_on_the_forward_batch_size(reference_scorer
         for s in (a, b):
             audit = reference_scorer.prepare(s.prompt, s.truth, (96, 96))
             masks = region_masks(superpixel_regions(s.scene.image, 12))
-            jobs.append(Job(audit, eagle_lazy.lazy_search(s.scene.image, masks)))
+            jobs.append(Job(audit, eagle.fast_search(s.scene.image, masks)))
         stats = run_jobs(jobs, reference_scorer.log_probs, batch_size)
         assert all(j.error is None for j in jobs)
         assert stats.forward_passes == sum(j.forward_passes for j in jobs)
@@ -107,9 +108,11 @@ def test_span_targets_and_bad_requests(auditor):
     assert out[0]["attributions"][0]["target"]["text"] == word
     assert isinstance(out[1], AuditInputError) and "outside the answer" in str(out[1])
     assert isinstance(out[2], AuditInputError) and "unknown method" in str(out[2])
-    # below the coarse scan's floor: a 422 that names the minimum (each target: full, blank, 2 per group)
-    floor = eagle_lazy.minimum_passes(64)
-    assert isinstance(out[3], AuditInputError) and f"needs at least {floor * n} ({floor} per target" in str(out[3])
+    # below a first scan of the 64 regions: a 422 that names the minimum (full, blank, 2 per region)
+    floor = re.search(r"with (\d+) regions and (\d+) target\(s\): it needs at least (\d+) \((\d+) per", str(out[3]))
+    assert isinstance(out[3], AuditInputError) and floor, out[3]
+    regions, targets, total, per_target = (int(g) for g in floor.groups())
+    assert targets == n and per_target == 2 + 2 * regions and total == n * per_target
     assert isinstance(out[4], AuditInputError) and "needs 131 forward passes" in str(out[4])
     # curves are opt-in for a one-pass method: the map costs one pass, the response says the curves cost 0
     tam_map = out[5]["attributions"][0]
@@ -168,7 +171,7 @@ def test_sanity_randomised_weights_change_the_attribution(reference, reference_s
         masks = region_masks(superpixel_regions(s.scene.image, 16))
         scores = []
         for scorer in (reference_scorer, random_scorer):
-            job = Job(scorer.prepare(s.prompt, s.truth, (96, 96)), eagle_lazy.lazy_search(s.scene.image, masks))
+            job = Job(scorer.prepare(s.prompt, s.truth, (96, 96)), eagle.fast_search(s.scene.image, masks))
             run_jobs([job], scorer.log_probs, 64)
             scores.append(job.result.region_scores)
         correlations.append(spearmanr(*scores).statistic)

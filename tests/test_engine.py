@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from mllm_audit.explainers.eagle import greedy_search
-from mllm_audit.explainers.eagle_lazy import lazy_search
+from mllm_audit.explainers.eagle import fast_search, greedy_search
 from mllm_audit.explainers.engine import Job, run_jobs
 
 from tests.test_eagle import drive, make_audit, toy_logp
@@ -39,7 +38,7 @@ def two_jobs():
         b,
         [
             Job(a, greedy_search(a.image, a.masks, token_indices=[0])),
-            Job(b, lazy_search(b.image, b.masks, token_indices=[1, 2])),
+            Job(b, fast_search(b.image, b.masks, token_indices=[1, 2])),
         ],
     )
 
@@ -48,7 +47,7 @@ def two_jobs():
 def test_batching_does_not_change_results(batch_size):
     a, b, jobs = two_jobs()
     alone_a, n_a, _ = drive(greedy_search(a.image, a.masks, token_indices=[0]), a)
-    alone_b, n_b, _ = drive(lazy_search(b.image, b.masks, token_indices=[1, 2]), b)
+    alone_b, n_b, _ = drive(fast_search(b.image, b.masks, token_indices=[1, 2]), b)
     scorer = CountingScorer()
     stats = run_jobs(jobs, scorer, batch_size=batch_size)
     for job, alone, n in ((jobs[0], alone_a, n_a), (jobs[1], alone_b, n_b)):

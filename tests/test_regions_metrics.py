@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mllm_audit.explainers.eagle import heatmap_from_regions
-from mllm_audit.explainers.eagle_lazy import lazy_search
+from mllm_audit.explainers.eagle import fast_search, heatmap_from_regions
 from mllm_audit.explainers.faithfulness import auc, insertion_deletion_from_ranking, pixel_ranking_curves, pointing_game
 from mllm_audit.explainers.masking import baseline_image, compose
 from mllm_audit.explainers.regions import region_bbox, region_masks, rle_decode, rle_encode, superpixel_regions
@@ -105,7 +104,7 @@ def test_superpixel_search_finds_the_object():
         return np.log(np.array([0.05 + 0.9 * showing]))
 
     labels = superpixel_regions(img, n_regions=32)
-    gen = lazy_search(img, region_masks(labels), token_indices=[0])
+    gen = fast_search(img, region_masks(labels), token_indices=[0])
     try:
         batch = next(gen)
         while True:
