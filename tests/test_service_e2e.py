@@ -529,8 +529,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(open_server,
             "examples,coverage,fuzzing",
             "--seed",
             "7",
-            "--workers",
-            "2",
+            "--workers",  # one: with two threads, hypothesis's ast.parse can crash CPython 3.11 ("AST constructor
+            "1",  # recursion depth mismatch"), a failure of the fuzzer, not of the service
             "--no-shrink",
             "--request-timeout",
             "60",
