@@ -38,7 +38,7 @@ class GradientMap(TokenMap):
         return gradient_heatmaps(scorer, audit, image, targets, self.part)
 
 
-# the positive part: |grad x input| localised worse on the bench (docs/benchmarks.md)
+# the positive part: |grad x input| pointed worse where TAM fails (docs/benchmarks.md)
 register(
     GradientMap("grad", "gradient x input at the image-token embeddings: 1 forward + 1 backward per target", "positive")
 )
