@@ -166,6 +166,12 @@ class Family:
         y0, x0 = int(round((h - ch) / 2)), int(round((w - cw) / 2))
         return x0, y0, x0 + int(round(cw)), y0 + int(round(ch))
 
+    def language_model(self, model: PreTrainedModel) -> torch.nn.Module:
+        """The decoder the forward hands its merged text and image embeddings to (`inputs_embeds`):
+        where gradient maps take their gradients. Every family here names it the transformers way."""
+        decoder: torch.nn.Module = model.get_decoder()  # type: ignore[no-untyped-call]  # untyped in transformers
+        return decoder
+
     # ------------------------------------------------------------------ a forward in two parts
     def image_features(self, model: PreTrainedModel, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected image features `[images, tokens, d]`, as the model writes them into its image

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 import numpy as np
 import torch
 from mllm_audit.models.families import Box, ImageLayout
+from mllm_audit.models.gradients import capture_input_embeds, embedding_attributions
 from mllm_audit.models.loading import LoadedModel
 from mllm_audit.models.sequence import AnswerTokens, TokenizedSequence, build_sequence, pad_batch
 from numpy.typing import NDArray
@@ -86,6 +87,11 @@ class ScorerProtocol(Protocol):
 
     def white_box(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[WhiteBoxOutput]:
         """Full-vocabulary logits at every real position, per (audit, image) pair."""
+        ...
+
+    def input_gradients(self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]]) -> NDArray[np.float64]:
+        """`[targets, image tokens]`: gradient x input of each target's summed log-probability at the
+        language model's input embeddings of the image tokens (row-major over `image_grid`), signed."""
         ...
 
     def image_token_positions(self, audit: Audit) -> list[int]:
@@ -227,6 +233,27 @@ class Scorer:
             WhiteBoxOutput(logits[row, : len(audit.sequence.input_ids)].float().cpu())
             for row, (audit, _) in enumerate(pairs)
         ]
+
+    def input_gradients(self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]]) -> NDArray[np.float64]:
+        """`[targets, image tokens]`: gradient x input of each target's summed log-probability at the
+        language model's input embeddings of the image tokens, signed. One forward with grad (the
+        service otherwise runs without), then one backward per target from that graph."""
+        if self.run_model is not self.model:
+            raise ValueError("gradients need the torch model: this scorer runs another backend")
+        layout = self._layout(audit, image)
+        start, n = audit.sequence.answer_start, audit.n_tokens
+        for target in targets:
+            if not target or any(not 0 <= t < n for t in target):
+                raise ValueError(f"target token indices {list(target)} are not within the answer's {n} tokens")
+        language_model = self.loaded.family.language_model(self.model)
+        with torch.enable_grad(), capture_input_embeds(language_model) as leaves:
+            logits = self._forward([(audit, image)])[0, start - 1 : start - 1 + n].float()
+            answer = torch.tensor(audit.tokens.ids, device=logits.device)
+            chosen = torch.log_softmax(logits, dim=-1).gather(1, answer[:, None])[:, 0]
+            sums = [chosen[list(target)].sum() for target in targets]
+            if len(leaves) != 1:
+                raise ValueError(f"the language model ran {len(leaves)} times in one forward; expected once")
+            return embedding_attributions(sums, leaves[0], layout.positions)
 
     def _check_size(self, audit: Audit, image: Image.Image) -> None:
         if image.size != audit.image_size and self.loaded.family.size_dependent:

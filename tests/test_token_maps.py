@@ -154,6 +154,12 @@ class _RednessScorer:
             outs.append(WhiteBoxOutput(logits))
         return outs
 
+    def input_gradients(self, audit, image, targets):
+        """Scripted gradient x input: the redness of each patch, for every target."""
+        logits = self.white_box([(audit, image)])[0].logits
+        self.calls -= 1  # not a white-box forward of the token maps
+        return np.stack([logits[1 : 1 + self.GRID**2, 1].double().numpy()] * len(targets))
+
 
 @pytest.mark.unit
 def test_every_method_maps_back_to_the_right_place_model_free():
@@ -188,7 +194,8 @@ def test_all_methods_on_a_tiny_random_llava_with_a_non_square_image(tiny_llava_d
             heat = m["heatmap"]
             assert heat.shape == (50, 80) and heat.dtype == np.float32
             assert np.all(np.isfinite(heat)) and heat.min() >= 0 and heat.max() <= 1
-            assert m["forward_passes"] == (15 if method.startswith("msea") else 1)
+            passes = 1 + len(targets) if method == "grad" else 1  # grad: a forward, a backward per target
+            assert m["forward_passes"] == (15 if method.startswith("msea") else passes)
             assert m["model_calls"] == (2 if method.startswith("msea") else 1)  # 8 views per call
             assert isinstance(m["context"], list) and len(m["context"]) <= 10
             for c in m["context"]:

@@ -51,12 +51,15 @@ class TokenMap(Explainer):
         """The maps of the targets (lists of answer-token indices): see `target_heatmaps`."""
         return target_heatmaps(scorer, audit, image, self.variant, targets)
 
+    def map_passes(self, ctx: PlanContext) -> int:
+        """Passes the request's maps take: one forward per image view."""
+        return len(make_views(ctx.image)) if self.variant.multiscale else 1
+
     def plan(self, ctx: PlanContext) -> Plan:
         req = ctx.request
-        # the budget covers everything: full and black images (2), the views, each target's curves if asked
-        views = len(make_views(ctx.image)) if self.variant.multiscale else 1
+        # the budget covers everything: full and black images (2), the maps, each target's curves if asked
         curves = len(ctx.targets) * 2 * CURVE_STEPS if req.curves else 0
-        cost = 2 + views + curves
+        cost = 2 + self.map_passes(ctx) + curves
         if req.max_forward_passes is not None and cost > req.max_forward_passes:
             what = "maps and insertion/deletion curves" if req.curves else "maps"
             raise AuditInputError(
