@@ -141,6 +141,7 @@ def test_scorer_has_every_method_of_the_protocol():
         "special_token_ids",
         "token_texts",
         "view_box",
+        "input_gradients",
     }
     assert all(callable(getattr(Scorer, name)) for name in methods)
 
