@@ -28,9 +28,10 @@ import json
 import time
 
 import numpy as np
-from mllm_audit.explainers import eagle, eagle_lazy, eagle_published
+from mllm_audit.explainers import eagle
 from mllm_audit.explainers.engine import Job, run_jobs
 from mllm_audit.explainers.faithfulness import pixel_ranking_curves, pointing_game
+from mllm_audit.explainers.methods import get as get_method
 from mllm_audit.explainers.regions import region_masks, superpixel_regions
 from mllm_audit.models.loading import load_model
 from mllm_audit.models.scorer import Scorer
@@ -151,22 +152,13 @@ CHECKPOINTS = {"ref": None, "npw": "models/reference/weights-no-patch-words"}
 
 
 def search_for(method: str, image: np.ndarray, masks: np.ndarray, tokens: list[int], budget: int | None):
-    """The service's search for a method (curves only where the search scored them), or None below its floor."""
-    k = masks.shape[0]
-    options = {"max_forward_passes": budget, "curves": False}
-    if method == "eagle_lazy":
-        floor = eagle_lazy.minimum_passes(k)
-        make = lambda: eagle_lazy.lazy_search(image, masks, tokens, **options)  # noqa: E731
-    elif method == "eagle_fast_published":
-        floor = 2 + 2 * k
-        make = lambda: eagle_published.published_fast_search(image, masks, tokens, **options)  # noqa: E731
-    elif method == "eagle":
-        floor = 2 + 2 * k
-        make = lambda: eagle.fast_search(image, masks, tokens, **options)  # noqa: E731
-    else:
-        floor = 2 + 2 * k
-        make = lambda: eagle.greedy_search(image, masks, tokens, max_forward_passes=budget)  # noqa: E731
-    return None if budget is not None and budget < floor else make()
+    """The service's search for an EAGLE method (curves only where the search scored them), or None below
+    its floor: the registered method's own search and floor, with the service's default options."""
+    explainer = get_method(method)
+    if budget is not None and budget < explainer.minimum_passes(masks.shape[0]):
+        return None
+    options = {"baseline": "black", "lam1": 1.0, "lam2": 1.0, "max_forward_passes": budget, "curves": False}
+    return explainer.search(image, masks, tokens, **options)
 
 
 def frontier(n: int, regions: int, checkpoints: list[str], batch_size: int, searches: list[str]) -> dict:
