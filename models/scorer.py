@@ -18,11 +18,13 @@ the Hugging Face processor or the model.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import numpy as np
 import torch
+from mllm_audit.models.attention import attention_to_image, eager_attention, relevancy, upper_layers
 from mllm_audit.models.families import Box, ImageLayout
 from mllm_audit.models.gradients import capture_input_embeds, embedding_attributions
 from mllm_audit.models.loading import LoadedModel
@@ -31,6 +33,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 ImageArray: TypeAlias = NDArray[np.uint8]  # [height, width, 3] RGB
+AttentionWeighting: TypeAlias = Literal["raw", "gradient"]  # attention probabilities, or relevancy
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,13 @@ class ScorerProtocol(Protocol):
     def input_gradients(self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]]) -> NDArray[np.float64]:
         """`[targets, image tokens]`: gradient x input of each target's summed log-probability at the
         language model's input embeddings of the image tokens (row-major over `image_grid`), signed."""
+        ...
+
+    def attention_maps(
+        self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]], weighting: AttentionWeighting
+    ) -> NDArray[np.float64]:
+        """`[targets, image tokens]`: how much the positions emitting each target attend to each image
+        token (row-major over `image_grid`), by "raw" attention or "gradient"-weighted relevancy."""
         ...
 
     def image_token_positions(self, audit: Audit) -> list[int]:
@@ -165,6 +175,11 @@ class Scorer:
 
     def _forward(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> torch.Tensor:
         """Logits `[batch, seq, vocab]` of the right-padded batch."""
+        logits: torch.Tensor = self._run(pairs).logits
+        return logits
+
+    def _run(self, pairs: Sequence[tuple[Audit, ImageArray]], **options: Any) -> Any:
+        """The model's output on the right-padded batch; `options` go to the forward (output_attentions)."""
         ids, mask = pad_batch([a.sequence.input_ids for a, _ in pairs], self.pad_id)
         images = [to_pil(img) for _, img in pairs]
         for (audit, _), image in zip(pairs, images):
@@ -172,9 +187,7 @@ class Scorer:
         inputs = self.loaded.family.model_inputs(self.model, self.processor, images, ids)
         dev, dt = self.loaded.device, self.loaded.dtype
         inputs = {k: (v.to(dev, dt) if v.is_floating_point() else v.to(dev)) for k, v in inputs.items()}
-        out = self.run_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, **inputs)
-        logits: torch.Tensor = out.logits
-        return logits
+        return self.run_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, **inputs, **options)
 
     @torch.inference_mode()
     def log_probs(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[NDArray[np.float64]]:
@@ -238,13 +251,9 @@ class Scorer:
         """`[targets, image tokens]`: gradient x input of each target's summed log-probability at the
         language model's input embeddings of the image tokens, signed. One forward with grad (the
         service otherwise runs without), then one backward per target from that graph."""
-        if self.run_model is not self.model:
-            raise ValueError("gradients need the torch model: this scorer runs another backend")
+        self._check_white_box_targets(audit, targets, "gradients")
         layout = self._layout(audit, image)
         start, n = audit.sequence.answer_start, audit.n_tokens
-        for target in targets:
-            if not target or any(not 0 <= t < n for t in target):
-                raise ValueError(f"target token indices {list(target)} are not within the answer's {n} tokens")
         language_model = self.loaded.family.language_model(self.model)
         with torch.enable_grad(), capture_input_embeds(language_model) as leaves:
             logits = self._forward([(audit, image)])[0, start - 1 : start - 1 + n].float()
@@ -254,6 +263,48 @@ class Scorer:
             if len(leaves) != 1:
                 raise ValueError(f"the language model ran {len(leaves)} times in one forward; expected once")
             return embedding_attributions(sums, leaves[0], layout.positions)
+
+    def attention_maps(
+        self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]], weighting: AttentionWeighting
+    ) -> NDArray[np.float64]:
+        """`[targets, image tokens]`: per target, how much the positions that emit its tokens attend
+        to each image token. "raw": the attention probabilities of the language model's upper half
+        of layers, averaged over heads (one forward). "gradient": relevancy, gradient-weighted
+        attention propagated through every layer (one forward with grad, then a backward per target)."""
+        self._check_white_box_targets(audit, targets, "attention maps")
+        positions = list(self._layout(audit, image).positions)
+        start = audit.sequence.answer_start
+        rows = [[start + t - 1 for t in target] for target in targets]  # each token is emitted one position earlier
+        gradients = weighting == "gradient"
+        # a leaf at the input embeddings gives the backward a graph even where no parameter requires grad
+        capture = capture_input_embeds(self.loaded.family.language_model(self.model)) if gradients else nullcontext()
+        with eager_attention(self.model), torch.set_grad_enabled(gradients), capture:
+            out = self._run([(audit, image)], output_attentions=True)
+            if not out.attentions:
+                raise ValueError(f"{self.loaded.family.name}: the model returned no attention probabilities")
+            attentions = torch.stack([a[0] for a in out.attentions])  # [layers, heads, seq, seq]
+            if not gradients:
+                layers = upper_layers(len(attentions))
+                return np.stack([attention_to_image(attentions, r, positions, layers).double().cpu().numpy() for r in rows])
+            n = audit.n_tokens
+            answer = torch.tensor(audit.tokens.ids, device=out.logits.device)
+            chosen = torch.log_softmax(out.logits[0, start - 1 : start - 1 + n].float(), dim=-1)
+            chosen = chosen.gather(1, answer[:, None])[:, 0]
+            maps = []
+            for i, (target, r) in enumerate(zip(targets, rows)):
+                last = i == len(targets) - 1
+                grads = torch.autograd.grad(chosen[list(target)].sum(), out.attentions, retain_graph=not last)
+                weights = torch.stack([g[0] for g in grads])
+                maps.append(relevancy(attentions.detach(), weights, r, positions).double().cpu().numpy())
+            return np.stack(maps)
+
+    def _check_white_box_targets(self, audit: Audit, targets: Sequence[Sequence[int]], what: str) -> None:
+        if self.run_model is not self.model:
+            raise ValueError(f"{what} need the torch model: this scorer runs another backend")
+        n = audit.n_tokens
+        for target in targets:
+            if not target or any(not 0 <= t < n for t in target):
+                raise ValueError(f"target token indices {list(target)} are not within the answer's {n} tokens")
 
     def _check_size(self, audit: Audit, image: Image.Image) -> None:
         if image.size != audit.image_size and self.loaded.family.size_dependent:

@@ -194,7 +194,8 @@ def test_all_methods_on_a_tiny_random_llava_with_a_non_square_image(tiny_llava_d
             heat = m["heatmap"]
             assert heat.shape == (50, 80) and heat.dtype == np.float32
             assert np.all(np.isfinite(heat)) and heat.min() >= 0 and heat.max() <= 1
-            passes = 1 + len(targets) if method == "grad" else 1  # grad: a forward, a backward per target
+            # grad and relevancy: a forward, then a backward per target
+            passes = 1 + len(targets) if method in ("grad", "relevancy") else 1
             assert m["forward_passes"] == (15 if method.startswith("msea") else passes)
             assert m["model_calls"] == (2 if method.startswith("msea") else 1)  # 8 views per call
             assert isinstance(m["context"], list) and len(m["context"]) <= 10
