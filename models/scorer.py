@@ -175,10 +175,10 @@ class Scorer:
 
     def _forward(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> torch.Tensor:
         """Logits `[batch, seq, vocab]` of the right-padded batch."""
-        logits: torch.Tensor = self._run(pairs).logits
+        logits: torch.Tensor = self.model_outputs(pairs).logits
         return logits
 
-    def _run(self, pairs: Sequence[tuple[Audit, ImageArray]], **options: Any) -> Any:
+    def model_outputs(self, pairs: Sequence[tuple[Audit, ImageArray]], **options: Any) -> Any:
         """The model's output on the right-padded batch; `options` go to the forward (output_attentions)."""
         ids, mask = pad_batch([a.sequence.input_ids for a, _ in pairs], self.pad_id)
         images = [to_pil(img) for _, img in pairs]
@@ -279,13 +279,15 @@ class Scorer:
         # a leaf at the input embeddings gives the backward a graph even where no parameter requires grad
         capture = capture_input_embeds(self.loaded.family.language_model(self.model)) if gradients else nullcontext()
         with eager_attention(self.model), torch.set_grad_enabled(gradients), capture:
-            out = self._run([(audit, image)], output_attentions=True)
+            out = self.model_outputs([(audit, image)], output_attentions=True)
             if not out.attentions:
                 raise ValueError(f"{self.loaded.family.name}: the model returned no attention probabilities")
             attentions = torch.stack([a[0] for a in out.attentions])  # [layers, heads, seq, seq]
             if not gradients:
                 layers = upper_layers(len(attentions))
-                return np.stack([attention_to_image(attentions, r, positions, layers).double().cpu().numpy() for r in rows])
+                return np.stack(
+                    [attention_to_image(attentions, r, positions, layers).double().cpu().numpy() for r in rows]
+                )
             n = audit.n_tokens
             answer = torch.tensor(audit.tokens.ids, device=out.logits.device)
             chosen = torch.log_softmax(out.logits[0, start - 1 : start - 1 + n].float(), dim=-1)

@@ -21,7 +21,7 @@ from mllm_audit.explainers.token_maps import MapVariant
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
-    from mllm_audit.models.scorer import Audit, AttentionWeighting, ScorerProtocol
+    from mllm_audit.models.scorer import AttentionWeighting, Audit, ScorerProtocol
 
 
 class AttentionMap(TokenMap):
