@@ -142,6 +142,7 @@ def test_scorer_has_every_method_of_the_protocol():
         "token_texts",
         "view_box",
         "input_gradients",
+        "attention_maps",
     }
     assert all(callable(getattr(Scorer, name)) for name in methods)
 

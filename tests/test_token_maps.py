@@ -160,6 +160,10 @@ class _RednessScorer:
         self.calls -= 1  # not a white-box forward of the token maps
         return np.stack([logits[1 : 1 + self.GRID**2, 1].double().numpy()] * len(targets))
 
+    def attention_maps(self, audit, image, targets, weighting):
+        """Scripted attention: every target looks at the red patches."""
+        return self.input_gradients(audit, image, targets)
+
 
 @pytest.mark.unit
 def test_every_method_maps_back_to_the_right_place_model_free():
