@@ -15,11 +15,14 @@ multi-scale views, so that only the readout differs.
 - `attention Lk`: the attention the position that emits the target pays to each image token
   in layer k, mean over heads; `attention upper` / `all` average the upper half / all layers
   (`upper` is the `attention` method).
+- `TAM`: the `tam` method's map (the last layer's readout, ECI for the later words of a
+  caption, the 3x3 rank Gaussian filter), and the same with a 5x5 filter or none.
 - `rollout`: attention rollout (Abnar & Zuidema, arXiv 2005.00928): residual-mixed, row-normalised
   attention multiplied through the layers.
 - `grad x attention upper`: ReLU(dA * A) averaged over heads and the upper half of layers,
   without propagation; `relevancy`: the same weighting propagated through all layers (the
-  `relevancy` method).
+  `relevancy` method); `attention x relevancy`: the product of the two, each scaled to a
+  maximum of 1 (both come from the same forward).
 
 Pointing game only: it needs no extra forward passes, so every variant is measured on
 many words in seconds; insertion / deletion of the shipped methods are in bench/token_maps.py.
@@ -55,6 +58,11 @@ def rollout(attentions: torch.Tensor, rows: list[int], columns: list[int]) -> to
     return rolled[rows][:, columns].mean(dim=0)
 
 
+def _unit(values: torch.Tensor) -> torch.Tensor:
+    kept = values.clamp_min(0)
+    return kept / kept.max() if kept.max() > 0 else kept
+
+
 def readouts(scorer: Scorer, sample, audit, toks: list[int]) -> dict[str, np.ndarray]:
     """Every variant's raw values at the image tokens for one target (see the module docstring)."""
     model = scorer.model
@@ -74,13 +82,13 @@ def readouts(scorer: Scorer, sample, audit, toks: list[int]) -> dict[str, np.nda
     values: dict[str, torch.Tensor] = {}
     norm, head = scorer.loaded.family.language_model(model).norm, model.get_output_embeddings()
     with torch.no_grad():
-        for k, hidden in enumerate(out.hidden_states):
-            h = hidden[0].detach()
+        hidden = [h[0].detach() for h in out.hidden_states]
+        for k, h in enumerate(hidden):
             readout = h if k == n_layers else norm(h)  # the last hidden state is already normalised
             values[f"lens L{k}"] = head(readout[positions])[:, classes].sum(dim=-1)
-            values[f"similarity L{k}"] = torch.nn.functional.cosine_similarity(
-                h[positions], h[own].mean(0)[None], dim=-1
-            )
+        for k, h in enumerate(hidden):
+            cosine = torch.nn.functional.cosine_similarity(h[positions], h[own].mean(0)[None], dim=-1)
+            values[f"similarity L{k}"] = cosine
         for k in range(n_layers):
             values[f"attention L{k + 1}"] = attention_to_image(attentions, rows, positions, [k])
         values["attention upper"] = attention_to_image(attentions, rows, positions, upper_layers(n_layers))
@@ -89,7 +97,16 @@ def readouts(scorer: Scorer, sample, audit, toks: list[int]) -> dict[str, np.nda
         weighted = (gradients * attentions).clamp_min(0)
         values["grad x attention upper"] = attention_to_image(weighted, rows, positions, upper_layers(n_layers))
         values["relevancy"] = relevancy(attentions, gradients, rows, positions)
-    return {name: v.double().cpu().numpy() for name, v in values.items()}
+        values["attention x relevancy"] = _unit(values["attention upper"]) * _unit(values["relevancy"])
+    result = {name: v.double().cpu().numpy() for name, v in values.items()}
+    # TAM itself on the same forward: the last layer's readout with ECI (captions' later words), and
+    # its rank Gaussian filter at two sizes or none
+    logits = out.logits[0].detach().float().cpu().numpy()
+    layout = tam.sequence_layout(scorer, audit, sample.scene.image)
+    for name, use_filter, size in (("TAM", True, 3), ("TAM, filter 5x5", True, 5), ("TAM, no rank filter", False, 3)):
+        maps = tam.token_grid_maps(logits, layout, toks, use_filter=use_filter, filter_size=size)
+        result[name] = np.mean([tam.normalise(maps[t].grid).ravel() for t in toks], axis=0)  # as the method does
+    return result
 
 
 def pointing_rates(model_dir: str | None, n: int) -> dict[str, float]:

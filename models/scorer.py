@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 import torch
@@ -33,7 +33,6 @@ from numpy.typing import NDArray
 from PIL import Image
 
 ImageArray: TypeAlias = NDArray[np.uint8]  # [height, width, 3] RGB
-AttentionWeighting: TypeAlias = Literal["raw", "gradient"]  # attention probabilities, or relevancy
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,14 @@ class WhiteBoxOutput:
     """Per pair: the logits at every position (TAM reads token activations off them)."""
 
     logits: torch.Tensor  # [seq, vocab]
+
+
+@dataclass(frozen=True)
+class AttentionReadout:
+    """Per target, one value per image token (`Scorer.attention_maps`)."""
+
+    attention: NDArray[np.float64]  # [targets, image tokens]: upper-half attention of the emitting positions
+    relevancy: NDArray[np.float64] | None  # [targets, image tokens]: propagated gradient-weighted attention
 
 
 @dataclass(frozen=True)
@@ -98,10 +105,10 @@ class ScorerProtocol(Protocol):
         ...
 
     def attention_maps(
-        self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]], weighting: AttentionWeighting
-    ) -> NDArray[np.float64]:
-        """`[targets, image tokens]`: how much the positions emitting each target attend to each image
-        token (row-major over `image_grid`), by "raw" attention or "gradient"-weighted relevancy."""
+        self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]], with_relevancy: bool = False
+    ) -> AttentionReadout:
+        """How much the positions emitting each target attend to each image token (row-major over
+        `image_grid`): raw attention, and gradient-weighted relevancy when asked."""
         ...
 
     def image_token_positions(self, audit: Audit) -> list[int]:
@@ -265,29 +272,30 @@ class Scorer:
             return embedding_attributions(sums, leaves[0], layout.positions)
 
     def attention_maps(
-        self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]], weighting: AttentionWeighting
-    ) -> NDArray[np.float64]:
-        """`[targets, image tokens]`: per target, how much the positions that emit its tokens attend
-        to each image token. "raw": the attention probabilities of the language model's upper half
-        of layers, averaged over heads (one forward). "gradient": relevancy, gradient-weighted
-        attention propagated through every layer (one forward with grad, then a backward per target)."""
+        self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]], with_relevancy: bool = False
+    ) -> AttentionReadout:
+        """Per target, how much the positions that emit its tokens attend to each image token:
+        the attention probabilities of the language model's upper half of layers, averaged over
+        heads (one forward), and with `with_relevancy` the gradient-weighted attention propagated
+        through every layer too (that forward with grad, then a backward per target)."""
         self._check_white_box_targets(audit, targets, "attention maps")
         positions = list(self._layout(audit, image).positions)
         start = audit.sequence.answer_start
         rows = [[start + t - 1 for t in target] for target in targets]  # each token is emitted one position earlier
-        gradients = weighting == "gradient"
         # a leaf at the input embeddings gives the backward a graph even where no parameter requires grad
-        capture = capture_input_embeds(self.loaded.family.language_model(self.model)) if gradients else nullcontext()
-        with eager_attention(self.model), torch.set_grad_enabled(gradients), capture:
+        language_model = self.loaded.family.language_model(self.model)
+        capture = capture_input_embeds(language_model) if with_relevancy else nullcontext()
+        with eager_attention(self.model), torch.set_grad_enabled(with_relevancy), capture:
             out = self.model_outputs([(audit, image)], output_attentions=True)
             if not out.attentions:
                 raise ValueError(f"{self.loaded.family.name}: the model returned no attention probabilities")
-            attentions = torch.stack([a[0] for a in out.attentions])  # [layers, heads, seq, seq]
-            if not gradients:
-                layers = upper_layers(len(attentions))
-                return np.stack(
-                    [attention_to_image(attentions, r, positions, layers).double().cpu().numpy() for r in rows]
-                )
+            attentions = torch.stack([a[0].detach() for a in out.attentions])  # [layers, heads, seq, seq]
+            layers = upper_layers(len(attentions))
+            attention = np.stack(
+                [attention_to_image(attentions, r, positions, layers).double().cpu().numpy() for r in rows]
+            )
+            if not with_relevancy:
+                return AttentionReadout(attention, None)
             n = audit.n_tokens
             answer = torch.tensor(audit.tokens.ids, device=out.logits.device)
             chosen = torch.log_softmax(out.logits[0, start - 1 : start - 1 + n].float(), dim=-1)
@@ -297,8 +305,8 @@ class Scorer:
                 last = i == len(targets) - 1
                 grads = torch.autograd.grad(chosen[list(target)].sum(), out.attentions, retain_graph=not last)
                 weights = torch.stack([g[0] for g in grads])
-                maps.append(relevancy(attentions.detach(), weights, r, positions).double().cpu().numpy())
-            return np.stack(maps)
+                maps.append(relevancy(attentions, weights, r, positions).double().cpu().numpy())
+            return AttentionReadout(attention, np.stack(maps))
 
     def _check_white_box_targets(self, audit: Audit, targets: Sequence[Sequence[int]], what: str) -> None:
         if self.run_model is not self.model:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from mllm_audit.explainers.faithfulness import pointing_game
 from mllm_audit.explainers.methods import get as get_method
+from mllm_audit.explainers.methods.attention import unit_scale
 from mllm_audit.models.attention import attention_to_image, eager_attention, relevancy, upper_layers
 from mllm_audit.models.loading import REFERENCE_MODEL_DIR, load_model
-from mllm_audit.models.scorer import Scorer
+from mllm_audit.models.scorer import AttentionReadout, Scorer
 
 from tests.conftest import held_out_sample
 
@@ -59,8 +60,19 @@ def test_eager_attention_is_switched_for_the_block_only(reference_scorer):
     assert model.config._attn_implementation == before
 
 
+@pytest.mark.unit
+def test_the_combined_map_is_the_product_of_both_maps_scaled_to_one():
+    attention = np.array([[0.2, 0.1, 0.0, 0.4], [0.0, 0.0, 0.0, 0.0]])
+    relevancy = np.array([[1.0, 4.0, 2.0, -1.0], [3.0, 0.0, 1.0, 0.0]])
+    product = get_method("attention+relevancy").combine(AttentionReadout(attention, relevancy))
+    # row 0: (0.5, 0.25, 0, 1) * (0.25, 1, 0.5, 0): the peak is where both are high, not either alone
+    assert product[0].tolist() == pytest.approx([0.125, 0.25, 0.0, 0.0])
+    assert product[1].tolist() == [0.0] * 4  # no attention: nothing, and no division by zero
+    assert unit_scale(np.array([[np.nan, 2.0]])).tolist() == [[0.0, 1.0]]
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("method", ["attention", "relevancy"])
+@pytest.mark.parametrize("method", ["attention", "relevancy", "attention+relevancy"])
 def test_attention_maps_point_at_the_named_object_on_both_checkpoints(reference_scorer, method):
     """Neither map reads image tokens through the LM head, so the checkpoint trained without the
     patch-word loss (where TAM fails) should not stop them localising."""
@@ -76,7 +88,7 @@ def test_attention_maps_point_at_the_named_object_on_both_checkpoints(reference_
             heat = m["heatmap"]
             assert heat.shape == image.shape[:2] and heat.dtype == np.float32
             assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
-            assert m["forward_passes"] == (2 if method == "relevancy" else 1)
+            assert m["forward_passes"] == (1 if method == "attention" else 2)
             hits += pointing_game(heat, sample.target.mask)
         assert hits / n >= 0.8, f"{method} pointing game {hits}/{n} on {scorer.loaded.path.name}"
     assert all(p.grad is None for p in npw.model.parameters())

@@ -160,9 +160,12 @@ class _RednessScorer:
         self.calls -= 1  # not a white-box forward of the token maps
         return np.stack([logits[1 : 1 + self.GRID**2, 1].double().numpy()] * len(targets))
 
-    def attention_maps(self, audit, image, targets, weighting):
-        """Scripted attention: every target looks at the red patches."""
-        return self.input_gradients(audit, image, targets)
+    def attention_maps(self, audit, image, targets, with_relevancy=False):
+        """Scripted attention and relevancy: every target looks at the red patches."""
+        from mllm_audit.models.scorer import AttentionReadout
+
+        red = self.input_gradients(audit, image, targets)
+        return AttentionReadout(red, red**2 if with_relevancy else None)
 
 
 @pytest.mark.unit
@@ -199,7 +202,7 @@ def test_all_methods_on_a_tiny_random_llava_with_a_non_square_image(tiny_llava_d
             assert heat.shape == (50, 80) and heat.dtype == np.float32
             assert np.all(np.isfinite(heat)) and heat.min() >= 0 and heat.max() <= 1
             # grad and relevancy: a forward, then a backward per target
-            passes = 1 + len(targets) if method in ("grad", "relevancy") else 1
+            passes = 1 + len(targets) if method in ("grad", "relevancy", "attention+relevancy") else 1
             assert m["forward_passes"] == (15 if method.startswith("msea") else passes)
             assert m["model_calls"] == (2 if method.startswith("msea") else 1)  # 8 views per call
             assert isinstance(m["context"], list) and len(m["context"]) <= 10
