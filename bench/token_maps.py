@@ -1,6 +1,7 @@
 """White-box token maps (TAM, MSEA, ARC, MSEA+ARC) on held-out reference-world samples.
 
     python -m bench.token_maps [--n 100] [--methods tam,msea,arc,msea+arc] [--json out.json]
+        [--view-weighting agreement]
 
 Samples: the same held-out samples as bench/faithfulness.py (40% colour answers, 40% shape
 answers, 20% captions), explaining the true answer. In a caption every colour and shape word
@@ -28,12 +29,16 @@ import argparse
 import json
 import re
 import time
+from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 from mllm_audit.explainers.engine import Job, run_jobs
 from mllm_audit.explainers.faithfulness import box_mask, pixel_ranking_curves, pointing_game
 from mllm_audit.explainers.methods import WHITE_BOX as METHODS
+from mllm_audit.explainers.methods import Explainer
 from mllm_audit.explainers.methods import get as get_method
+from mllm_audit.explainers.methods.token_maps import TokenMap
 from mllm_audit.explainers.tam import words_of_tokens
 from mllm_audit.models.loading import load_model
 from mllm_audit.models.reference import world
@@ -94,13 +99,14 @@ def binarise_answer(maps: list[dict]) -> list[np.ndarray]:
 def evaluate_token_maps(
     loaded_model,
     samples: list[world.Sample],
-    methods=METHODS,
+    methods: Iterable[str] | dict[str, Explainer] = METHODS,
     batch_size: int = 32,
     steps: int = 64,
     progress: bool = False,
 ) -> dict:
     """Per method: faithfulness, localisation, Obj/Func/F1-IoU and latency on ``samples`` (module docstring)."""
     scorer = Scorer(loaded_model)
+    explainers = methods if isinstance(methods, dict) else {m: get_method(m) for m in methods}
     rows: dict[str, dict[str, list]] = {
         m: {
             "ins": [],
@@ -115,7 +121,7 @@ def evaluate_token_maps(
             "pg_mask_qa": [],
             "pg_mask_caption": [],
         }
-        for m in methods
+        for m in explainers
     }
     for i, s in enumerate(samples):
         image = s.scene.image
@@ -125,9 +131,9 @@ def evaluate_token_maps(
         if not targets:
             continue
         jobs: list[tuple[str, Job]] = []
-        for m in methods:
+        for m in explainers:
             start = time.perf_counter()
-            maps = get_method(m).heatmaps(scorer, audit, image, targets)
+            maps = explainers[m].heatmaps(scorer, audit, image, targets)
             ms = (time.perf_counter() - start) * 1000
             r = rows[m]
             r["ms_call"].append(ms)
@@ -225,14 +231,25 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--model", default=None, help="model directory (default: the bundled reference model)")
     ap.add_argument("--json", default=None, help="also write the table as JSON here")
+    ap.add_argument(
+        "--view-weighting",
+        choices=["equal", "agreement"],
+        default="equal",
+        help="how msea and msea+arc weight their scales (equal: the methods' default)",
+    )
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS)
     if unknown:
         ap.error(f"unknown methods {sorted(unknown)}; use {', '.join(METHODS)}")
     start = time.perf_counter()
+    explainers = {m: get_method(m) for m in methods}
+    for m, e in explainers.items():
+        if isinstance(e, TokenMap) and e.variant.multiscale and args.view_weighting != "equal":
+            settings = replace(e.map_params, view_weighting=args.view_weighting)
+            explainers[m] = TokenMap(e.name, e.summary, e.variant, settings)
     table = evaluate_token_maps(
-        load_model(args.model), bench_samples(args.n), methods, args.batch_size, args.steps, progress=True
+        load_model(args.model), bench_samples(args.n), explainers, args.batch_size, args.steps, progress=True
     )
     print(f"\n{args.n} samples, {time.perf_counter() - start:.0f} s in all\n")
     print_table(table)

@@ -119,3 +119,23 @@ class ScaleStitcher:
             cover = self._cover[s]
             out[s] = np.where(cover > 1e-6, total / np.maximum(cover, 1e-6), 0.0)
         return out
+
+
+def agreement_weights(maps: list[np.ndarray]) -> NDArray[np.float64]:
+    """A weight per map: its Pearson correlation with the mean of the others, clipped at 0.
+
+    A view the model reads out of its training distribution gives a map that agrees with no
+    other scale, and gets little say. Equal weights where no map agrees with the rest (or
+    with fewer than three maps, where "the others" is one map).
+    """
+    n = len(maps)
+    if n < 3:
+        return np.ones(n)
+    flat = np.stack([np.asarray(m, dtype=np.float64).ravel() for m in maps])
+    total = flat.sum(axis=0)
+    weights = np.zeros(n)
+    for i in range(n):
+        others = (total - flat[i]) / (n - 1)
+        if flat[i].std() > 0 and others.std() > 0:
+            weights[i] = max(0.0, float(np.corrcoef(flat[i], others)[0, 1]))
+    return weights if weights.sum() > 0 else np.ones(n)

@@ -27,7 +27,7 @@ The scorer is a `ScorerProtocol` (mllm_audit.models.scorer): ``white_box``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from mllm_audit.explainers import msea, tam
@@ -45,12 +45,16 @@ class MapVariant:
     arc: bool = False  # ARC: context weighted by rank-biased-overlap coherence
 
 
+ViewWeighting = Literal["equal", "agreement"]
+
+
 @dataclass(frozen=True)
 class TokenMapParams:
     scales: tuple[float, ...] = msea.DEFAULT_SCALES  # MSEA scales (single-scale methods use 1 only)
     arc: ArcParams = field(default_factory=ArcParams)  # RBO depth k and persistence p
     rank_filter: bool = True  # TAM's rank Gaussian filter on the token grid
     filter_size: int = 3
+    view_weighting: ViewWeighting = "equal"  # MSEA: "agreement" weights scales by msea.agreement_weights
     views_per_forward: int = 8  # views per white_box call (each returns [seq, vocab] logits)
     context_top: int = 10
 
@@ -61,6 +65,7 @@ def variant_params(variant: MapVariant, params: TokenMapParams | None = None) ->
     out: dict[str, Any] = {"rank_filter": params.rank_filter, "filter_size": params.filter_size, "eci": True}
     if variant.multiscale:
         out["scales"] = list(params.scales)
+        out["view_weighting"] = params.view_weighting
     if variant.arc:
         out.update({"rbo_k": params.arc.k, "rbo_p": params.arc.p, "arc_weighting": "1 - rho"})
     return out
@@ -137,7 +142,9 @@ def target_heatmaps(
     for t in tokens:
         per_scale = stitchers[t].scale_maps()
         peaks = [float(m.max()) for m in per_scale.values()]
-        token_heat[t] = tam.normalise(np.mean([tam.normalise(m) for m in per_scale.values()], axis=0))
+        scaled = [tam.normalise(m) for m in per_scale.values()]
+        weights = msea.agreement_weights(scaled) if params.view_weighting == "agreement" else np.ones(len(scaled))
+        token_heat[t] = tam.normalise(np.tensordot(weights / weights.sum(), np.stack(scaled), axes=1))
         token_peak[t] = float(np.mean(peaks))
 
     results = []

@@ -8,6 +8,9 @@ from mllm_audit.explainers import arc, msea, tam
 from mllm_audit.explainers.faithfulness import pointing_game
 from mllm_audit.explainers.methods import WHITE_BOX as METHODS
 from mllm_audit.explainers.methods import get as get_method
+from mllm_audit.explainers.methods.token_maps import TokenMap
+from mllm_audit.explainers.request import AuditRequest
+from mllm_audit.explainers.token_maps import MapVariant, TokenMapParams
 from mllm_audit.models.loading import load_model
 from mllm_audit.models.scorer import Scorer
 
@@ -166,6 +169,36 @@ class _RednessScorer:
 
         red = self.input_gradients(audit, image, targets)
         return AttentionReadout(red, red**2 if with_relevancy else None)
+
+
+@pytest.mark.unit
+def test_agreement_weights_silence_the_scale_that_agrees_with_no_other():
+    rng = np.random.default_rng(0)
+    blob = np.zeros((12, 12))
+    blob[3:6, 7:10] = 1.0
+    agreeing = [blob + 0.05 * rng.random((12, 12)) for _ in range(3)]
+    odd = np.zeros((12, 12))
+    odd[8:11, 0:3] = 1.0  # a view out of the model's distribution marks somewhere else
+    weights = msea.agreement_weights([*agreeing, odd])
+    assert weights[:3].min() > 0.8 and weights[3] == 0.0  # the others' mean includes the odd map
+    assert msea.agreement_weights([blob, odd]).tolist() == [1.0, 1.0]  # too few maps to judge
+    assert msea.agreement_weights([blob, odd, np.zeros((12, 12))]).tolist() == [1.0, 1.0, 1.0]  # none agrees
+
+
+@pytest.mark.unit
+def test_msea_with_agreement_weighting_reports_it_and_still_maps_the_right_place():
+    scorer = _RednessScorer()
+    image = np.full((72, 120, 3), 120, dtype=np.uint8)
+    image[10:30, 80:104] = (230, 30, 30)
+    mask = np.zeros(image.shape[:2], dtype=bool)
+    mask[10:30, 80:104] = True
+    audit = scorer.prepare("What color?", "red", (120, 72))
+    weighted = TokenMap("msea", "", MapVariant(multiscale=True), TokenMapParams(view_weighting="agreement"))
+    heat = weighted.heatmaps(scorer, audit, image, [[0]])[0]["heatmap"]
+    assert pointing_game(heat, mask) and heat[mask].mean() > 4 * heat[~mask].mean()
+    request = AuditRequest(image, "What color?", "red", method="msea")
+    assert weighted.params(request)["view_weighting"] == "agreement"
+    assert get_method("msea").params(request)["view_weighting"] == "equal"
 
 
 @pytest.mark.unit

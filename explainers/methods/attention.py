@@ -42,11 +42,11 @@ class AttentionMap(TokenMap):
     ):
         super().__init__(name, summary, MapVariant())
         self.combine = combine
-        self.map_params = params  # for the response's method.params
+        self.response_params = params  # for the response's method.params
         self.needs_gradients = params["gradient_weighted"]
 
     def params(self, request: AuditRequest) -> dict[str, Any]:
-        return {**self.map_params, "curves": request.curves}
+        return {**self.response_params, "curves": request.curves}
 
     def _passes(self, n_targets: int) -> int:
         return 1 + n_targets if self.needs_gradients else 1  # a backward per target

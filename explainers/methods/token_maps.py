@@ -19,7 +19,7 @@ from mllm_audit.explainers.methods.eagle import curve_points
 from mllm_audit.explainers.msea import make_views
 from mllm_audit.explainers.request import AuditInputError, AuditRequest
 from mllm_audit.explainers.results import Attribution, ContextToken, Target
-from mllm_audit.explainers.token_maps import MapVariant, target_heatmaps, variant_params
+from mllm_audit.explainers.token_maps import MapVariant, TokenMapParams, target_heatmaps, variant_params
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -37,19 +37,20 @@ def bilinear(heat: NDArray[np.float32], size: tuple[int, int]) -> NDArray[np.flo
 class TokenMap(Explainer):
     white_box = True
 
-    def __init__(self, name: str, summary: str, variant: MapVariant):
+    def __init__(self, name: str, summary: str, variant: MapVariant, map_params: TokenMapParams | None = None):
         self.name = name
         self.summary = summary
         self.variant = variant
+        self.map_params = map_params or TokenMapParams()  # the benchmarks try other settings
 
     def params(self, request: AuditRequest) -> dict[str, Any]:
-        return {**variant_params(self.variant), "curves": request.curves}
+        return {**variant_params(self.variant, self.map_params), "curves": request.curves}
 
     def heatmaps(
         self, scorer: ScorerProtocol, audit: Audit, image: NDArray[np.uint8], targets: list[list[int]]
     ) -> list[dict[str, Any]]:
         """The maps of the targets (lists of answer-token indices): see `target_heatmaps`."""
-        return target_heatmaps(scorer, audit, image, self.variant, targets)
+        return target_heatmaps(scorer, audit, image, self.variant, targets, self.map_params)
 
     def map_passes(self, ctx: PlanContext) -> int:
         """Passes the request's maps take: one forward per image view."""
