@@ -1,4 +1,4 @@
-"""Maps made of one value per image token (`grad`, `attention`, `relevancy`), brought to the image.
+"""Maps made of one value per image token (`grad` and the attention maps), brought to the image.
 
 Each target's values are laid out on the family's token grid and brought to the image's
 pixels exactly as the token maps are (`tam.grid_to_pixels`, nearest, inside the part of the

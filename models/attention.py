@@ -22,7 +22,10 @@ from transformers import PreTrainedModel
 
 @contextmanager
 def eager_attention(model: PreTrainedModel) -> Iterator[None]:
-    """Within the block the model runs eager attention (and so can return attention probabilities)."""
+    """Within the block the model runs eager attention (and so can return attention probabilities).
+
+    The switch is the model's own setting: fine for a worker that runs one forward at a time,
+    which is how the engine runs them."""
     before = model.config._attn_implementation
     if before == "eager":
         yield
@@ -36,7 +39,7 @@ def eager_attention(model: PreTrainedModel) -> Iterator[None]:
 
 def upper_layers(n_layers: int) -> range:
     """The upper half of the layers: where attention localises best on both reference checkpoints
-    (docs/benchmarks.md, the attention study)."""
+    (docs/benchmarks.md, "Which readout localises")."""
     return range(n_layers // 2, n_layers)
 
 
