@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from mllm_audit.explainers import tam
 from mllm_audit.explainers.faithfulness import pointing_game
+from mllm_audit.explainers.methods.attention import unit_scale
 from mllm_audit.models.attention import attention_to_image, eager_attention, relevancy, upper_layers
 from mllm_audit.models.loading import load_model
 from mllm_audit.models.scorer import Scorer
@@ -56,11 +57,6 @@ def rollout(attentions: torch.Tensor, rows: list[int], columns: list[int]) -> to
     for layer in mixed:
         rolled = layer @ rolled
     return rolled[rows][:, columns].mean(dim=0)
-
-
-def _unit(values: torch.Tensor) -> torch.Tensor:
-    kept = values.clamp_min(0)
-    return kept / kept.max() if kept.max() > 0 else kept
 
 
 def readouts(scorer: Scorer, sample, audit, toks: list[int]) -> dict[str, np.ndarray]:
@@ -97,8 +93,8 @@ def readouts(scorer: Scorer, sample, audit, toks: list[int]) -> dict[str, np.nda
         weighted = (gradients * attentions).clamp_min(0)
         values["grad x attention upper"] = attention_to_image(weighted, rows, positions, upper_layers(n_layers))
         values["relevancy"] = relevancy(attentions, gradients, rows, positions)
-        values["attention x relevancy"] = _unit(values["attention upper"]) * _unit(values["relevancy"])
     result = {name: v.double().cpu().numpy() for name, v in values.items()}
+    result["attention x relevancy"] = unit_scale(result["attention upper"]) * unit_scale(result["relevancy"])
     # TAM itself on the same forward: the last layer's readout with ECI (captions' later words), and
     # its rank Gaussian filter at two sizes or none
     logits = out.logits[0].detach().float().cpu().numpy()

@@ -326,6 +326,28 @@ def _order_by_estimate(regions: Iterable[int], estimate: dict[int, float]) -> li
     return sorted(regions, key=lambda v: (-estimate.get(v, -np.inf), v))
 
 
+def _take_best(
+    ev: _SubsetScores,
+    selected: list[int],
+    remaining: list[int],
+    candidates: list[int],
+    estimate: dict[int, float],
+    tokens: list[int],
+    lam1: float,
+    lam2: float,
+) -> int:
+    """One top-down greedy step on images already scored: each candidate's gain F(S+{v}) - F(S)
+    goes into `estimate`, and the best (ties: the earliest candidate) moves from `remaining` to
+    `selected`. Returns it."""
+    base = ev.value(selected, tokens, lam1, lam2)
+    values = [ev.value([*selected, v], tokens, lam1, lam2) for v in candidates]
+    estimate.update({v: val - base for v, val in zip(candidates, values)})
+    best = candidates[int(np.argmax(values))]
+    selected.append(best)
+    remaining.remove(best)
+    return best
+
+
 # ---------------------------------------------------------------- the searches
 
 
@@ -369,12 +391,7 @@ def greedy_search(
             complete = False
             break
         yield from ev.evaluate(step)
-        base = ev.value(selected, tokens, lam1, lam2)
-        values = [ev.value([*selected, v], tokens, lam1, lam2) for v in remaining]
-        estimate.update({v: val - base for v, val in zip(remaining, values)})
-        best = remaining[int(np.argmax(values))]
-        selected.append(best)
-        remaining.remove(best)
+        _take_best(ev, selected, remaining, remaining, estimate, tokens, lam1, lam2)
     ranking = selected + _order_by_estimate(remaining, estimate)
     return (yield from _finish(ev, "greedy", ranking, tokens, lam1, lam2, budget, complete))
 
@@ -445,13 +462,7 @@ def fast_search(
             complete = False
             break
         yield from ev.evaluate(wanted)
-
-        base = ev.value(selected, tokens, lam1, lam2)
-        values = [ev.value([*selected, v], tokens, lam1, lam2) for v in top]
-        estimate.update({v: val - base for v, val in zip(top, values)})
-        best = top[int(np.argmax(values))]
-        selected.append(best)
-        remaining.remove(best)
+        best = _take_best(ev, selected, remaining, top, estimate, tokens, lam1, lam2)
 
         # Removing a region that top-down did not take leaves M unchanged, so the scores
         # of M - {v} measured above are still the right ones.

@@ -147,6 +147,14 @@ class ScorerProtocol(Protocol):
         ...
 
 
+def answer_log_probs(logits: torch.Tensor, audit: Audit) -> torch.Tensor:
+    """`[answer tokens]`: each answer token's log-probability from one sequence's logits `[seq, vocab]`
+    (token t is predicted at the position before it)."""
+    start, n = audit.sequence.answer_start, audit.n_tokens
+    log_p = torch.log_softmax(logits[start - 1 : start - 1 + n].float(), dim=-1)
+    return log_p.gather(1, torch.tensor(audit.tokens.ids, device=logits.device)[:, None])[:, 0]
+
+
 def to_pil(image: NDArray[Any] | Image.Image) -> Image.Image:
     return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
 
@@ -202,14 +210,7 @@ class Scorer:
         if not pairs:
             return []
         all_logits = self._forward(pairs)
-        results = []
-        for row, (audit, _) in enumerate(pairs):
-            start, n = audit.sequence.answer_start, audit.n_tokens
-            logits = all_logits[row, start - 1 : start - 1 + n].float()
-            targets = torch.tensor(audit.tokens.ids, device=logits.device)
-            lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
-            results.append(lp.double().cpu().numpy())
-        return results
+        return [answer_log_probs(all_logits[row], audit).double().cpu().numpy() for row, (audit, _) in enumerate(pairs)]
 
     @torch.inference_mode()
     def readout(
@@ -260,12 +261,9 @@ class Scorer:
         service otherwise runs without), then one backward per target from that graph."""
         self._check_white_box_targets(audit, targets, "gradients")
         layout = self._layout(audit, image)
-        start, n = audit.sequence.answer_start, audit.n_tokens
         language_model = self.loaded.family.language_model(self.model)
         with torch.enable_grad(), capture_input_embeds(language_model) as leaves:
-            logits = self._forward([(audit, image)])[0, start - 1 : start - 1 + n].float()
-            answer = torch.tensor(audit.tokens.ids, device=logits.device)
-            chosen = torch.log_softmax(logits, dim=-1).gather(1, answer[:, None])[:, 0]
+            chosen = answer_log_probs(self._forward([(audit, image)])[0], audit)
             sums = [chosen[list(target)].sum() for target in targets]
             if len(leaves) != 1:
                 raise ValueError(f"the language model ran {len(leaves)} times in one forward; expected once")
@@ -296,10 +294,7 @@ class Scorer:
             )
             if not with_relevancy:
                 return AttentionReadout(attention, None)
-            n = audit.n_tokens
-            answer = torch.tensor(audit.tokens.ids, device=out.logits.device)
-            chosen = torch.log_softmax(out.logits[0, start - 1 : start - 1 + n].float(), dim=-1)
-            chosen = chosen.gather(1, answer[:, None])[:, 0]
+            chosen = answer_log_probs(out.logits[0], audit)
             maps = []
             for i, (target, r) in enumerate(zip(targets, rows)):
                 last = i == len(targets) - 1

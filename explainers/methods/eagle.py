@@ -9,7 +9,7 @@ a coarse-to-fine lazy greedy for small budgets (`mllm_audit.explainers.eagle_laz
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,15 +25,6 @@ from numpy.typing import NDArray
 
 
 @dataclass(frozen=True)
-class FastSearch:
-    """The faster search's settings (`mllm_audit.explainers.eagle.fast_search`)."""
-
-    s: int = 6  # re-ranking window
-    p: int = 4  # bottom-up candidates
-    u: int = 15  # full re-rank period
-
-
-@dataclass(frozen=True)
 class LazySearch:
     """The default search's settings (`mllm_audit.explainers.eagle_lazy`)."""
 
@@ -43,17 +34,18 @@ class LazySearch:
 
 
 @dataclass(frozen=True)
-class PublishedSearch:
-    """The published efficient search's settings (`mllm_audit.explainers.eagle_published`)."""
+class WindowedSearch:
+    """The settings of the faster search (`mllm_audit.explainers.eagle.fast_search`) and of the
+    published efficient one (`mllm_audit.explainers.eagle_published`)."""
 
-    s: int = eagle_published.PUBLISHED_S  # re-ranking window
-    p: int = eagle_published.PUBLISHED_P  # bottom-up candidates
-    u: int = eagle_published.PUBLISHED_U  # full re-rank period
+    s: int  # re-ranking window
+    p: int  # bottom-up candidates
+    u: int  # full re-rank period
 
 
-FAST_SEARCH = FastSearch()
+FAST_SEARCH = WindowedSearch(s=6, p=4, u=15)
 LAZY_SEARCH = LazySearch()
-PUBLISHED_SEARCH = PublishedSearch()
+PUBLISHED_SEARCH = WindowedSearch(eagle_published.PUBLISHED_S, eagle_published.PUBLISHED_P, eagle_published.PUBLISHED_U)
 
 
 def curve_points(areas: FloatArray, probs: FloatArray, token_indices: Sequence[int]) -> FloatArray:
@@ -64,6 +56,8 @@ def curve_points(areas: FloatArray, probs: FloatArray, token_indices: Sequence[i
 class _Eagle(Explainer):
     white_box = False
     heatmap_kinds = EAGLE_KINDS
+    settings: Any = None  # the search's settings (a dataclass), passed to it and reported in params
+    search_function: Callable[..., eagle.Search]
 
     def params(self, request: AuditRequest) -> dict[str, Any]:
         return {
@@ -72,6 +66,7 @@ class _Eagle(Explainer):
             "lambda2": request.lambda2,
             "max_forward_passes": request.max_forward_passes,
             "curves": request.curves,
+            **(asdict(self.settings) if self.settings is not None else {}),
         }
 
     def minimum_passes(self, k: int) -> int:
@@ -81,7 +76,7 @@ class _Eagle(Explainer):
     def search(
         self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any
     ) -> eagle.Search:
-        raise NotImplementedError
+        return self.search_function(image, masks, tokens, **options, **asdict(self.settings))
 
     def plan(self, ctx: PlanContext) -> Plan:
         req = ctx.request
@@ -160,43 +155,25 @@ class _Eagle(Explainer):
 class EagleFast(_Eagle):
     name = "eagle"
     summary = "EAGLE's faster greedy search over superpixels (default)"
-
-    def params(self, request: AuditRequest) -> dict[str, Any]:
-        return {**super().params(request), **asdict(FAST_SEARCH)}
-
-    def search(
-        self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any
-    ) -> eagle.Search:
-        return eagle.fast_search(image, masks, tokens, **options, **asdict(FAST_SEARCH))
+    settings = FAST_SEARCH
+    search_function = staticmethod(eagle.fast_search)
 
 
 class EagleLazy(_Eagle):
     name = "eagle_lazy"
     summary = "coarse-to-fine lazy greedy over superpixels, stopped once the objective is flat; from 18 passes"
-
-    def params(self, request: AuditRequest) -> dict[str, Any]:
-        return {**super().params(request), **asdict(LAZY_SEARCH)}
+    settings = LAZY_SEARCH
+    search_function = staticmethod(eagle_lazy.lazy_search)
 
     def minimum_passes(self, k: int) -> int:
         return eagle_lazy.minimum_passes(k, LAZY_SEARCH.groups)
-
-    def search(
-        self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any
-    ) -> eagle.Search:
-        return eagle_lazy.lazy_search(image, masks, tokens, **options, **asdict(LAZY_SEARCH))
 
 
 class EagleFastPublished(_Eagle):
     name = "eagle_fast_published"
     summary = "EAGLE's efficient search as published: stale window, periodic re-rank, bottom-up tail"
-
-    def params(self, request: AuditRequest) -> dict[str, Any]:
-        return {**super().params(request), **asdict(PUBLISHED_SEARCH)}
-
-    def search(
-        self, image: NDArray[np.uint8], masks: NDArray[np.bool_], tokens: list[int], **options: Any
-    ) -> eagle.Search:
-        return eagle_published.published_fast_search(image, masks, tokens, **options, **asdict(PUBLISHED_SEARCH))
+    settings = PUBLISHED_SEARCH
+    search_function = staticmethod(eagle_published.published_fast_search)
 
 
 class EagleGreedy(_Eagle):
