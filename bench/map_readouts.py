@@ -24,6 +24,12 @@ multi-scale views, so that only the readout differs.
   `relevancy` method); `attention x relevancy`: the product of the two, each scaled to a
   maximum of 1 (both come from the same forward).
 
+And how the answer's earlier words are removed from a caption word's map (TAM's estimated
+causal inference, ECI, and ARC's weighting of it; arXiv 2509.22415), on the object words of
+captions that follow other words (the only words where ECI or ARC change anything): ECI off
+(the last layer's readout and the rank filter), TAM's ECI (every earlier word removed), and
+ARC's rank-biased-overlap weighting at several ranking depths k and persistences p.
+
 Pointing game only: it needs no extra forward passes, so every variant is measured on
 many words in seconds; insertion / deletion of the shipped methods are in bench/token_maps.py.
 """
@@ -37,6 +43,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 from mllm_audit.explainers import tam
+from mllm_audit.explainers.arc import ArcParams
 from mllm_audit.explainers.faithfulness import pointing_game
 from mllm_audit.explainers.methods.attention import unit_scale
 from mllm_audit.models.attention import attention_to_image, eager_attention, relevancy, upper_layers
@@ -105,6 +112,37 @@ def readouts(scorer: Scorer, sample, audit, toks: list[int]) -> dict[str, np.nda
     return result
 
 
+# ARC's relevance settings: the default, then one knob at a time
+ARC_SETTINGS = {
+    "ARC k=50, p=0.9 (default)": ArcParams(),
+    "ARC k=5": ArcParams(k=5),
+    "ARC k=20": ArcParams(k=20),
+    "ARC k=200": ArcParams(k=200),
+    "ARC p=0.5": ArcParams(p=0.5),
+    "ARC p=0.98": ArcParams(p=0.98),
+}
+
+
+def context_readouts(logits: np.ndarray, layout: tam.SequenceLayout, toks: list[int]) -> dict[str, np.ndarray]:
+    """The ECI and ARC variants of one word's map; empty unless earlier words of the answer precede it."""
+    if not any(layout.word_of[k] != layout.word_of[toks[0]] for k in range(toks[0])):
+        return {}
+
+    def word_map(maps: dict[int, tam.TokenGridMap]) -> np.ndarray:
+        return np.mean([tam.normalise(maps[t].grid).ravel() for t in toks], axis=0)
+
+    rows, cols = layout.grid
+    raw = [np.maximum(logits[layout.image_positions, layout.answer_ids[t]], 0.0).reshape(rows, cols) for t in toks]
+    out = {"ECI off": np.mean([tam.normalise(tam.rank_gaussian_filter(r)).ravel() for r in raw], axis=0)}
+    out["TAM's ECI (every earlier word removed)"] = word_map(tam.token_grid_maps(logits, layout, toks))
+    for name, params in ARC_SETTINGS.items():
+        out[name] = word_map(tam.token_grid_maps(logits, layout, toks, arc_params=params))
+    return out
+
+
+COUNT_ROWS = ("object words", "caption words after other words")
+
+
 def pointing_rates(model_dir: str | None, n: int) -> dict[str, float]:
     scorer = Scorer(load_model(model_dir))
     hits: dict[str, list[bool]] = defaultdict(list)
@@ -113,12 +151,23 @@ def pointing_rates(model_dir: str | None, n: int) -> dict[str, float]:
         audit = scorer.prepare(sample.prompt, sample.truth, (image.shape[1], image.shape[0]))
         objects, _ = word_targets(sample, audit)
         grid, box = scorer.image_grid(audit, image), scorer.view_box(image.shape[:2])
+        logits, layout = None, None
         for toks, obj in objects:
-            for name, v in readouts(scorer, sample, audit, toks).items():
+            variants = readouts(scorer, sample, audit, toks)
+            if layout is None:
+                logits, layout = white_box_logits(scorer, audit, image), tam.sequence_layout(scorer, audit, image)
+            variants |= context_readouts(logits, layout, toks)
+            for name, v in variants.items():
                 shifted = (v - v.min()).reshape(grid)  # similarities and logits may be negative
                 heat = tam.grid_to_pixels(shifted, image.shape[:2], box)
                 hits[name].append(pointing_game(heat, obj.mask))
-    return {name: float(np.mean(h)) for name, h in hits.items()} | {"object words": float(len(hits["rollout"]))}
+    counts = dict(zip(COUNT_ROWS, (float(len(hits["rollout"])), float(len(hits["ECI off"])))))
+    return {name: float(np.mean(h)) for name, h in hits.items()} | counts
+
+
+def white_box_logits(scorer: Scorer, audit, image: np.ndarray) -> np.ndarray:
+    [out] = scorer.white_box([(audit, image)])
+    return out.logits.numpy()
 
 
 def main() -> None:
@@ -134,8 +183,7 @@ def main() -> None:
     print("|---" * (len(names) + 1) + "|")
     for variant in table[names[0]]:
         cells = [
-            f"{table[name][variant]:.0f}" if variant == "object words" else f"{table[name][variant]:.3f}"
-            for name in names
+            f"{table[name][variant]:.0f}" if variant in COUNT_ROWS else f"{table[name][variant]:.3f}" for name in names
         ]
         print(f"| {variant} | " + " | ".join(cells) + " |")
 

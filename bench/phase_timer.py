@@ -6,7 +6,8 @@ Timed functions nest, so `breakdown` turns the sums into exclusive phases that a
 wall time:
 
 * forward: the model's forward call (`Scorer.run_model`; on CUDA synchronised, so the kernels count);
-* image preparation: numpy -> PIL and the processor's resize / crop / normalise (`model_inputs`);
+* image preparation: numpy -> PIL and the processor's resize / crop / normalise (`model_inputs`),
+  or the processor's lookup table for images at its output size (`PixelLookup.pixel_values`);
 * batching: right-padding the token ids into a batch and moving the inputs to the device;
 * log-prob readout: log-softmax and gather of the answer tokens after the forward;
 * masking: rendering the masked images (EAGLE's `_SubsetScores.render`);
@@ -28,6 +29,7 @@ import torch
 from mllm_audit.explainers import audit as audit_module
 from mllm_audit.explainers import eagle, engine
 from mllm_audit.models import scorer as scorer_module
+from mllm_audit.models.pixel_lookup import PixelLookup
 from mllm_audit.models.scorer import Scorer
 
 
@@ -66,6 +68,7 @@ class PhaseTimer:
             (Scorer, "_forward", self._timed("scorer_forward", Scorer._forward)),
             (scorer_module, "to_pil", self._timed("prepare", scorer_module.to_pil)),
             (family_type, "model_inputs", self._timed("prepare", family_type.model_inputs)),
+            (PixelLookup, "pixel_values", self._timed("prepare", PixelLookup.pixel_values)),
             (self.scorer, "run_model", self._timed("forward", self.scorer.run_model, sync=self._sync)),
         ]
         saved = [(owner, name, owner.__dict__.get(name, _ABSENT)) for owner, name, _ in patches]

@@ -46,4 +46,4 @@ def compose(image: np.ndarray, baseline: np.ndarray, keep_mask: np.ndarray) -> n
     keep = np.asarray(keep_mask, dtype=bool)
     if keep.shape != np.shape(image)[:2]:
         raise ValueError(f"mask shape {keep.shape} does not match image {np.shape(image)[:2]}")
-    return np.where(keep[:, :, None], image, baseline).astype(np.uint8)
+    return np.where(keep[:, :, None], image, baseline).astype(np.uint8, copy=False)  # no second copy of uint8

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
 import torch
+from mllm_audit.models.pixel_lookup import PixelLookup
 from PIL import Image
 
 if TYPE_CHECKING:
@@ -121,6 +122,11 @@ class Family:
         """Everything the forward takes besides `input_ids` / `attention_mask`, one image per row."""
         return self.image_inputs(processor, images)
 
+    def pixel_lookup(self, processor: Processor) -> PixelLookup | None:
+        """The processor as a table for images at its output size, where the forward takes nothing
+        else from the image (models/pixel_lookup.py); None: always run the processor."""
+        return None
+
     # ------------------------------------------------------------------ layout
     def image_grid(self, model: PreTrainedModel, image_inputs: ImageInputs, n_image_tokens: int) -> tuple[int, int]:
         """(rows, cols) of one image's tokens as they appear in the sequence."""
@@ -194,6 +200,9 @@ class LlavaFamily(Family):
     """One run of image tokens filled with the projected features of a CLIP-style vision tower."""
 
     separable_forward: ClassVar[bool] = True
+
+    def pixel_lookup(self, processor: Processor) -> PixelLookup | None:
+        return PixelLookup.probe(processor.image_processor)  # pixel_values are all the forward takes
 
     def image_features(self, model: PreTrainedModel, pixel_values: torch.Tensor) -> torch.Tensor:
         """The vision tower's configured hidden layer(s) (`vision_feature_layer`), without the CLS

@@ -29,6 +29,7 @@ from mllm_audit.models.families import Box, ImageLayout
 from mllm_audit.models.gradients import capture_input_embeds, embedding_attributions
 from mllm_audit.models.loading import LoadedModel
 from mllm_audit.models.sequence import AnswerTokens, TokenizedSequence, build_sequence, pad_batch
+from mllm_audit.models.similarity import patch_similarity
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -111,6 +112,13 @@ class ScorerProtocol(Protocol):
         `image_grid`): raw attention, and gradient-weighted relevancy when asked."""
         ...
 
+    def hidden_similarity(
+        self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]]
+    ) -> NDArray[np.float64]:
+        """`[targets, image tokens]`: cosine similarity of each image token's last hidden state with the
+        mean of the target tokens' own (row-major over `image_grid`), in [-1, 1]."""
+        ...
+
     def image_token_positions(self, audit: Audit) -> list[int]:
         """Sequence positions of the image's tokens, row-major over `image_grid`."""
         ...
@@ -168,6 +176,7 @@ class Scorer:
         self.processor = loaded.processor
         self.tokenizer = loaded.processor.tokenizer
         self.pad_id = self._pad_id()
+        self.pixel_lookup = loaded.family.pixel_lookup(self.processor)
 
     def _pad_id(self) -> int:
         tok = self.tokenizer
@@ -196,10 +205,14 @@ class Scorer:
     def model_outputs(self, pairs: Sequence[tuple[Audit, ImageArray]], **options: Any) -> Any:
         """The model's output on the right-padded batch; `options` go to the forward (output_attentions)."""
         ids, mask = pad_batch([a.sequence.input_ids for a, _ in pairs], self.pad_id)
-        images = [to_pil(img) for _, img in pairs]
-        for (audit, _), image in zip(pairs, images):
-            self._check_size(audit, image)
-        inputs = self.loaded.family.model_inputs(self.model, self.processor, images, ids)
+        arrays = [img for _, img in pairs if isinstance(img, np.ndarray)]
+        if self.pixel_lookup is not None and len(arrays) == len(pairs) and self.pixel_lookup.applies(arrays):
+            inputs = {"pixel_values": self.pixel_lookup.pixel_values(arrays)}  # the processor's numbers, at once
+        else:
+            images = [to_pil(img) for _, img in pairs]
+            for (audit, _), image in zip(pairs, images):
+                self._check_size(audit, image)
+            inputs = self.loaded.family.model_inputs(self.model, self.processor, images, ids)
         dev, dt = self.loaded.device, self.loaded.dtype
         inputs = {k: (v.to(dev, dt) if v.is_floating_point() else v.to(dev)) for k, v in inputs.items()}
         return self.run_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, **inputs, **options)
@@ -302,6 +315,19 @@ class Scorer:
                 weights = torch.stack([g[0] for g in grads])
                 maps.append(relevancy(attentions, weights, r, positions).double().cpu().numpy())
             return AttentionReadout(attention, np.stack(maps))
+
+    @torch.inference_mode()
+    def hidden_similarity(
+        self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]]
+    ) -> NDArray[np.float64]:
+        """`[targets, image tokens]`: cosine similarity of each image token's last hidden state with the
+        mean of the target tokens' own (the states at the positions that hold them), in [-1, 1]. One forward."""
+        self._check_white_box_targets(audit, targets, "hidden-state similarities")
+        positions = list(self._layout(audit, image).positions)
+        start = audit.sequence.answer_start
+        last = self.model_outputs([(audit, image)], output_hidden_states=True).hidden_states[-1][0]
+        rows = [patch_similarity(last, positions, [start + t for t in target]) for target in targets]
+        return torch.stack(rows).double().cpu().numpy()
 
     def _check_white_box_targets(self, audit: Audit, targets: Sequence[Sequence[int]], what: str) -> None:
         if self.run_model is not self.model:

@@ -324,7 +324,7 @@ def check_white_box_maps(path) -> None:
     scorer = Scorer(load_model(path, device="cpu"))
     image = random_images(1, (70, 40), seed=4)[0]
     audit = scorer.prepare(PROMPT, ANSWER, (70, 40))
-    for method in ("tam", "msea+arc", "grad", "attention+relevancy"):  # each "+" runs all of both parts
+    for method in ("tam", "msea+arc", "grad", "attention+relevancy", "similarity"):  # each "+" runs both parts
         maps = get_method(method).heatmaps(scorer, audit, image, [[0], list(range(audit.n_tokens))])
         for m in maps:
             assert m["heatmap"].shape == (40, 70) and np.isfinite(m["heatmap"]).all()

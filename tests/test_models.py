@@ -143,6 +143,7 @@ def test_scorer_has_every_method_of_the_protocol():
         "view_box",
         "input_gradients",
         "attention_maps",
+        "hidden_similarity",
     }
     assert all(callable(getattr(Scorer, name)) for name in methods)
 

@@ -170,6 +170,10 @@ class _RednessScorer:
         red = self.input_gradients(audit, image, targets)
         return AttentionReadout(red, red**2 if with_relevancy else None)
 
+    def hidden_similarity(self, audit, image, targets):
+        """Scripted cosine similarity: in (-1, 1), highest at the red patches, negative elsewhere."""
+        return np.tanh(self.input_gradients(audit, image, targets)) - 0.2
+
 
 @pytest.mark.unit
 def test_agreement_weights_silence_the_scale_that_agrees_with_no_other():
