@@ -161,11 +161,20 @@ def search_for(method: str, image: np.ndarray, masks: np.ndarray, tokens: list[i
     return explainer.search(image, masks, tokens, **options)
 
 
-def frontier(n: int, regions: int, checkpoints: list[str], batch_size: int, searches: list[str]) -> dict:
-    """Per checkpoint: {row name: {insertion_auc, deletion_auc, pointing, forward_passes, refused}}."""
+def frontier(
+    n: int,
+    regions: int,
+    checkpoints: list[str],
+    batch_size: int,
+    searches: list[str],
+    make_search=search_for,
+    budgets: tuple[int | None, ...] = FRONTIER_BUDGETS,
+) -> dict:
+    """Per checkpoint: {row name: {insertion_auc, deletion_auc, pointing, forward_passes, refused}}.
+    `make_search` and `budgets`: bench/search_study.py runs searches that are not methods."""
     samples = bench_samples(n)
     rows = [(m, None) for m in ("eagle_greedy", "random") if m in searches]
-    rows += [(m, b) for m in FRONTIER_SEARCHES if m in searches for b in FRONTIER_BUDGETS]
+    rows += [(m, b) for m in searches if m not in ("eagle_greedy", "random") for b in budgets]
     out = {}
     for name in checkpoints:
         scorer = Scorer(load_model(CHECKPOINTS.get(name, name)))
@@ -183,7 +192,7 @@ def frontier(n: int, regions: int, checkpoints: list[str], batch_size: int, sear
                 if method == "random":
                     heat = baseline_heatmap("random", labels, rng)
                 else:
-                    search = search_for(method, s.scene.image, masks, tokens, budget)
+                    search = make_search(method, s.scene.image, masks, tokens, budget)
                     if search is None:
                         got.setdefault(key, []).append({"refused": True})
                         continue

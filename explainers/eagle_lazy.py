@@ -1,4 +1,4 @@
-"""The default EAGLE search: coarse-to-fine lazy greedy that stops once the objective is flat.
+"""The `eagle_lazy` search: coarse-to-fine lazy greedy that stops once the objective is flat.
 
 Same objective and engine protocol as `mllm_audit.explainers.eagle` (EAGLE, arXiv 2509.22496);
 a different way to approximate its plain greedy with far fewer scored images:
@@ -16,8 +16,14 @@ a different way to approximate its plain greedy with far fewer scored images:
    estimate (the lazy rule), else the next one is measured, at most `probes` per step, and the
    best fresh one is taken. Fresh gains become the new estimates.
 4. **Flat stop.** Once F(S) is within `flat` of F(all regions) (relative to the span
-   F(all) - F(none)), the rest of the ranking follows the bounds: the remaining gain is
-   flat, so more passes would only reorder a tail that moves neither curve much.
+   F(all) - F(none)), the greedy steps stop.
+5. **Sweep through the neighbours.** Then, for at most `sweep` steps, every region touching S
+   is measured at S (one batch) and the best is taken while it still gains more than
+   `SWEEP_GAIN` of the span. The flat stop can come before every part of the object is in S;
+   a part left for the tail sits wherever its gain alone put it, and one left at the bottom
+   of the ranking is the last thing on the image at the end of the deletion curve (measured
+   in docs/benchmarks.md, "Where the fast searches lose to greedy"). The rest of the ranking
+   follows the bounds.
 
 A forward-pass budget stops steps 2 and 3 early the same way (the tail follows the bounds). Each
 accepted step scores the prefix S_k, so the curves' points up to the stop come free; the rest
@@ -30,11 +36,14 @@ from collections.abc import Sequence
 
 import numpy as np
 from mllm_audit.explainers.eagle import Search, _Budget, _finish, _start, _SubsetScores
+from mllm_audit.explainers.regions import region_adjacency
 from numpy.typing import NDArray
 
 DEFAULT_GROUPS = 8
 DEFAULT_PROBES = 3
 DEFAULT_FLAT = 0.02
+DEFAULT_SWEEP = 8
+SWEEP_GAIN = 0.002  # share of F(all) - F(none) a neighbour must still gain to be taken
 TAIL_RAMP = 0.1  # share of the heatmap value that follows the rank alone (orders the flat tail)
 
 
@@ -87,6 +96,7 @@ def lazy_search(
     groups: int = DEFAULT_GROUPS,
     probes: int = DEFAULT_PROBES,
     flat: float = DEFAULT_FLAT,
+    sweep: int = DEFAULT_SWEEP,
     max_forward_passes: int | None = None,
     curves: bool = False,
 ) -> Search:
@@ -154,6 +164,21 @@ def lazy_search(
             remaining.remove(best)
         if not complete:
             break
+    touching = region_adjacency(ev.owner) if ev.owner is not None else []  # masks that partition the image
+    for _ in range(sweep if complete and touching else 0):
+        base = value(selected)
+        near = sorted({w for v in selected for w in touching[v]} & set(remaining))
+        wanted = [key for v in near for key in (ev.keep([*selected, v]), ev.remove([*selected, v]))]
+        if not near or not budget.allows(ev.passes, len(ev.missing(wanted))):
+            break
+        yield from ev.evaluate(wanted)
+        fresh = {v: value([*selected, v]) - base for v in near}
+        bound.update(fresh)
+        best = max(fresh, key=lambda v: (fresh[v], -prior[v][0], -v))
+        if fresh[best] <= SWEEP_GAIN * abs(full - empty):
+            break
+        selected.append(best)
+        remaining.remove(best)
     ranking = selected + by_bound(remaining)
     result = yield from _finish(ev, "lazy", ranking, tokens, lam1, lam2, budget, complete, curves)
     # Past the flat stop the measured gains are ~0, so the tail's heatmap values would tie and a

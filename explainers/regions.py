@@ -91,6 +91,19 @@ def _longest_border_neighbour(labels: np.ndarray, region: int) -> int:
     return int(values[np.argmax(counts)])
 
 
+def region_adjacency(labels: np.ndarray) -> list[set[int]]:
+    """The ids of the regions touching each region (4-connected), by region id."""
+    labels = np.asarray(labels)
+    k = int(labels.max()) + 1 if labels.size else 0
+    touching: list[set[int]] = [set() for _ in range(k)]
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
+        differ = a != b
+        for u, v in set(zip(a[differ].tolist(), b[differ].tolist())):
+            touching[u].add(v)
+            touching[v].add(u)
+    return touching
+
+
 def region_masks(labels: np.ndarray) -> np.ndarray:
     """One boolean mask per region id: bool [K, H, W] with K = labels.max() + 1."""
     labels = np.asarray(labels)

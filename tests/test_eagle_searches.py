@@ -115,3 +115,39 @@ def test_every_budget_from_the_floor_gives_a_ranking_better_than_random_and_qual
     assert min(aucs) > chance + 0.05, (aucs, chance)
     assert all(b >= a - 0.01 for a, b in zip(aucs, aucs[1:])), aucs  # no budget does worse than a smaller one
     assert aucs[-1] > aucs[0]
+
+
+class SliverStrip(Strip):
+    """A 1 x 8 strip whose object is regions 5 and 6 together, with a sliver, 7, that only
+    counts next to 6: alone it gains nothing, so its single-region gain ranks it last."""
+
+    image = np.random.default_rng(4).integers(1, 256, size=(4, 32, 3), dtype=np.uint8)
+    labels = grid_labels(4, 32, 1, 8)
+    masks = region_masks(labels)
+
+    def logp(self, image: np.ndarray) -> np.ndarray:
+        shown = {int(v) for v in np.unique(self.labels[(image == self.image).all(axis=-1)])}
+        p = 0.02 + 0.05 * (6 in shown) + 0.01 * (5 in shown) + 0.88 * ({5, 6} <= shown) + 0.015 * ({6, 7} <= shown)
+        return np.log([p])
+
+
+def test_the_sweep_takes_the_neighbouring_sliver_the_flat_stop_left_behind():
+    strip = SliverStrip()
+
+    def run(**options):
+        gen, images = lazy_search(strip.image, strip.masks, [0], lam2=0.0, **options), 0
+        try:
+            batch = next(gen)
+            while True:
+                images += len(batch)
+                batch = gen.send(np.stack([strip.logp(im) for im in batch]))
+        except StopIteration as stop:
+            return stop.value, images
+
+    # F({5, 6}) = 0.96 is within 2% of F(all) = 0.975: the greedy steps stop there
+    without, cheaper = run(sweep=0)
+    assert without.ranking[:2] == [6, 5] and without.ranking[-1] == 7
+    swept, images = run()
+    assert swept.ranking[:3] == [6, 5, 7]  # 7 touches 6 and still gains 0.015 > 0.2% of the span
+    # one sweep step measures both neighbours of {5, 6} (4 and 7), the next finds nothing to gain
+    assert images == cheaper + 2 * 2 + 2

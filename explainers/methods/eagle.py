@@ -26,11 +26,12 @@ from numpy.typing import NDArray
 
 @dataclass(frozen=True)
 class LazySearch:
-    """The default search's settings (`mllm_audit.explainers.eagle_lazy`)."""
+    """`eagle_lazy`'s settings (`mllm_audit.explainers.eagle_lazy`)."""
 
     groups: int = eagle_lazy.DEFAULT_GROUPS  # coarse regions scanned first
     probes: int = eagle_lazy.DEFAULT_PROBES  # regions re-measured per step at most
     flat: float = eagle_lazy.DEFAULT_FLAT  # stop once F(S) is this close to F(all), relative
+    sweep: int = eagle_lazy.DEFAULT_SWEEP  # steps through the neighbours of S after the flat stop
 
 
 @dataclass(frozen=True)
