@@ -49,12 +49,14 @@ class PixelLookup:
     @classmethod
     def probe(cls, image_processor: Any) -> PixelLookup | None:
         """The processor's table, or None where its output at its own size is not pixel by pixel
-        (checked on a second probe with the pixels shuffled) or is not one `pixel_values` array."""
+        and channel by channel (checked on a second probe with each channel's values shuffled on
+        their own) or is not one `pixel_values` array."""
         size = output_size(image_processor)
         if size is None or size[0] * size[1] < 256:
             return None
         probe = _probe_image(*size)
-        shuffled = probe.reshape(-1, 3)[np.random.default_rng(0).permutation(size[0] * size[1])].reshape(probe.shape)
+        rng = np.random.default_rng(0)
+        shuffled = np.stack([rng.permutation(probe[..., c].ravel()).reshape(size) for c in range(3)], axis=-1)
         out = image_processor(images=[probe, shuffled], return_tensors="pt")
         if set(out.keys()) != {"pixel_values"} or tuple(out["pixel_values"].shape) != (2, 3, *size):
             return None

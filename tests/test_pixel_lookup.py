@@ -49,3 +49,17 @@ def test_no_table_where_the_processor_resizes_or_keeps_the_aspect_ratio():
     assert PixelLookup.probe(no_crop) is None  # the output size follows the input's aspect ratio
     tiny = CLIPImageProcessorPil(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}, **common)
     assert PixelLookup.probe(tiny) is None  # 64 pixels cannot hold 256 values
+
+
+@pytest.mark.unit
+def test_no_table_where_a_channel_depends_on_another():
+    """A processor that mixes channels (here: swaps red and blue) is per pixel but not per channel."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    class SwappingProcessor(CLIPImageProcessorPil):
+        def __call__(self, images, **kwargs):
+            return super().__call__(images=[np.ascontiguousarray(i[..., ::-1]) for i in images], **kwargs)
+
+    common = {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}
+    assert PixelLookup.probe(CLIPImageProcessorPil(image_mean=[0.1, 0.5, 0.9], image_std=[0.2] * 3, **common))
+    assert PixelLookup.probe(SwappingProcessor(image_mean=[0.1, 0.5, 0.9], image_std=[0.2] * 3, **common)) is None
