@@ -236,7 +236,7 @@ def _frontier_row(rs: list[dict]) -> dict:
 def print_frontier(table: dict, greedy_key: str = "eagle_greedy @ unlimited") -> None:
     for name, rows in table.items():
         greedy = rows.get(greedy_key, {}).get("forward_passes")
-        print(f"\n{name}: insertion AUC (± s.e.m.), deletion AUC, pointing game (mask, all samples), passes\n")
+        print(f"\n{name}: insertion and deletion AUC (± s.e.m.), pointing game (mask, all samples), passes\n")
         print("| search @ budget | ins AUC ↑ | del AUC ↓ | PG | passes | greedy's passes / passes |")
         print("|---|---|---|---|---|---|")
         for key, r in rows.items():
@@ -245,7 +245,8 @@ def print_frontier(table: dict, greedy_key: str = "eagle_greedy @ unlimited") ->
                 continue
             ratio = greedy / r["forward_passes"] if greedy and r["forward_passes"] else float("nan")
             print(
-                f"| {key} | {r['insertion_auc']:.3f} ± {r['insertion_sem']:.3f} | {r['deletion_auc']:.3f} | "
+                f"| {key} | {r['insertion_auc']:.3f} ± {r['insertion_sem']:.3f} | "
+                f"{r['deletion_auc']:.3f} ± {r['deletion_sem']:.3f} | "
                 f"{r['pointing']:.2f} | {r['forward_passes']:.0f} | {ratio:.1f}× |"
             )
 
@@ -265,11 +266,17 @@ def main() -> None:
         default=",".join(("eagle_greedy", "random", *FRONTIER_SEARCHES)),
         help="--frontier: rows to run (eagle_greedy, random and the fast searches)",
     )
+    ap.add_argument(
+        "--budgets",
+        default=",".join(str(b or "unlimited") for b in FRONTIER_BUDGETS),
+        help="--frontier: max_forward_passes of the fast searches' rows (a number or unlimited)",
+    )
     args = ap.parse_args()
     if args.frontier:
         start = time.perf_counter()
         models = [m for m in args.models.split(",") if m]
-        table = frontier(args.n, args.regions, models, args.batch_size, args.searches.split(","))
+        budgets = tuple(None if b == "unlimited" else int(b) for b in args.budgets.split(","))
+        table = frontier(args.n, args.regions, models, args.batch_size, args.searches.split(","), budgets=budgets)
         print(f"\n{args.n} samples per checkpoint, {args.regions} regions, {time.perf_counter() - start:.0f} s")
         if args.json:
             with open(args.json, "w") as fh:
