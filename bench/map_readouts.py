@@ -107,9 +107,15 @@ def readouts(scorer: Scorer, sample, audit, toks: list[int]) -> dict[str, np.nda
     logits = out.logits[0].detach().float().cpu().numpy()
     layout = tam.sequence_layout(scorer, audit, sample.scene.image)
     for name, use_filter, size in (("TAM", True, 3), ("TAM, filter 5x5", True, 5), ("TAM, no rank filter", False, 3)):
-        maps = tam.token_grid_maps(logits, layout, toks, use_filter=use_filter, filter_size=size)
-        result[name] = np.mean([tam.normalise(maps[t].grid).ravel() for t in toks], axis=0)  # as the method does
-    return result
+        result[name] = word_map(
+            tam.token_grid_maps(logits, layout, toks, use_filter=use_filter, filter_size=size), toks
+        )
+    return result | context_readouts(logits, layout, toks)
+
+
+def word_map(maps: dict[int, tam.TokenGridMap], toks: list[int]) -> np.ndarray:
+    """A word's map from its tokens' maps: the mean of each scaled to its peak, as the method does."""
+    return np.mean([tam.normalise(maps[t].grid).ravel() for t in toks], axis=0)
 
 
 # ARC's relevance settings: the default, then one knob at a time
@@ -127,16 +133,12 @@ def context_readouts(logits: np.ndarray, layout: tam.SequenceLayout, toks: list[
     """The ECI and ARC variants of one word's map; empty unless earlier words of the answer precede it."""
     if not any(layout.word_of[k] != layout.word_of[toks[0]] for k in range(toks[0])):
         return {}
-
-    def word_map(maps: dict[int, tam.TokenGridMap]) -> np.ndarray:
-        return np.mean([tam.normalise(maps[t].grid).ravel() for t in toks], axis=0)
-
     rows, cols = layout.grid
     raw = [np.maximum(logits[layout.image_positions, layout.answer_ids[t]], 0.0).reshape(rows, cols) for t in toks]
     out = {"ECI off": np.mean([tam.normalise(tam.rank_gaussian_filter(r)).ravel() for r in raw], axis=0)}
-    out["TAM's ECI (every earlier word removed)"] = word_map(tam.token_grid_maps(logits, layout, toks))
+    out["TAM's ECI (every earlier word removed)"] = word_map(tam.token_grid_maps(logits, layout, toks), toks)
     for name, params in ARC_SETTINGS.items():
-        out[name] = word_map(tam.token_grid_maps(logits, layout, toks, arc_params=params))
+        out[name] = word_map(tam.token_grid_maps(logits, layout, toks, arc_params=params), toks)
     return out
 
 
@@ -151,23 +153,13 @@ def pointing_rates(model_dir: str | None, n: int) -> dict[str, float]:
         audit = scorer.prepare(sample.prompt, sample.truth, (image.shape[1], image.shape[0]))
         objects, _ = word_targets(sample, audit)
         grid, box = scorer.image_grid(audit, image), scorer.view_box(image.shape[:2])
-        logits, layout = None, None
         for toks, obj in objects:
-            variants = readouts(scorer, sample, audit, toks)
-            if layout is None:
-                logits, layout = white_box_logits(scorer, audit, image), tam.sequence_layout(scorer, audit, image)
-            variants |= context_readouts(logits, layout, toks)
-            for name, v in variants.items():
+            for name, v in readouts(scorer, sample, audit, toks).items():
                 shifted = (v - v.min()).reshape(grid)  # similarities and logits may be negative
                 heat = tam.grid_to_pixels(shifted, image.shape[:2], box)
                 hits[name].append(pointing_game(heat, obj.mask))
     counts = dict(zip(COUNT_ROWS, (float(len(hits["rollout"])), float(len(hits["ECI off"])))))
     return {name: float(np.mean(h)) for name, h in hits.items()} | counts
-
-
-def white_box_logits(scorer: Scorer, audit, image: np.ndarray) -> np.ndarray:
-    [out] = scorer.white_box([(audit, image)])
-    return out.logits.numpy()
 
 
 def main() -> None:
