@@ -7,8 +7,9 @@ DATA is a JSONL file (one case a line: image path relative to the file, prompt, 
 id and labelled claims, the format of docs/risk.md), a directory of such files, or a Hugging Face
 `datasets` directory written by save_to_disk (--image-column, --prompt-column, --answer-column).
 Each case gets one line in --out as soon as it is done; an interrupted run continues with
---resume. A case that cannot be audited (a malformed line, a missing image, a request the service
-refuses) gets a line with its error, and the run goes on. At the end a summary is printed:
+--resume, which tries the cases that failed again. A case that cannot be audited (a malformed
+line, a missing image, a request the service refuses) gets a line with its error, and the run
+goes on. At the end a summary is printed:
 estimated hallucination rate with its 95 % interval, claims and tokens by risk label, the most
 flagged claims, latency percentiles, and precision and recall where labels were given.
 
@@ -168,7 +169,7 @@ async def audit_cases(
 ) -> None:
     """Keep `backend.slots` workers busy, each sending `backend.batch` cases at a time; one line per case."""
     queue: asyncio.Queue[AuditCase | None] = asyncio.Queue(maxsize=backend.slots * backend.batch * 2)
-    seen: set[str] = set(writer.done)
+    seen: set[str] = set()  # ids met in this pass over the data
 
     def record(line: dict[str, Any]) -> None:
         writer.write(line)
@@ -176,12 +177,12 @@ async def audit_cases(
 
     async def produce() -> None:
         for case in cases:
-            if case.id in writer.done:
-                continue  # done by the run this one resumes
             if case.id in seen:
                 record(error_record(case, None, f"{case.source}: duplicate id {case.id!r}; ids must be unique"))
                 continue
             seen.add(case.id)
+            if case.id in writer.done:
+                continue  # audited by the run this one resumes
             if case.error:
                 record(error_record(case, None, case.error))
                 continue

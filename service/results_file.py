@@ -2,8 +2,9 @@
 
 Each line goes out in one write(2) on an O_APPEND descriptor, so a run that is interrupted (Ctrl+C,
 kill, a crash) leaves only whole lines in the kernel, except perhaps a last line cut short
-mid-write; resuming cuts that fragment off and skips every case whose id already has a line: no
-case is done twice, none is lost. The file is fsync'd at most once a second and at the end, so
+mid-write. Resuming cuts that fragment off, drops the lines of cases that failed (a service that
+was down, a timeout: they are tried again) and skips every case with an audited line: no case is
+audited twice, none is lost, each ends with one line. The file is fsync'd at most once a second and at the end, so
 that a power loss costs at most the last second, and fsync's wait does not hold up the run.
 """
 
@@ -29,22 +30,30 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(text)
 
 
-def finished_ids(path: Path) -> set[str]:
-    """The ids with a line in `path`; cuts off a last line left half-written by an interrupted run."""
+def audited_ids(path: Path) -> set[str]:
+    """The ids audited in `path`, which is rewritten without error lines (to be retried) and without
+    a last line left half-written by an interrupted run."""
+    kept: list[bytes] = []
     done: set[str] = set()
-    keep = 0  # bytes of whole lines
     with path.open("rb") as fh:
         for number, text in enumerate(fh, start=1):
             if not text.endswith(b"\n"):
                 break
             try:
-                done.add(str(json.loads(text)["id"]))
+                record = json.loads(text)
+                case_id = str(record["id"])
             except (ValueError, KeyError, TypeError):
                 raise ResultsFileError(f"{path} line {number} is not a results line; is this the right file?") from None
-            keep += len(text)
-    if keep != path.stat().st_size:
-        with path.open("r+b") as fh:
-            fh.truncate(keep)
+            if record.get("status") != "error":
+                kept.append(text)
+                done.add(case_id)
+    if sum(map(len, kept)) != path.stat().st_size:
+        spare = path.with_name(path.name + ".resume")
+        with spare.open("wb") as fh:
+            fh.writelines(kept)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(spare, path)  # atomic: a crash here leaves the old file or the new one
     return done
 
 
@@ -54,7 +63,7 @@ class ResultsWriter:
             raise ResultsFileError(f"{path} exists: pass --resume to continue that run, or choose another --out")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.done = finished_ids(path) if path.exists() else set()
+        self.done = audited_ids(path) if path.exists() else set()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._synced = time.monotonic()
 

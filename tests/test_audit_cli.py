@@ -17,6 +17,7 @@ import pytest
 from mllm_audit.service import cli
 from mllm_audit.service.client import AuditClient, AuditError
 from mllm_audit.service.report import write_report
+from mllm_audit.service.results_file import audited_ids
 
 from tests.server_process import ServerProcess
 
@@ -155,7 +156,8 @@ def test_an_interrupted_audit_resumed_has_one_line_per_case(server, tmp_path):
     proc.wait()
     done_before = out.read_text().count("\n")
     assert 3 <= done_before < len(ids)
-    with out.open("a") as fh:  # what a crash in the middle of a write leaves
+    with out.open("a") as fh:  # a case that failed (tried again), then what a crash mid-write leaves
+        fh.write('{"id": "case-22", "status": "error", "error": {"stage": "request", "status": 503}}\n')
         fh.write('{"id": "case-23", "status": "ok", "cla')
     run = audit(str(tmp_path / "cases.jsonl"), "--out", str(out), "--url", server.url, "--resume")
     assert run.returncode == 0, run.stderr
@@ -253,3 +255,13 @@ def test_the_rate_interval_contains_the_measured_chair_rate(reference, tmp_path,
     low, high = rate["ci95"]
     assert low <= chair_i <= high, (rate, chair_i)
     assert high - low < 0.1  # an interval that says something
+
+
+@pytest.mark.unit
+def test_resuming_drops_error_lines_and_a_cut_short_last_line(tmp_path):
+    out = tmp_path / "results.jsonl"
+    a, c = '{"id": "a", "status": "ok"}\n', '{"id": "c", "status": "ok"}\n'
+    out.write_text(a + '{"id": "b", "status": "error", "error": {}}\n' + c + '{"id": "d"')
+    assert audited_ids(out) == {"a", "c"}
+    assert out.read_text() == a + c
+    assert audited_ids(out) == {"a", "c"} and not list(tmp_path.glob("*.resume"))
