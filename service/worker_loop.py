@@ -1,12 +1,14 @@
 """The model worker's loop: LitServe's batching, plus what crash recovery, cancellation and draining need.
 
-LitServe collates a batch from the request queue (`get_batch_requests`); then, per batch:
+LitServe collates a batch from the request queue (`get_batch_requests`), which it reads through
+HoldingQueue: each request taken off goes into Shared.busy under this worker's id at once, so the
+supervisor can answer it 503 if this process dies while still collecting the batch. Then, per batch:
   1. requests whose client is gone (Shared.cancelled) or whose deadline has passed are dropped:
      their API server has answered them already;
   2. while the service drains (SIGTERM) the rest are answered 503 at once: only work that had
      started before the signal runs to the end;
-  3. the batch's (response queue, uid) pairs go into Shared.busy under this worker's id, so the
-     supervisor can answer them 503 if this process dies before it answers;
+  3. Shared.busy keeps the batch's (response queue, uid) pairs still to be answered, so the
+     supervisor can answer them 503 if this process dies before it does;
   4. decode, predict, encode (AuditAPI's hooks, which never raise), and the answers are sent.
 AuditAPI.predict reads Shared.cancelled after every engine round and stops the requests in it,
 and writes the forward passes of streamed requests to Shared.progress (removed here once answered).
@@ -21,6 +23,27 @@ from litserve.loops.base import _StopLoopError
 from litserve.loops.simple_loops import BatchedLoop
 from litserve.utils import LitAPIStatus, LoopResponseType
 from mllm_audit.service.shared import Failure, Shared, retry_after
+
+
+class HoldingQueue:
+    """The request queue as LitServe's batch collation reads it: every request taken off is held."""
+
+    def __init__(self, queue, shared: Shared, key: str):
+        self.queue, self.shared, self.key = queue, shared, key
+        self.taken: list[tuple[int, str]] = []
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        return self._hold(self.queue.get(block=block, timeout=timeout))
+
+    def get_nowait(self):
+        return self._hold(self.queue.get_nowait())
+
+    def _hold(self, item):
+        consumer, uid = item[0], item[1]
+        if uid is not None:  # not LitServe's stop sentinel
+            self.taken.append((consumer, uid))
+            self.shared.busy[self.key] = list(self.taken)
+        return item
 
 
 class AuditLoop(BatchedLoop):
@@ -41,14 +64,18 @@ class AuditLoop(BatchedLoop):
         # what predict asks and tells after each engine round: cancellations, and progress of streamed requests
         lit_api.cancelled_uids = lambda: set(shared.cancelled.keys())
         lit_api.report_progress = shared.progress.update
+        holding = HoldingQueue(request_queue, shared, key)
         while True:
+            holding.taken = []
             try:
-                batch, _timed_out = self.get_batch_requests(lit_api, request_queue, transport)
+                batch, _timed_out = self.get_batch_requests(lit_api, holding, transport)
             except _StopLoopError:
                 return
             # _timed_out waited past LitServe's timeout (the request timeout): answered 504 by their API server
             if batch:
                 self.run_batch(lit_api, shared, key, batch, transport)
+            elif holding.taken:
+                shared.busy[key] = []
 
     def run_batch(self, lit_api, shared: Shared, key: str, batch: list, transport) -> None:
         gone = set(shared.cancelled.keys())
@@ -63,10 +90,10 @@ class AuditLoop(BatchedLoop):
             else:
                 live.append((consumer, uid, envelope))
         shared.forget(uid for _, uid, _ in batch if uid in gone)
+        shared.busy[key] = [(consumer, uid) for consumer, uid, _ in live]
         if not live:
             return
         uids = [uid for _, uid, _ in live]
-        shared.busy[key] = [(consumer, uid) for consumer, uid, _ in live]
         for _, uid, envelope in live:
             envelope.uid = uid
         streamed = [uid for _, uid, envelope in live if envelope.body.get("stream")]

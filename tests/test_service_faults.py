@@ -86,6 +86,19 @@ def test_a_killed_worker_answers_its_request_503_and_the_service_recovers(fragil
     assert [(line["pid"], line["exit_code"], line["answered_503"]) for line in died] == [(busy, -9, 1)]
 
 
+def test_a_worker_killed_while_collecting_its_batch_answers_the_request_it_took_503(tmp_path):
+    env = {"MLLM_AUDIT_WORKERS": "1", "MLLM_AUDIT_MAX_BATCH_SIZE": "2", "MLLM_AUDIT_BATCH_TIMEOUT": "60"}
+    with ServerProcess(env, log_path=tmp_path / "server.log") as server, ThreadPoolExecutor(1) as pool:
+        # alone in the queue, the request waits in the worker for a second one to fill its batch
+        pending = pool.submit(httpx.post, server.url + "/v1/reliance", json=colour_question(4)[2], timeout=30)
+        time.sleep(2)
+        [worker] = [line["pid"] for line in server.log_records() if line["event"] == "model_loaded"]
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+        response = pending.result()
+        assert response.status_code == 503 and time.monotonic() - killed < 2 and "died" in response.json()["detail"]
+
+
 def test_a_client_that_leaves_frees_its_slot_and_stops_the_work(fragile_server):
     url = fragile_server.url
     before = scrape(url)
