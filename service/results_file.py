@@ -4,8 +4,9 @@ Each line goes out in one write(2) on an O_APPEND descriptor, so a run that is i
 kill, a crash) leaves only whole lines in the kernel, except perhaps a last line cut short
 mid-write. Resuming cuts that fragment off, drops the lines of cases that failed (a service that
 was down, a timeout: they are tried again) and skips every case with an audited line: no case is
-audited twice, none is lost, each ends with one line. The file is fsync'd at most once a second and at the end, so
-that a power loss costs at most the last second, and fsync's wait does not hold up the run.
+audited twice, none is lost, each ends with one line. The file is fsync'd at most once a second
+and at the end, so that a power loss costs at most the last second, and fsync's wait does not
+hold up the run.
 """
 
 from __future__ import annotations
