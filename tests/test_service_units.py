@@ -601,20 +601,43 @@ def test_the_worker_loop_skips_cancelled_requests_and_refuses_while_draining():
 def test_the_worker_loop_stops_the_requests_whose_clients_have_gone():
     from mllm_audit.service.shared import Shared
 
-    class Busy(dict):  # the first client leaves as soon as the worker has taken its request
-        def __setitem__(self, key, held):
-            super().__setitem__(key, held)
-            if held:
-                shared.cancel("uid-left")
+    class LeftWhileRunning(StubAuditor):  # the first client leaves once the worker runs its request
+        def run(self, requests, **kwargs):
+            shared.cancel("uid-left")
+            return super().run(requests, **kwargs)
 
-    shared = Shared(busy=Busy(), cancelled={}, draining=threading.Event())
+    shared = Shared(busy={}, cancelled={}, draining=threading.Event())
     api = stub_api(max_batch_size=2, batch_timeout=0.5)
-    api.auditor = StubAuditor(slow=0.1)
+    api.auditor = LeftWhileRunning(slow=0.1)
     now = time.monotonic()
     answers = run_loop(api, [(0, "uid-left", now, envelope("red")), (0, "uid-stays", now, envelope("blue"))], shared)
     assert api.auditor.batches == [2]
     assert answers["uid-left"].status == 499  # sent, though nobody reads it
     assert RelianceResponse.model_validate_json(answers["uid-stays"][0]).tokens[0].text == "blue"
+
+
+def test_a_request_whose_client_leaves_while_the_worker_collects_its_batch_is_held_then_not_run():
+    from mllm_audit.service.shared import Shared
+
+    class Busy(dict):  # the first client leaves as soon as the worker has taken its request off the queue
+        def __init__(self):
+            super().__init__()
+            self.writes: list[list] = []
+
+        def __setitem__(self, key, held):
+            super().__setitem__(key, held)
+            self.writes.append(list(held))
+            if held:
+                shared.cancel("uid-left")
+
+    busy = Busy()
+    shared = Shared(busy=busy, cancelled={}, draining=threading.Event())
+    api = stub_api(max_batch_size=2, batch_timeout=0.5)
+    now = time.monotonic()
+    answers = run_loop(api, [(0, "uid-left", now, envelope("red")), (0, "uid-stays", now, envelope("blue"))], shared)
+    assert busy.writes[0] == [(0, "uid-left")]  # held from the moment it was taken, before the batch was full
+    assert api.auditor.batches == [1] and set(answers) == {"uid-stays"}
+    assert busy["0"] == []
 
 
 def test_the_worker_loop_reports_progress_of_streamed_requests_only_while_they_run():
