@@ -634,7 +634,8 @@ def test_a_request_whose_client_leaves_while_the_worker_collects_its_batch_is_he
     shared = Shared(busy=busy, cancelled={}, draining=threading.Event())
     api = stub_api(max_batch_size=2, batch_timeout=0.5)
     now = time.monotonic()
-    answers = run_loop(api, [(0, "uid-left", now, envelope("red")), (0, "uid-stays", now, envelope("blue"))], shared)
+    items = [(0, "uid-left", now, envelope("red")), (0, "uid-stays", now, envelope("blue"))]
+    answers = run_loop(api, items, shared, answers=1)
     assert busy.writes[0] == [(0, "uid-left")]  # held from the moment it was taken, before the batch was full
     assert api.auditor.batches == [1] and set(answers) == {"uid-stays"}
     assert busy["0"] == []
