@@ -130,6 +130,10 @@ def lazy_search(
     def by_bound(regions: list[int]) -> list[int]:
         return sorted(regions, key=lambda v: (-bound[v], prior[v]))
 
+    def best_of(fresh: dict[int, float]) -> int:
+        """The region with the largest fresh gain; ties: the larger region, then the lower id."""
+        return max(fresh, key=lambda v: (fresh[v], -prior[v][0], -v))
+
     # fine scan, leading groups first, as far as the budget goes
     leading = sorted(range(len(clusters)), key=lambda g: -(value(clusters[g]) - empty))
     singles = [v for g in leading for v in sorted(clusters[g], key=lambda v: prior[v])]
@@ -159,7 +163,7 @@ def lazy_search(
             if not others or fresh[v] >= max(others):
                 break
         if fresh:
-            best = max(fresh, key=lambda v: (fresh[v], -prior[v][0], -v))
+            best = best_of(fresh)
             selected.append(best)
             remaining.remove(best)
         if not complete:
@@ -174,7 +178,7 @@ def lazy_search(
         yield from ev.evaluate(wanted)
         fresh = {v: value([*selected, v]) - base for v in near}
         bound.update(fresh)
-        best = max(fresh, key=lambda v: (fresh[v], -prior[v][0], -v))
+        best = best_of(fresh)
         if fresh[best] <= SWEEP_GAIN * abs(full - empty):
             break
         selected.append(best)
