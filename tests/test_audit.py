@@ -178,9 +178,9 @@ def test_sanity_randomised_weights_change_the_attribution(reference, reference_s
     assert np.mean(correlations) < 0.3, correlations
 
 
-@pytest.mark.slow  # the faithfulness bench on 20 scenes: over a minute of CPU
+@pytest.mark.slow  # the faithfulness bench on 12 scenes: about a minute of CPU
 def test_faithfulness_targets_on_a_small_sample():
-    table = run_faithfulness(n=20, regions=32, methods=["eagle", "random"], batch_size=64, model_dir=None)
+    table = run_faithfulness(n=12, regions=32, methods=["eagle", "random"], batch_size=64, model_dir=None)
     assert table["eagle"]["pointing_mask_objects"] >= 0.9, table
     assert table["eagle"]["insertion_auc"] >= table["random"]["insertion_auc"] + 0.2, table
     assert table["eagle"]["deletion_auc"] < table["random"]["deletion_auc"], table
