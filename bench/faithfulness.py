@@ -243,11 +243,12 @@ def print_frontier(table: dict, greedy_key: str = "eagle_greedy @ unlimited") ->
             if r.get("refused"):
                 print(f"| {key} | 422: below the floor | | | | |")
                 continue
-            ratio = greedy / r["forward_passes"] if greedy and r["forward_passes"] else float("nan")
+            # greedy absent from this run (--searches) or a search that scored nothing: no ratio
+            ratio = f"{greedy / r['forward_passes']:.1f}×" if greedy and r["forward_passes"] else "–"
             print(
                 f"| {key} | {r['insertion_auc']:.3f} ± {r['insertion_sem']:.3f} | "
                 f"{r['deletion_auc']:.3f} ± {r['deletion_sem']:.3f} | "
-                f"{r['pointing']:.2f} | {r['forward_passes']:.0f} | {ratio:.1f}× |"
+                f"{r['pointing']:.2f} | {r['forward_passes']:.0f} | {ratio} |"
             )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 from mllm_audit.explainers.eagle import Search, _Budget, _finish, _start, _SubsetScores
-from mllm_audit.explainers.eagle_lazy import TAIL_RAMP
+from mllm_audit.explainers.eagle_lazy import keep_order_in_tail, neighbour_sweep
 from mllm_audit.explainers.regions import region_adjacency
 
 from bench.faithfulness import frontier
@@ -75,31 +75,23 @@ def variant_search(
     def by_estimate(regions: list[int]) -> list[int]:
         return sorted(regions, key=lambda v: (-estimate[v], v))
 
+    def best_of(fresh: dict[int, float]) -> int:
+        return max(fresh, key=lambda v: (fresh[v], -v))
+
     while remaining and not (selected and value(selected) >= full - flat * abs(full - empty)):
         candidates = by_estimate(remaining)[:probes]
         if neighbours and selected:
             candidates += [v for v in sorted(touching[selected[-1]]) if v in remaining and v not in candidates]
         fresh = yield from measure(selected, candidates)
-        best = max(fresh, key=lambda v: (fresh[v], -v))
+        best = best_of(fresh)
         selected.append(best)
         remaining.remove(best)
-    for _ in range(sweep):
-        near = sorted({w for v in selected for w in touching[v]} & set(remaining))
-        if not near:
-            break
-        fresh = yield from measure(selected, near)
-        best = max(fresh, key=lambda v: (fresh[v], -v))
-        if fresh[best] <= 0.002 * abs(full - empty):
-            break
-        selected.append(best)
-        remaining.remove(best)
+    estimate.update((yield from neighbour_sweep(ev, value, selected, remaining, sweep, best_of, _Budget(None))))
     if tail_rescan and remaining:
         yield from measure(selected, remaining)
     ranking = selected + by_estimate(remaining)
     result = yield from _finish(ev, "study", ranking, tokens, 1.0, 1.0, _Budget(None), True, curves=False)
-    ramp = np.zeros(ev.k)
-    ramp[ranking] = np.linspace(1.0, 0.0, ev.k)  # as eagle_lazy: keep the order where gains tie
-    result.region_scores = (1.0 - TAIL_RAMP) * result.region_scores + TAIL_RAMP * ramp
+    keep_order_in_tail(result, ranking)  # as eagle_lazy: keep the order where gains tie
     return result
 
 

@@ -32,10 +32,10 @@ are scored only when curves are asked for (see `_finish`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import numpy as np
-from mllm_audit.explainers.eagle import Search, _Budget, _finish, _start, _SubsetScores
+from mllm_audit.explainers.eagle import EagleResult, Search, _Budget, _finish, _start, _SubsetScores
 from mllm_audit.explainers.regions import region_adjacency
 from numpy.typing import NDArray
 
@@ -168,8 +168,30 @@ def lazy_search(
             remaining.remove(best)
         if not complete:
             break
+    if complete:
+        fresh = yield from neighbour_sweep(ev, value, selected, remaining, sweep, best_of, budget)
+        bound.update(fresh)
+    ranking = selected + by_bound(remaining)
+    result = yield from _finish(ev, "lazy", ranking, tokens, lam1, lam2, budget, complete, curves)
+    keep_order_in_tail(result, ranking)
+    return result
+
+
+def neighbour_sweep(
+    ev: _SubsetScores,
+    value: Callable[[Sequence[int]], float],
+    selected: list[int],
+    remaining: list[int],
+    steps: int,
+    best_of: Callable[[dict[int, float]], int],
+    budget: _Budget,
+) -> Generator[list[np.ndarray], np.ndarray, dict[int, float]]:
+    """Step 5 of the module docstring: grow `selected` (moving regions out of `remaining`, in
+    place) through the regions touching it; returns every fresh gain it measured."""
     touching = region_adjacency(ev.owner) if ev.owner is not None else []  # masks that partition the image
-    for _ in range(sweep if complete and touching else 0):
+    measured: dict[int, float] = {}
+    full, empty = value(range(ev.k)), value(())
+    for _ in range(steps if touching else 0):
         base = value(selected)
         near = sorted({w for v in selected for w in touching[v]} & set(remaining))
         wanted = [key for v in near for key in (ev.keep([*selected, v]), ev.remove([*selected, v]))]
@@ -177,17 +199,19 @@ def lazy_search(
             break
         yield from ev.evaluate(wanted)
         fresh = {v: value([*selected, v]) - base for v in near}
-        bound.update(fresh)
+        measured.update(fresh)
         best = best_of(fresh)
         if fresh[best] <= SWEEP_GAIN * abs(full - empty):
             break
         selected.append(best)
         remaining.remove(best)
-    ranking = selected + by_bound(remaining)
-    result = yield from _finish(ev, "lazy", ranking, tokens, lam1, lam2, budget, complete, curves)
-    # Past the flat stop the measured gains are ~0, so the tail's heatmap values would tie and a
-    # pixel ranking would read it in raster order; a small ramp keeps the search's order there.
-    ramp = np.zeros(ev.k)
-    ramp[ranking] = np.linspace(1.0, 0.0, ev.k)
+    return measured
+
+
+def keep_order_in_tail(result: EagleResult, ranking: list[int]) -> None:
+    """Past the flat stop the measured gains are ~0, so the tail's heatmap values would tie and a
+    pixel ranking would read it in raster order; a small ramp keeps the search's order there."""
+    k = len(ranking)
+    ramp = np.zeros(k)
+    ramp[ranking] = np.linspace(1.0, 0.0, k)
     result.region_scores = (1.0 - TAIL_RAMP) * result.region_scores + TAIL_RAMP * ramp
-    return result
