@@ -17,6 +17,7 @@ the Hugging Face processor or the model.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -155,12 +156,22 @@ class ScorerProtocol(Protocol):
         ...
 
 
+def answer_positions(audit: Audit) -> range:
+    """The positions whose logits predict the answer's tokens (token t is predicted one earlier)."""
+    start = audit.sequence.answer_start
+    return range(start - 1, start - 1 + audit.n_tokens)
+
+
+def chosen_log_probs(answer_logits: torch.Tensor, audit: Audit) -> torch.Tensor:
+    """`[answer tokens]`: each answer token's log-probability from its position's logits `[n, vocab]`."""
+    log_p = torch.log_softmax(answer_logits.float(), dim=-1)
+    return log_p.gather(1, torch.tensor(audit.tokens.ids, device=answer_logits.device)[:, None])[:, 0]
+
+
 def answer_log_probs(logits: torch.Tensor, audit: Audit) -> torch.Tensor:
-    """`[answer tokens]`: each answer token's log-probability from one sequence's logits `[seq, vocab]`
-    (token t is predicted at the position before it)."""
-    start, n = audit.sequence.answer_start, audit.n_tokens
-    log_p = torch.log_softmax(logits[start - 1 : start - 1 + n].float(), dim=-1)
-    return log_p.gather(1, torch.tensor(audit.tokens.ids, device=logits.device)[:, None])[:, 0]
+    """`[answer tokens]`: each answer token's log-probability from one sequence's logits `[seq, vocab]`."""
+    positions = answer_positions(audit)
+    return chosen_log_probs(logits[positions.start : positions.stop], audit)
 
 
 def to_pil(image: NDArray[Any] | Image.Image) -> Image.Image:
@@ -177,6 +188,9 @@ class Scorer:
         self.tokenizer = loaded.processor.tokenizer
         self.pad_id = self._pad_id()
         self.pixel_lookup = loaded.family.pixel_lookup(self.processor)
+        # the answer's scores need the vocabulary projection at a few positions, not at every one
+        forward_options = inspect.signature(self.model.forward).parameters
+        self.keeps_some_logits = backend is None and "logits_to_keep" in forward_options
 
     def _pad_id(self) -> int:
         tok = self.tokenizer
@@ -222,8 +236,22 @@ class Scorer:
         """Log-probability of every answer token, one float64 array `[answer_tokens]` per pair."""
         if not pairs:
             return []
-        all_logits = self._forward(pairs)
-        return [answer_log_probs(all_logits[row], audit).double().cpu().numpy() for row, (audit, _) in enumerate(pairs)]
+        rows = [list(answer_positions(audit)) for audit, _ in pairs]
+        if self.keeps_some_logits:
+            # Only the answer positions (their union over the batch) go through the vocabulary
+            # projection: every position's would be [batch, sequence, vocabulary], gigabytes for a
+            # real model at batch 32.
+            wanted = sorted({p for row in rows for p in row})
+            column = {p: i for i, p in enumerate(wanted)}
+            keep = torch.tensor(wanted, device=self.loaded.device)
+            logits = self.model_outputs(pairs, logits_to_keep=keep).logits
+            rows = [[column[p] for p in row] for row in rows]
+        else:
+            logits = self._forward(pairs)
+        return [
+            chosen_log_probs(logits[i, row], audit).double().cpu().numpy()
+            for i, ((audit, _), row) in enumerate(zip(pairs, rows))
+        ]
 
     @torch.inference_mode()
     def readout(

@@ -129,7 +129,10 @@ def test_an_abandoned_request_stops_and_the_rest_of_its_batch_runs_on(auditor):
     [alone] = auditor.run([kept])
     assert isinstance(together[0], RequestAbandoned)
     assert not isinstance(together[1], Exception) and not isinstance(alone, Exception)
-    assert together[1].attributions[0].regions == alone.attributions[0].regions
+    # the same map whoever shared its batches (scores to float noise: the batch's shape picks the kernel)
+    mixed, single = together[1].attributions[0].regions, alone.attributions[0].regions
+    assert [(r.rank, r.region_id, r.bbox) for r in mixed] == [(r.rank, r.region_id, r.bbox) for r in single]
+    np.testing.assert_allclose([r.score for r in mixed], [r.score for r in single], atol=1e-9)
     [complete] = auditor.run([slow])  # what it would have cost: the stopped batch ran a fraction of that
     assert complete.stats.forward_passes > 4 * together[1].stats.forward_passes
 

@@ -202,6 +202,7 @@ def check_family(
     loaded = load_model(path, device="cpu")
     assert loaded.family.name == family
     scorer = Scorer(loaded)
+    assert scorer.keeps_some_logits, "the scores below come from the answer positions' logits alone"
     audit = scorer.prepare(PROMPT, ANSWER, size)
     images = random_images(2, size)
     scores = scorer.log_probs([(audit, img) for img in images])

@@ -56,7 +56,7 @@ def test_scorer_equals_greedy_generate_step_scores(reference, reference_scorer, 
     np.testing.assert_allclose(scored, step_lp, atol=1e-4)
 
 
-def test_padding_with_other_audits_never_changes_scores(reference_scorer):
+def test_padding_with_other_audits_never_changes_scores(reference_scorer, monkeypatch):
     a = held_out_sample("colour", seed=5)
     b = held_out_sample("caption", seed=6)
     audit_a = reference_scorer.prepare(a.prompt, a.truth, (96, 96))
@@ -67,12 +67,18 @@ def test_padding_with_other_audits_never_changes_scores(reference_scorer):
     assert mixed[1].shape == (audit_a.n_tokens,) and mixed[0].shape == (audit_b.n_tokens,)
     np.testing.assert_allclose(mixed[1], alone, atol=1e-5)
     assert not np.allclose(mixed[2], alone, atol=1e-3), "the image must matter"
+    # the batch projected only its answer positions onto the vocabulary; every position gives the same
+    assert reference_scorer.keeps_some_logits
+    monkeypatch.setattr(reference_scorer, "keeps_some_logits", False)
+    full = reference_scorer.log_probs([(audit_b, b.scene.image), (audit_a, a.scene.image), (audit_a, black)])
+    for got, want in zip(mixed, full):
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_tiny_random_llava_scores_like_a_plain_forward(tiny_llava_dir):
     loaded = load_model(tiny_llava_dir)
     scorer = Scorer(loaded)
-    assert loaded.family.name == "llava"
+    assert loaded.family.name == "llava" and scorer.keeps_some_logits
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, size=(40, 70, 3), dtype=np.uint8) for _ in range(3)]
     audit = scorer.prepare("Describe the image.", "a blue square.", (70, 40))
