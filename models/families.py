@@ -185,10 +185,10 @@ class Family:
         raise NotImplementedError(f"{self.name}: the forward is not split into image features and text logits")
 
     def text_logits(
-        self, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
+        self, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
-        """Logits `[batch, seq, vocab]` of the language model on embeddings with the image features
-        already in place (families with `separable_forward`)."""
+        """Logits `[batch, positions, vocab]` of the language model on embeddings with the image
+        features already in place, at `positions` of every row (families with `separable_forward`)."""
         raise NotImplementedError(f"{self.name}: the forward is not split into image features and text logits")
 
 
@@ -221,11 +221,11 @@ class LlavaFamily(Family):
         return features
 
     def text_logits(
-        self, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
+        self, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
         llava = cast("LlavaForConditionalGeneration", model)
         out = llava.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
-        logits: torch.Tensor = llava.lm_head(out.last_hidden_state)
+        logits: torch.Tensor = llava.lm_head(out.last_hidden_state[:, positions])
         return logits
 
 

@@ -7,8 +7,9 @@ them, are exported to two ONNX graphs, both with a dynamic batch:
 * vision: `pixel_values [images, 3, H, W]` -> image features `[images, tokens, d]`
   (`Family.image_features`; for LLaVA the vision tower's configured hidden layer and feature
   selection, then the projector);
-* language: `inputs_embeds [batch, seq, d]`, `attention_mask` -> `logits [batch, seq, vocab]`
-  (`Family.text_logits`).
+* language: `inputs_embeds [batch, seq, d]`, `attention_mask`, `positions [n]` ->
+  `logits [batch, n, vocab]` at those positions of every row (`Family.text_logits`): scoring
+  needs the answer's few positions, and the logits come back to the host.
 
 Between them the text embeddings are looked up and each image's features written into its
 image-token positions, as the model's own forward does. Exporting the whole model as one
@@ -67,8 +68,8 @@ class _Language(torch.nn.Module):
         self.family = family
         self.model = model
 
-    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.family.text_logits(self.model, inputs_embeds, attention_mask)
+    def forward(self, inputs_embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.family.text_logits(self.model, inputs_embeds, mask, positions)
 
 
 class OnnxBackend:
@@ -146,6 +147,7 @@ class OnnxBackend:
             n_features = vision(pixels).shape[1]
         embeds = torch.zeros(2, n_features + 4, self.embeddings.shape[1])
         mask = torch.ones(2, n_features + 4, dtype=torch.long)
+        positions = torch.tensor([n_features, n_features + 2])
         vision_file, language_file = (directory / name for name in GRAPH_FILES)
         with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings
             warnings.simplefilter("ignore")
@@ -161,23 +163,30 @@ class OnnxBackend:
             )
             torch.onnx.export(
                 language,
-                (embeds, mask),
+                (embeds, mask, positions),
                 str(language_file),
-                input_names=["inputs_embeds", "attention_mask"],
+                input_names=["inputs_embeds", "attention_mask", "positions"],
                 output_names=["logits"],
                 opset_version=OPSET,
                 dynamo=False,
                 dynamic_axes={
                     "inputs_embeds": {0: "batch", 1: "sequence"},
                     "attention_mask": {0: "batch", 1: "sequence"},
-                    "logits": {0: "batch", 1: "sequence"},
+                    "positions": {0: "kept"},
+                    "logits": {0: "batch", 1: "kept"},
                 },
             )
 
     def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor, **_: Any
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        logits_to_keep: torch.Tensor | None = None,
+        **_: Any,
     ) -> SimpleNamespace:
-        """The model's output (`.logits`) for a right-padded batch, one image per row."""
+        """The model's output (`.logits`) for a right-padded batch, one image per row; with
+        `logits_to_keep` (positions) only at those positions, as the transformers forward."""
         ids = input_ids.cpu().numpy()
         pixels = pixel_values.cpu().numpy().astype(self.float_type, copy=False)
         features = self.vision.run(None, {"pixel_values": pixels})[0]
@@ -194,6 +203,7 @@ class OnnxBackend:
             {
                 "inputs_embeds": embeds,
                 "attention_mask": attention_mask.cpu().numpy().astype(np.int64, copy=False),
+                "positions": np.arange(ids.shape[1]) if logits_to_keep is None else logits_to_keep.cpu().numpy(),
             },
         )[0]
         return SimpleNamespace(logits=torch.from_numpy(logits))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 GRAPH_FILES = ("vision.onnx", "language.onnx")
 # bump when the exported graphs change (their inputs, outputs or what they compute)
-GRAPH_FORMAT = 1
+GRAPH_FORMAT = 2
 PARTIAL_PREFIX = ".partial-"
 REVISION_FILES = ("config.json", "processor_config.json", "preprocessor_config.json")
 

@@ -189,8 +189,8 @@ class Scorer:
         self.pad_id = self._pad_id()
         self.pixel_lookup = loaded.family.pixel_lookup(self.processor)
         # the answer's scores need the vocabulary projection at a few positions, not at every one
-        forward_options = inspect.signature(self.model.forward).parameters
-        self.keeps_some_logits = backend is None and "logits_to_keep" in forward_options
+        forward = backend or loaded.model.forward
+        self.keeps_some_logits = "logits_to_keep" in inspect.signature(forward).parameters
 
     def _pad_id(self) -> int:
         tok = self.tokenizer

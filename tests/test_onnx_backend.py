@@ -36,7 +36,9 @@ def test_onnx_scores_equal_torch_for_mixed_batches(reference_scorer, onnx_scorer
     audit_a = reference_scorer.prepare(a.prompt, a.truth, (96, 96))
     audit_b = reference_scorer.prepare(b.prompt, b.truth, (96, 96))
     black = np.zeros_like(a.scene.image)
-    # batches of 1 and 3 rows of different lengths: the exported graphs have a dynamic batch and sequence
+    # batches of 1 and 3 rows of different lengths: the exported graphs have a dynamic batch and sequence;
+    # the scores come from the answer positions' logits alone, the white-box logits from every position
+    assert onnx_scorer.keeps_some_logits
     for pairs in ([(audit_b, b.scene.image)], [(audit_a, a.scene.image), (audit_b, b.scene.image), (audit_a, black)]):
         for torch_lp, onnx_lp in zip(reference_scorer.log_probs(pairs), onnx_scorer.log_probs(pairs)):
             np.testing.assert_allclose(onnx_lp, torch_lp, atol=1e-4)
