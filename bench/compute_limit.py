@@ -14,7 +14,11 @@ In one run, on the reference model and `--n` held-out scenes (bench/samples.py):
 3. how much of the gap is the forward itself, run at the smaller batches the search makes
    (`mean batch`, `forward / compute`), and where the rest goes: the phases of
    bench/phase_timer.py (image preparation, masking, the search's Python, batching, log-prob
-   readout, the engine, the rest of the audit).
+   readout, the engine, the rest of the audit);
+4. what preparing a batch of 32 masked copies of one image costs per image, at the reference
+   model's 96 px and LLaVA-1.5's 336 px, on `--device`: composing the pixels, then reading the
+   processor's lookup table for each copy, against the scorer's way (explainers/masking.py's
+   `MaskedImage`: the image and the baseline read off the table once, then composed).
 
 Prints a table per method and writes every figure as JSON. On a shared 2-core machine the
 figures move from run to run; compare them within one run.
@@ -32,8 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 from mllm_audit.explainers.audit import Auditor
+from mllm_audit.explainers.masking import MaskedImage
 from mllm_audit.explainers.request import AuditRequest
 from mllm_audit.models.loading import load_model
+from mllm_audit.models.pixel_lookup import PixelLookup
 from mllm_audit.models.scorer import Scorer
 
 from bench.phase_timer import PhaseTimer, breakdown
@@ -60,6 +66,35 @@ def forward_seconds_per_image(scorer: Scorer, s: Any, batch_sizes: list[int], re
                 scorer.log_probs(pairs)
             per_image[batch] = timer.seconds["forward"] / (repeats * batch)
     return per_image
+
+
+def masked_batch_ms_per_image(side: int, device: torch.device, repeats: int) -> dict[str, float]:
+    """Step 4 of the module docstring: ms per image, best of `repeats`, for each way."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    square = {"shortest_edge": side}, {"height": side, "width": side}
+    lookup = PixelLookup.probe(CLIPImageProcessorPil(size=square[0], crop_size=square[1]))
+    assert lookup is not None
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    region = np.kron(rng.integers(0, 64, (8, 8)), np.ones((side // 8 + 1, side // 8 + 1), dtype=np.int64))[:side, :side]
+    black = np.zeros_like(image)  # one baseline for all copies, as a search has
+    batch = [MaskedImage(image, black, np.isin(region, rng.choice(64, 32, replace=False))) for _ in range(32)]
+
+    def best_ms(prepare: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            prepare()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        return min(times) * 1000 / len(batch)
+
+    return {
+        "composed, then prepared": best_ms(lambda: lookup.pixel_values([np.asarray(m) for m in batch], device)),
+        "prepared, then composed": best_ms(lambda: lookup.pixel_values(batch, device)),
+    }
 
 
 def explain_timed(auditor: Auditor, timer: PhaseTimer, sample: Any, method: str, regions: int) -> dict[str, Any]:
@@ -98,6 +133,14 @@ def summarise(method: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "phase_share_of_wall": {name: seconds / wall for name, seconds in phases.items()},
         "runs": runs,
     }
+
+
+def print_masking(masking: dict[int, dict[str, float]]) -> None:
+    ways = list(next(iter(masking.values())))
+    print("| 32 masked copies, ms per image | " + " | ".join(f"{side} px" for side in masking) + " |")
+    print("| --- |" + " --- |" * len(masking))
+    for way in ways:
+        print(f"| {way} | " + " | ".join(f"{masking[side][way]:.2f}" for side in masking) + " |")
 
 
 def print_tables(forward: dict[int, float], summaries: list[dict[str, Any]]) -> None:
@@ -160,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.n} scenes, {args.regions} regions; best forward batch {best_batch}\n"
     )
     print_tables(forward, summaries)
+    masking = {side: masked_batch_ms_per_image(side, loaded.device, args.repeats) for side in (96, 336)}
+    print()
+    print_masking(masking)
     if loaded.device.type == "cpu":
         print(
             "\nMeasured on CPU: forward and Python overhead share the same cores, and on a shared "
@@ -172,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "forward_s_per_image": forward,
         "best_forward_batch": best_batch,
         "methods": summaries,
+        "masked_batch_ms_per_image": masking,
     }
     args.json.write_text(json.dumps(record, indent=2))
     print(f"\nwrote {args.json}")

@@ -7,10 +7,11 @@ wall time:
 
 * forward: the model's forward call (`Scorer.run_model`; on CUDA synchronised, so the kernels count);
 * image preparation: numpy -> PIL and the processor's resize / crop / normalise (`model_inputs`),
-  or the processor's lookup table for images at its output size (`PixelLookup.pixel_values`);
+  or the processor's lookup table for images at its output size (`PixelLookup.pixel_values`,
+  which also composes masked images from their image's and baseline's prepared values);
 * batching: right-padding the token ids into a batch and moving the inputs to the device;
 * log-prob readout: log-softmax and gather of the answer tokens after the forward;
-* masking: rendering the masked images (EAGLE's `_SubsetScores.render`);
+* masking: the masked images' masks (EAGLE's `_SubsetScores.render`; composing them is preparation);
 * search: the explainer's own Python between two rounds (EAGLE's bookkeeping), masking excluded;
 * engine: queueing, chunking and handing scores back (`run_jobs` less scoring and the explainers);
 * outside the engine: the rest of the audit (regions, the risk readout's bookkeeping, heatmaps).
@@ -65,7 +66,7 @@ class PhaseTimer:
             (audit_module.Auditor, "_score", self._timed("score", audit_module.Auditor._score)),
             (Scorer, "log_probs", self._timed("log_probs", Scorer.log_probs)),
             (Scorer, "readout", self._timed("readout", Scorer.readout)),
-            (Scorer, "_forward", self._timed("scorer_forward", Scorer._forward)),
+            (Scorer, "model_outputs", self._timed("scorer_forward", Scorer.model_outputs)),
             (scorer_module, "to_pil", self._timed("prepare", scorer_module.to_pil)),
             (family_type, "model_inputs", self._timed("prepare", family_type.model_inputs)),
             (PixelLookup, "pixel_values", self._timed("prepare", PixelLookup.pixel_values)),

@@ -23,7 +23,7 @@ from mllm_audit.explainers.calibration import load as load_calibration
 from mllm_audit.explainers.claims import Claim, group_claims
 from mllm_audit.explainers.diagnosis import PairedAudit, correction_search
 from mllm_audit.explainers.engine import EngineStats, Job, cancel, run_jobs
-from mllm_audit.explainers.masking import BASELINES
+from mllm_audit.explainers.masking import BASELINES, ImageLike
 from mllm_audit.explainers.methods import MethodResult, Plan, PlanContext
 from mllm_audit.explainers.regions import labels_at, region_bbox, region_masks, superpixel_regions
 from mllm_audit.explainers.reliance import NOT_VISUAL
@@ -347,9 +347,9 @@ class Auditor:
         phrase = risk.question_phrase(work.request.prompt)
         return self.scorer.token_ids(" " + phrase) if phrase else []
 
-    def _score(self, pairs: list[tuple[Any, NDArray[np.uint8]]]) -> list[NDArray[np.float64]]:
+    def _score(self, pairs: list[tuple[Any, ImageLike]]) -> list[NDArray[np.float64]]:
         """The engine's score function: the scorer's, with a PairedAudit's image scored under both answers."""
-        expanded: list[tuple[Any, NDArray[np.uint8]]] = []
+        expanded: list[tuple[Any, ImageLike]] = []
         for audit, image in pairs:
             if isinstance(audit, PairedAudit):
                 expanded += [(audit.answer, image), (audit.alternative, image)]

@@ -24,12 +24,12 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from mllm_audit.explainers.masking import compose, resolve_baseline
+from mllm_audit.explainers.masking import ImageLike, MaskedImage, resolve_baseline
 from mllm_audit.explainers.regions import labels_at
 from numpy.typing import NDArray
 
 _Key = tuple[str, frozenset[int]]  # ("keep" | "remove", region set)
-Search = Generator[list[np.ndarray], np.ndarray, "EagleResult"]
+Search = Generator[list[ImageLike], np.ndarray, "EagleResult"]
 
 
 # ---------------------------------------------------------------- objective and result
@@ -149,15 +149,15 @@ class _SubsetScores:
             return np.zeros(self.masks.shape[1:], dtype=bool)
         return np.asarray(self.masks[sorted(regions)].any(axis=0), dtype=np.bool_)
 
-    def render(self, key: _Key) -> np.ndarray:
+    def render(self, key: _Key) -> MaskedImage:
         mode, regions = key
         kept = self.union(regions)
-        return compose(self.image, self.baseline, kept if mode == "keep" else ~kept)
+        return MaskedImage(self.image, self.baseline, kept if mode == "keep" else ~kept)
 
     def missing(self, keys: Iterable[_Key]) -> list[_Key]:
         return list(dict.fromkeys(k for k in keys if k not in self.scores))
 
-    def evaluate(self, keys: Iterable[_Key]) -> Generator[list[np.ndarray], np.ndarray, None]:
+    def evaluate(self, keys: Iterable[_Key]) -> Generator[list[ImageLike], np.ndarray, None]:
         """Score every key not yet known, in one yield (nothing is yielded if all are known)."""
         todo = self.missing(keys)
         if not todo:
@@ -202,9 +202,7 @@ def _resolve_tokens(token_indices: Sequence[int] | None, n_tokens: int) -> list[
     return tokens
 
 
-def _start(
-    ev: _SubsetScores, token_indices: Sequence[int] | None
-) -> Generator[list[np.ndarray], np.ndarray, list[int]]:
+def _start(ev: _SubsetScores, token_indices: Sequence[int] | None) -> Generator[list[ImageLike], np.ndarray, list[int]]:
     """First yield: [full image, baseline image]; returns the resolved target tokens."""
     yield from ev.evaluate([ev.remove(()), ev.keep(())])
     assert ev.n_tokens is not None  # set by the first scores

@@ -36,6 +36,7 @@ from collections.abc import Callable, Generator, Sequence
 
 import numpy as np
 from mllm_audit.explainers.eagle import EagleResult, Search, _Budget, _finish, _start, _SubsetScores
+from mllm_audit.explainers.masking import ImageLike
 from mllm_audit.explainers.regions import region_adjacency
 from numpy.typing import NDArray
 
@@ -185,7 +186,7 @@ def neighbour_sweep(
     steps: int,
     best_of: Callable[[dict[int, float]], int],
     budget: _Budget,
-) -> Generator[list[np.ndarray], np.ndarray, dict[int, float]]:
+) -> Generator[list[ImageLike], np.ndarray, dict[int, float]]:
     """Step 5 of the module docstring: grow `selected` (moving regions out of `remaining`, in
     place) through the regions touching it; returns every fresh gain it measured."""
     touching = region_adjacency(ev.owner) if ev.owner is not None else []  # masks that partition the image

@@ -1,6 +1,7 @@
 """Drive many black-box explainers at once and pack their images into shared forward batches.
 
-An explainer is a generator: it yields a list of images (H x W x 3 uint8 arrays) to score
+An explainer is a generator: it yields a list of images (H x W x 3 uint8 arrays, or
+`MaskedImage`s: explainers/masking.py) to score
 for its audit, receives an array `[len(images), answer_tokens]` of log-probabilities back,
 and finally returns its result. The engine never looks inside; explainers never see the
 model. Every pending image of every job goes into one queue, cut into batches of
@@ -10,16 +11,17 @@ A job whose explainer raises gets its own error; the other jobs go on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from mllm_audit.explainers.masking import ImageLike
 
 # A job's work: yields images to score, receives their log-probs, returns its result.
-ScoringGenerator = Generator[list[np.ndarray], np.ndarray, Any]
+ScoringGenerator = Generator[Sequence[ImageLike], np.ndarray, Any]
 # Scores (audit, image) pairs from any mix of audits: one log-prob array per pair.
-ScoreFn = Callable[[list[tuple[Any, np.ndarray]]], list[np.ndarray]]
+ScoreFn = Callable[[list[tuple[Any, ImageLike]]], list[np.ndarray]]
 
 
 @dataclass
@@ -29,14 +31,14 @@ class Job:
     forward_passes: int = 0  # images scored for this job
     result: Any = None
     error: BaseException | None = None
-    _pending: list[np.ndarray] | None = field(default=None, repr=False)
+    _pending: Sequence[ImageLike] | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
         return self._pending is None
 
     @property
-    def pending(self) -> list[np.ndarray]:
+    def pending(self) -> Sequence[ImageLike]:
         """The images the job waits on; only while it is not done."""
         if self._pending is None:
             raise RuntimeError("the job is done: it waits on no images")
@@ -61,7 +63,7 @@ def _advance(job: Job, scores: np.ndarray | None) -> None:
         job.error, job._pending = exc, None
 
 
-def _score_checked(score: ScoreFn, pairs: list[tuple[Any, np.ndarray]]) -> list[np.ndarray]:
+def _score_checked(score: ScoreFn, pairs: list[tuple[Any, ImageLike]]) -> list[np.ndarray]:
     # A score function that drops or adds rows would otherwise surface later as a
     # KeyError outside any try and take every job down.
     out = list(score(pairs))
@@ -85,7 +87,7 @@ def cancel(job: Job, reason: BaseException) -> None:
 
 
 def _score_isolated(
-    score: ScoreFn, items: list[tuple[Job, int, np.ndarray]], stats: EngineStats
+    score: ScoreFn, items: list[tuple[Job, int, ImageLike]], stats: EngineStats
 ) -> dict[tuple[int, int], np.ndarray]:
     """After a failed shared batch, score job by job so only the culprit fails."""
     results: dict[tuple[int, int], np.ndarray] = {}

@@ -14,7 +14,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from mllm_audit.explainers.masking import compose, resolve_baseline
+from mllm_audit.explainers.masking import ImageLike, MaskedImage, resolve_baseline
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -74,7 +74,7 @@ def pixel_ranking_curves(
     token_indices: Sequence[int] | None = None,
     baseline: str | np.ndarray = "black",
     steps: int = 64,
-) -> Generator[list[np.ndarray], np.ndarray, tuple[float, float, RankingCurves]]:
+) -> Generator[list[ImageLike], np.ndarray, tuple[float, float, RankingCurves]]:
     """Insertion / deletion of a pixel heatmap, as an engine generator (see engine.py).
 
     Pixels are ranked by heatmap value, highest first (ties in row-major order, so the
@@ -96,9 +96,9 @@ def pixel_ranking_curves(
     counts = np.round(np.linspace(0, h * w, steps + 1)).astype(np.int64)
 
     inner = range(1, steps)
-    images = [image, base]
-    images += [compose(image, base, rank < counts[i]) for i in inner]
-    images += [compose(image, base, rank >= counts[i]) for i in inner]
+    images: list[ImageLike] = [image, base]
+    images += [MaskedImage(image, base, rank < counts[i]) for i in inner]
+    images += [MaskedImage(image, base, rank >= counts[i]) for i in inner]
     received = np.asarray((yield images), dtype=np.float64)
     if received.ndim != 2 or received.shape[0] != len(images):
         raise ValueError(f"expected log-probs of shape [{len(images)}, n_tokens], got {received.shape}")

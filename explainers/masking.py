@@ -3,9 +3,16 @@
 Masking happens in pixel space, before the model's processor (EAGLE, arXiv 2509.22496,
 step 2): kept pixels come from the image, removed pixels from a baseline image.
 EAGLE's baseline is black; blur and mean-colour baselines are offered for comparisons.
+
+Searches yield `MaskedImage`s, not composed pixels: a search scores hundreds of masked copies
+of one image, and a scorer that prepares pixels one by one (models/pixel_lookup.py) prepares
+the image and the baseline once and composes the prepared values, on the model's device.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,3 +54,34 @@ def compose(image: np.ndarray, baseline: np.ndarray, keep_mask: np.ndarray) -> n
     if keep.shape != np.shape(image)[:2]:
         raise ValueError(f"mask shape {keep.shape} does not match image {np.shape(image)[:2]}")
     return np.where(keep[:, :, None], image, baseline).astype(np.uint8, copy=False)  # no second copy of uint8
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedImage:
+    """`image` where `keep` is True, `baseline` elsewhere, composed only when read as an array."""
+
+    image: NDArray[np.uint8]
+    baseline: NDArray[np.uint8]
+    keep: NDArray[np.bool_]
+
+    def __post_init__(self) -> None:
+        if self.baseline.shape != self.image.shape or self.keep.shape != self.image.shape[:2]:
+            raise ValueError(
+                f"image {self.image.shape}, baseline {self.baseline.shape} and mask {self.keep.shape} do not match"
+            )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.image.shape
+
+    @property
+    def dtype(self) -> np.dtype[np.uint8]:
+        return self.image.dtype
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> NDArray[Any]:
+        pixels = compose(self.image, self.baseline, self.keep)
+        return pixels if dtype is None else pixels.astype(dtype, copy=False)
+
+
+# What a black-box explainer yields to be scored: pixels, or pixels still to be composed.
+ImageLike: TypeAlias = NDArray[np.uint8] | MaskedImage

@@ -5,16 +5,20 @@ each channel value is rescaled and normalised on its own. That is a table of 256
 channel, read here off the processor's own output for a probe image holding every value, so
 it reproduces the processor's numbers bit for bit. An EAGLE search scores hundreds of masked
 copies of one image; the table turns the processor's per-image Python (about 0.5 ms per 96-px
-image, a tenth of a forward of the reference model on a CPU) into one gather per batch.
+image, a tenth of a forward of the reference model on a CPU) into one gather per image, and a
+masked copy (explainers/masking.py) into a choice, pixel by pixel, between its image's and its
+baseline's prepared values, made on the model's device.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from mllm_audit.explainers.masking import ImageLike, MaskedImage
 from numpy.typing import NDArray
 
 CHANNEL_OFFSETS = (0, 85, 170)  # the probe's channels differ, so no channel can be read for another
@@ -69,13 +73,27 @@ class PixelLookup:
             return None  # a value's output depends on where it is or what is around it
         return lookup
 
-    def applies(self, images: list[NDArray[Any]]) -> bool:
+    def applies(self, images: Sequence[ImageLike]) -> bool:
         return all(i.shape == (*self.size, 3) and i.dtype == np.uint8 for i in images)
 
-    def pixel_values(self, images: list[NDArray[np.uint8]]) -> torch.Tensor:
-        """`[images, 3, height, width]` float32, as the processor would give them."""
-        batch = np.stack(images)
-        out = np.empty((len(images), 3, *self.size), dtype=np.float32)
-        for c in range(3):
-            out[:, c] = self.table[c][batch[..., c]]
-        return torch.from_numpy(out)
+    def pixel_values(self, images: Sequence[ImageLike], device: torch.device | str = "cpu") -> torch.Tensor:
+        """`[images, 3, height, width]` float32 on `device`, as the processor would give them.
+
+        A `MaskedImage` is composed from its image's and its baseline's values, each prepared once
+        per call and moved to `device` once: per masked image only its mask is moved there."""
+        out = torch.empty((len(images), 3, *self.size), dtype=torch.float32, device=device)
+        prepared: dict[int, torch.Tensor] = {}  # id of a source array -> its values on the device
+
+        def values(pixels: NDArray[np.uint8]) -> torch.Tensor:
+            if id(pixels) not in prepared:
+                channels = np.stack([self.table[c][pixels[..., c]] for c in range(3)])
+                prepared[id(pixels)] = torch.from_numpy(channels).to(device)
+            return prepared[id(pixels)]
+
+        for row, image in enumerate(images):
+            if isinstance(image, MaskedImage):
+                keep = torch.from_numpy(image.keep).to(device)
+                torch.where(keep, values(image.image), values(image.baseline), out=out[row])
+            else:
+                out[row] = values(image)
+        return out

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 import torch
+from mllm_audit.explainers.masking import ImageLike, MaskedImage
 from mllm_audit.models.attention import attention_to_image, eager_attention, relevancy, upper_layers
 from mllm_audit.models.families import Box, ImageLayout
 from mllm_audit.models.gradients import capture_input_embeds, embedding_attributions
@@ -34,7 +35,7 @@ from mllm_audit.models.similarity import patch_similarity
 from numpy.typing import NDArray
 from PIL import Image
 
-ImageArray: TypeAlias = NDArray[np.uint8]  # [height, width, 3] RGB
+ImageArray: TypeAlias = ImageLike  # [height, width, 3] RGB, or such pixels still to be composed
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def answer_log_probs(logits: torch.Tensor, audit: Audit) -> torch.Tensor:
     return chosen_log_probs(logits[positions.start : positions.stop], audit)
 
 
-def to_pil(image: NDArray[Any] | Image.Image) -> Image.Image:
+def to_pil(image: ImageLike | Image.Image) -> Image.Image:
     return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
 
 
@@ -219,9 +220,10 @@ class Scorer:
     def model_outputs(self, pairs: Sequence[tuple[Audit, ImageArray]], **options: Any) -> Any:
         """The model's output on the right-padded batch; `options` go to the forward (output_attentions)."""
         ids, mask = pad_batch([a.sequence.input_ids for a, _ in pairs], self.pad_id)
-        arrays = [img for _, img in pairs if isinstance(img, np.ndarray)]
+        arrays = [img for _, img in pairs if isinstance(img, (np.ndarray, MaskedImage))]
         if self.pixel_lookup is not None and len(arrays) == len(pairs) and self.pixel_lookup.applies(arrays):
-            inputs = {"pixel_values": self.pixel_lookup.pixel_values(arrays)}  # the processor's numbers, at once
+            # the processor's numbers, at once, composed on the device
+            inputs = {"pixel_values": self.pixel_lookup.pixel_values(arrays, self.loaded.device)}
         else:
             images = [to_pil(img) for _, img in pairs]
             for (audit, _), image in zip(pairs, images):
@@ -372,7 +374,7 @@ class Scorer:
                 f"{audit.image_size[0]}x{audit.image_size[1]} (its image tokens depend on the size)"
             )
 
-    def _layout(self, audit: Audit, image: NDArray[Any] | Image.Image | None = None) -> ImageLayout:
+    def _layout(self, audit: Audit, image: ImageLike | Image.Image | None = None) -> ImageLayout:
         probe = Image.new("RGB", audit.image_size)
         if image is not None:
             probe = to_pil(image)

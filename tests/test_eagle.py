@@ -116,7 +116,7 @@ def test_greedy_recovers_additive_ranking_with_exact_cost():
     assert result.ranking == expected_ranking(audit, 0)
     # full + baseline first. Each distinct image is scored once: the forced last step is
     # full/baseline again, and the 4 images of the two-region step were scored at step 1.
-    assert np.array_equal(first[0][0], audit.image) and not first[0][1].any()
+    assert np.array_equal(first[0][0], audit.image) and not np.asarray(first[0][1]).any()
     assert images == result.forward_passes == k * (k + 1) - 4
     assert yields == 1 + (k - 2)  # full/baseline, then one per step with new images
     assert result.search_complete

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from mllm_audit.explainers.masking import MaskedImage
 from mllm_audit.models.pixel_lookup import PixelLookup
 from mllm_audit.models.scorer import to_pil
 
@@ -33,6 +34,31 @@ def test_the_table_gives_the_processors_numbers_and_the_same_scores(reference_sc
     slow = scorer.log_probs([(a, to_pil(i)) for a, i in pairs])
     assert all(np.array_equal(f, s) for f, s in zip(fast, slow))
     assert not lookup.applies([np.zeros((80, 96, 3), np.uint8)]) and not lookup.applies([images[0].astype(np.int16)])
+
+
+@pytest.mark.integration
+def test_masked_images_are_composed_from_prepared_values_bit_for_bit(reference_scorer):
+    lookup = reference_scorer.pixel_lookup
+    a, b, grey = *random_images(2, (96, 96), seed=3), np.full((96, 96, 3), 128, np.uint8)
+    rng = np.random.default_rng(4)
+    masks = [rng.random((96, 96)) < share for share in (0.0, 0.3, 0.7, 1.0)]
+    # masked copies of two images over two baselines, mixed with plain arrays in one batch
+    batch = [MaskedImage(a, np.zeros_like(a), m) for m in masks] + [b, MaskedImage(b, grey, masks[1]), a]
+    composed = [np.asarray(i) for i in batch]
+    assert np.array_equal(composed[0], np.zeros_like(a)) and np.array_equal(composed[3], a)
+    assert torch.equal(lookup.pixel_values(batch), lookup.pixel_values(composed))
+    assert torch.equal(
+        lookup.pixel_values(composed),
+        reference_scorer.processor.image_processor(images=composed, return_tensors="pt")["pixel_values"],
+    )
+    # and the scorer gives them the scores of the composed pixels
+    sample = held_out_sample("colour", 2)
+    audit = reference_scorer.prepare(sample.prompt, sample.truth, (96, 96))
+    lazy = reference_scorer.log_probs([(audit, i) for i in batch])
+    eager = reference_scorer.log_probs([(audit, to_pil(i)) for i in composed])
+    assert all(np.array_equal(x, y) for x, y in zip(lazy, eager))
+    with pytest.raises(ValueError, match="do not match"):
+        MaskedImage(a, grey[:80], masks[0])
 
 
 @pytest.mark.unit

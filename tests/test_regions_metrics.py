@@ -108,7 +108,7 @@ def test_superpixel_search_finds_the_object():
     try:
         batch = next(gen)
         while True:
-            batch = gen.send(np.stack([score(im) for im in batch]))
+            batch = gen.send(np.stack([score(np.asarray(im)) for im in batch]))
     except StopIteration as stop:
         result = stop.value
     heat = heatmap_from_regions(labels, result.region_scores)
