@@ -68,8 +68,10 @@ class _Language(torch.nn.Module):
         self.family = family
         self.model = model
 
-    def forward(self, inputs_embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.family.text_logits(self.model, inputs_embeds, mask, positions)
+    def forward(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        return self.family.text_logits(self.model, inputs_embeds, attention_mask, positions)
 
 
 class OnnxBackend:

@@ -21,7 +21,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -34,8 +34,6 @@ from mllm_audit.models.sequence import AnswerTokens, TokenizedSequence, build_se
 from mllm_audit.models.similarity import patch_similarity
 from numpy.typing import NDArray
 from PIL import Image
-
-ImageArray: TypeAlias = ImageLike  # [height, width, 3] RGB, or such pixels still to be composed
 
 
 @dataclass(frozen=True)
@@ -94,28 +92,28 @@ class ScorerProtocol(Protocol):
         """The audit's token sequence for images of `image_size` (width, height)."""
         ...
 
-    def log_probs(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[NDArray[np.float64]]:
+    def log_probs(self, pairs: Sequence[tuple[Audit, ImageLike]]) -> list[NDArray[np.float64]]:
         """Log-probability of every answer token, `[answer_tokens]` per (audit, image) pair."""
         ...
 
-    def white_box(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[WhiteBoxOutput]:
+    def white_box(self, pairs: Sequence[tuple[Audit, ImageLike]]) -> list[WhiteBoxOutput]:
         """Full-vocabulary logits at every real position, per (audit, image) pair."""
         ...
 
-    def input_gradients(self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]]) -> NDArray[np.float64]:
+    def input_gradients(self, audit: Audit, image: ImageLike, targets: Sequence[Sequence[int]]) -> NDArray[np.float64]:
         """`[targets, image tokens]`: gradient x input of each target's summed log-probability at the
         language model's input embeddings of the image tokens (row-major over `image_grid`), signed."""
         ...
 
     def attention_maps(
-        self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]], with_relevancy: bool = False
+        self, audit: Audit, image: ImageLike, targets: Sequence[Sequence[int]], with_relevancy: bool = False
     ) -> AttentionReadout:
         """How much the positions emitting each target attend to each image token (row-major over
         `image_grid`): raw attention, and gradient-weighted relevancy when asked."""
         ...
 
     def hidden_similarity(
-        self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]]
+        self, audit: Audit, image: ImageLike, targets: Sequence[Sequence[int]]
     ) -> NDArray[np.float64]:
         """`[targets, image tokens]`: cosine similarity of each image token's last hidden state with the
         mean of the target tokens' own (row-major over `image_grid`), in [-1, 1]."""
@@ -125,12 +123,12 @@ class ScorerProtocol(Protocol):
         """Sequence positions of the image's tokens, row-major over `image_grid`."""
         ...
 
-    def image_grid(self, audit: Audit, image: ImageArray) -> tuple[int, int]:
+    def image_grid(self, audit: Audit, image: ImageLike) -> tuple[int, int]:
         """(rows, cols) of the image's tokens."""
         ...
 
     def readout(
-        self, pairs: Sequence[tuple[Audit, ImageArray]], phrases: Sequence[Sequence[int]] | None = None
+        self, pairs: Sequence[tuple[Audit, ImageLike]], phrases: Sequence[Sequence[int]] | None = None
     ) -> list[Readout]:
         """Answer-token log-probabilities, entropies and patch readouts, one forward per pair;
         `phrases`: per pair, token ids whose patch readout to add (may be empty)."""
@@ -212,12 +210,12 @@ class Scorer:
             layout = None  # no known grid (an unknown family): fine for black-box methods, white-box raises
         return Audit(prompt, answer, size, seq, layout)
 
-    def _forward(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> torch.Tensor:
+    def _forward(self, pairs: Sequence[tuple[Audit, ImageLike]]) -> torch.Tensor:
         """Logits `[batch, seq, vocab]` of the right-padded batch."""
         logits: torch.Tensor = self.model_outputs(pairs).logits
         return logits
 
-    def model_outputs(self, pairs: Sequence[tuple[Audit, ImageArray]], **options: Any) -> Any:
+    def model_outputs(self, pairs: Sequence[tuple[Audit, ImageLike]], **options: Any) -> Any:
         """The model's output on the right-padded batch; `options` go to the forward (output_attentions)."""
         ids, mask = pad_batch([a.sequence.input_ids for a, _ in pairs], self.pad_id)
         arrays = [img for _, img in pairs if isinstance(img, (np.ndarray, MaskedImage))]
@@ -234,7 +232,7 @@ class Scorer:
         return self.run_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, **inputs, **options)
 
     @torch.inference_mode()
-    def log_probs(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[NDArray[np.float64]]:
+    def log_probs(self, pairs: Sequence[tuple[Audit, ImageLike]]) -> list[NDArray[np.float64]]:
         """Log-probability of every answer token, one float64 array `[answer_tokens]` per pair."""
         if not pairs:
             return []
@@ -257,7 +255,7 @@ class Scorer:
 
     @torch.inference_mode()
     def readout(
-        self, pairs: Sequence[tuple[Audit, ImageArray]], phrases: Sequence[Sequence[int]] | None = None
+        self, pairs: Sequence[tuple[Audit, ImageLike]], phrases: Sequence[Sequence[int]] | None = None
     ) -> list[Readout]:
         """Answer-token log-probabilities, entropies and patch readouts, one forward per pair;
         `phrases`: per pair, token ids whose patch readout to add (may be empty)."""
@@ -285,12 +283,12 @@ class Scorer:
             )
         return results
 
-    def score_images(self, audit: Audit, images: Sequence[ImageArray]) -> NDArray[np.float64]:
+    def score_images(self, audit: Audit, images: Sequence[ImageLike]) -> NDArray[np.float64]:
         """One audit against a batch of images: log-probabilities `[images, answer_tokens]`."""
         return np.stack(self.log_probs([(audit, image) for image in images]))
 
     @torch.inference_mode()
-    def white_box(self, pairs: Sequence[tuple[Audit, ImageArray]]) -> list[WhiteBoxOutput]:
+    def white_box(self, pairs: Sequence[tuple[Audit, ImageLike]]) -> list[WhiteBoxOutput]:
         """Full-vocabulary logits at every real position, for white-box token maps."""
         logits = self._forward(pairs)
         return [
@@ -298,7 +296,7 @@ class Scorer:
             for row, (audit, _) in enumerate(pairs)
         ]
 
-    def input_gradients(self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]]) -> NDArray[np.float64]:
+    def input_gradients(self, audit: Audit, image: ImageLike, targets: Sequence[Sequence[int]]) -> NDArray[np.float64]:
         """`[targets, image tokens]`: gradient x input of each target's summed log-probability at the
         language model's input embeddings of the image tokens, signed. One forward with grad (the
         service otherwise runs without), then one backward per target from that graph."""
@@ -313,7 +311,7 @@ class Scorer:
             return embedding_attributions(sums, leaves[0], layout.positions)
 
     def attention_maps(
-        self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]], with_relevancy: bool = False
+        self, audit: Audit, image: ImageLike, targets: Sequence[Sequence[int]], with_relevancy: bool = False
     ) -> AttentionReadout:
         """Per target, how much the positions that emit its tokens attend to each image token:
         the attention probabilities of the language model's upper half of layers, averaged over
@@ -348,7 +346,7 @@ class Scorer:
 
     @torch.inference_mode()
     def hidden_similarity(
-        self, audit: Audit, image: ImageArray, targets: Sequence[Sequence[int]]
+        self, audit: Audit, image: ImageLike, targets: Sequence[Sequence[int]]
     ) -> NDArray[np.float64]:
         """`[targets, image tokens]`: cosine similarity of each image token's last hidden state with the
         mean of the target tokens' own (the states at the positions that hold them), in [-1, 1]. One forward."""
@@ -387,7 +385,7 @@ class Scorer:
         """Sequence positions of the image's tokens, row-major over `image_grid`."""
         return list(self._layout(audit).positions)
 
-    def image_grid(self, audit: Audit, image: ImageArray) -> tuple[int, int]:
+    def image_grid(self, audit: Audit, image: ImageLike) -> tuple[int, int]:
         """(rows, cols) of the image's tokens; rows * cols == len(image_token_positions(audit))."""
         return self._layout(audit, image).grid
 
