@@ -72,8 +72,8 @@ def masked_batch_ms_per_image(side: int, device: torch.device, repeats: int) -> 
     """Step 4 of the module docstring: ms per image, best of `repeats`, for each way."""
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    square = {"shortest_edge": side}, {"height": side, "width": side}
-    lookup = PixelLookup.probe(CLIPImageProcessorPil(size=square[0], crop_size=square[1]))
+    processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    lookup = PixelLookup.probe(processor)
     assert lookup is not None
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)

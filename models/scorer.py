@@ -264,8 +264,8 @@ class Scorer:
         all_logits = self._forward(pairs)
         results = []
         for row, (audit, image) in enumerate(pairs):
-            start, n = audit.sequence.answer_start, audit.n_tokens
-            log_p = torch.log_softmax(all_logits[row, start - 1 : start - 1 + n].float(), dim=-1)
+            answer = answer_positions(audit)
+            log_p = torch.log_softmax(all_logits[row, answer.start : answer.stop].float(), dim=-1)
             targets = torch.tensor(audit.tokens.ids, device=log_p.device)
             entropy = -(log_p.exp() * log_p).sum(dim=-1)
             patches, grid, phrase = None, None, None
