@@ -10,7 +10,8 @@ greedy (unlimited) and a random order, on the same samples and every checkpoint 
 (`--searches` runs a subset: the figures are deterministic, only the timings are not).
 A budget below a method's floor is what the service answers 422 to; the table says so. A second
 table gives the same AUCs within the image's end points (insertion capped at the whole image's
-probability, deletion floored at the blank image's), see `aucs_within_end_points`.
+probability, deletion floored at the blank image's: explainers.faithfulness.aucs_within_end_points);
+the other tables are followed by one too.
 
 Samples: object words (answers to colour and shape questions, target = the answer) and
 whole captions (target = the caption), on scenes the model never saw. Every method's
@@ -32,7 +33,7 @@ import time
 import numpy as np
 from mllm_audit.explainers import eagle
 from mllm_audit.explainers.engine import Job, run_jobs
-from mllm_audit.explainers.faithfulness import RankingCurves, auc, pixel_ranking_curves, pointing_game
+from mllm_audit.explainers.faithfulness import aucs_within_end_points, pixel_ranking_curves, pointing_game
 from mllm_audit.explainers.methods import get as get_method
 from mllm_audit.explainers.regions import region_masks, superpixel_regions
 from mllm_audit.models.loading import load_model
@@ -88,12 +89,15 @@ def run(n: int, regions: int, methods: list[str], batch_size: int, model_dir: st
             run_jobs([curve_job], scorer.log_probs, batch_size)
             if curve_job.error:
                 raise curve_job.error
-            ins, dele, _ = curve_job.result
+            ins, dele, curves = curve_job.result
+            ins_within, dele_within = aucs_within_end_points(curves)
             rows[m].append(
                 {
                     "kind": s.kind,
                     "insertion_auc": ins,
                     "deletion_auc": dele,
+                    "insertion_within": ins_within,
+                    "deletion_within": dele_within,
                     "pointing_mask": pointing_game(heat, mask),
                     "pointing_box": pointing_game(heat, boxes),
                     "forward_passes": passes,
@@ -113,6 +117,8 @@ def summarise(rows: dict[str, list[dict]]) -> dict:
         table[m] = {
             "insertion_auc": float(np.mean([r["insertion_auc"] for r in rs])),
             "deletion_auc": float(np.mean([r["deletion_auc"] for r in rs])),
+            "insertion_within": float(np.mean([r["insertion_within"] for r in rs])),
+            "deletion_within": float(np.mean([r["deletion_within"] for r in rs])),
             "pointing_mask_objects": float(np.mean([r["pointing_mask"] for r in objects])),
             "pointing_box_objects": float(np.mean([r["pointing_box"] for r in objects])),
             "pointing_mask_all": float(np.mean([r["pointing_mask"] for r in rs])),
@@ -145,6 +151,7 @@ def print_table(table: dict) -> None:
             + " | ".join(f"{r[c]:.3f}" if c not in ("forward_passes",) else f"{r[c]:.0f}" for c in cols)
             + " |"
         )
+    token_maps.print_within(table)
 
 
 BLACK_BOX = ("eagle", "eagle_greedy", "eagle_fast_published", "eagle_lazy", *BASELINES)
@@ -223,16 +230,6 @@ def frontier(
     return out
 
 
-def aucs_within_end_points(curves: RankingCurves) -> tuple[float, float]:
-    """Insertion AUC with the curve capped at the full image's probability, deletion AUC with it
-    floored at the blank image's: the AUCs without the masked images on which the model is surer
-    of the answer than on the whole image, or less sure than on a blank one."""
-    insertion = curves.insertion[:, curves.token_indices].mean(axis=1)  # ends at the whole image
-    deletion = curves.deletion[:, curves.token_indices].mean(axis=1)  # ends at the blank image
-    capped, floored = np.minimum(insertion, insertion[-1]), np.maximum(deletion, deletion[-1])
-    return auc(curves.areas, capped), auc(curves.areas, floored)
-
-
 def _frontier_row(rs: list[dict]) -> dict:
     if any(r.get("refused") for r in rs):
         return {"refused": True}
@@ -267,12 +264,7 @@ def print_frontier(table: dict, greedy_key: str = "eagle_greedy @ unlimited") ->
                 f"{r['deletion_auc']:.3f} ± {r['deletion_sem']:.3f} | "
                 f"{r['pointing']:.2f} | {r['forward_passes']:.0f} | {ratio} |"
             )
-        print(f"\n{name}: the same AUCs within the image's end points (insertion <= full, deletion >= blank)\n")
-        print("| search @ budget | ins AUC ↑ | del AUC ↓ |")
-        print("|---|---|---|")
-        for key, r in rows.items():
-            if not r.get("refused"):
-                print(f"| {key} | {r['insertion_within']:.3f} | {r['deletion_within']:.3f} |")
+        token_maps.print_within(rows)
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ Per object word (one map per word, explained with the method's white-box forward
   (explainers.faithfulness.pixel_ranking_curves driven by the engine with scorer.log_probs);
 - pointing game on the object's mask and on its box ((map * mask).max() == map.max());
 - Obj-IoU: the Otsu-binarised map against the object's mask.
+A second table gives insertion / deletion within the image's end points (insertion capped at
+the whole image's probability, deletion floored at the blank image's).
 Per function word, Func-IoU: the word names nothing, so the map should activate nothing;
 scored as the IoU of the map's inactive pixels with the whole image (1 - activated share).
 Binarisation, our reading of TAM's protocol: all maps of one answer are put on a common
@@ -34,7 +36,7 @@ from dataclasses import replace
 
 import numpy as np
 from mllm_audit.explainers.engine import Job, run_jobs
-from mllm_audit.explainers.faithfulness import box_mask, pixel_ranking_curves, pointing_game
+from mllm_audit.explainers.faithfulness import aucs_within_end_points, box_mask, pixel_ranking_curves, pointing_game
 from mllm_audit.explainers.methods import WHITE_BOX as METHODS
 from mllm_audit.explainers.methods import Explainer
 from mllm_audit.explainers.methods import get as get_method
@@ -111,6 +113,8 @@ def evaluate_token_maps(
         m: {
             "ins": [],
             "del": [],
+            "ins_within": [],
+            "del_within": [],
             "pg_mask": [],
             "pg_box": [],
             "obj_iou": [],
@@ -153,9 +157,12 @@ def evaluate_token_maps(
         for m, job in jobs:
             if job.error is not None:
                 raise job.error
-            ins, dele, _ = job.result
+            ins, dele, curves = job.result
             rows[m]["ins"].append(ins)
             rows[m]["del"].append(dele)
+            ins_within, dele_within = aucs_within_end_points(curves)
+            rows[m]["ins_within"].append(ins_within)
+            rows[m]["del_within"].append(dele_within)
         if progress and (i + 1) % 10 == 0:
             print(f"  {i + 1}/{len(samples)} samples", flush=True)
     return {m: _summary(r) for m, r in rows.items()}
@@ -171,6 +178,8 @@ def _summary(r: dict[str, list]) -> dict:
     return {
         "insertion_auc": _mean(r["ins"]),
         "deletion_auc": _mean(r["del"]),
+        "insertion_within": _mean(r["ins_within"]),
+        "deletion_within": _mean(r["del_within"]),
         "pointing_mask": _mean(r["pg_mask"]),
         "pointing_box": _mean(r["pg_box"]),
         "pointing_mask_qa": _mean(r["pg_mask_qa"]),
@@ -219,6 +228,19 @@ def print_table(table: dict) -> None:
                 else f"{v:.3f}"
             )
         print(f"| {m} | " + " | ".join(cells) + " |")
+    print_within(table)
+
+
+def print_within(table: dict) -> None:
+    """The AUCs within the image's end points (insertion <= whole image, deletion >= blank image);
+    bench/faithfulness.py prints its tables' with it too."""
+    print("\nWithin the image's end points:\n")
+    print("| method | ins AUC ↑ | del AUC ↓ | ins − del |")
+    print("|---|---|---|---|")
+    for m, r in table.items():
+        if r.get("insertion_within") is not None:
+            ins, dele = r["insertion_within"], r["deletion_within"]
+            print(f"| {m} | {ins:.3f} | {dele:.3f} | {ins - dele:.3f} |")
 
 
 def main() -> None:

@@ -61,6 +61,16 @@ class RankingCurves:
     token_indices: list[int]
 
 
+def aucs_within_end_points(curves: RankingCurves) -> tuple[float, float]:
+    """Insertion AUC with the curve capped at the whole image's probability, deletion AUC with it
+    floored at the blank image's: the AUCs without the masked images on which the model is surer
+    of the answer than on the whole image, or less sure than on a blank one (bench/faithfulness.py)."""
+    insertion = _target_mean(curves.insertion, curves.token_indices)  # ends at the whole image
+    deletion = _target_mean(curves.deletion, curves.token_indices)  # ends at the blank image
+    capped, floored = np.minimum(insertion, insertion[-1]), np.maximum(deletion, deletion[-1])
+    return auc(curves.areas, capped), auc(curves.areas, floored)
+
+
 def _fit_heatmap(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     heat = np.asarray(heatmap, dtype=np.float32)
     if heat.shape != shape:  # scored in image pixels: bring the map to the image size
