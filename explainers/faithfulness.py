@@ -64,7 +64,7 @@ class RankingCurves:
 def aucs_within_end_points(curves: RankingCurves) -> tuple[float, float]:
     """Insertion AUC with the curve capped at the whole image's probability, deletion AUC with it
     floored at the blank image's: the AUCs without the masked images on which the model is surer
-    of the answer than on the whole image, or less sure than on a blank one (bench/faithfulness.py)."""
+    of the answer than on the whole image, or less sure than on a blank one (the benches print both)."""
     insertion = _target_mean(curves.insertion, curves.token_indices)  # ends at the whole image
     deletion = _target_mean(curves.deletion, curves.token_indices)  # ends at the blank image
     capped, floored = np.minimum(insertion, insertion[-1]), np.maximum(deletion, deletion[-1])
