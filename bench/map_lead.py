@@ -13,6 +13,8 @@ Rows: `eagle` (the default search) and each white-box map, then region orders th
 two, built from `eagle`'s ranking and the first map averaged over each region:
 
 - object first, then the rest, each part in `eagle`'s order or in the map's;
+- object first, then the rest in the map's order but the scene's other objects last (regions
+  more than a fifth inside another object's mask);
 - object first, then the rest by a prior that needs no forward pass: nearest to the object
   first, or closest in mean colour to the object first.
 
@@ -51,12 +53,18 @@ def rank_heatmap(order: list[int], labels: NDArray[np.int32]) -> NDArray[np.floa
 
 
 def spliced_orders(
-    image: np.ndarray, masks: np.ndarray, object_mask: np.ndarray, eagle_scores: np.ndarray, map_scores: np.ndarray
+    image: np.ndarray,
+    masks: np.ndarray,
+    object_mask: np.ndarray,
+    others_mask: np.ndarray,
+    eagle_scores: np.ndarray,
+    map_scores: np.ndarray,
 ) -> dict[str, list[int]]:
     """Region orders that put the object's regions first (see the module docstring)."""
     k = masks.shape[0]
     area = masks.reshape(k, -1).sum(axis=1).astype(np.float64)
     share = (masks & object_mask).reshape(k, -1).sum(axis=1) / np.maximum(area, 1.0)
+    other = (masks & others_mask).reshape(k, -1).sum(axis=1) / np.maximum(area, 1.0) > 0.2
     inside = share > 0.5
     inside[np.argmax(share)] = True  # an object smaller than half of every region keeps its best one
     by_eagle = [int(r) for r in np.argsort(-eagle_scores, kind="stable")]
@@ -75,6 +83,7 @@ def spliced_orders(
         "object, then rest: both in eagle's order": obj + rest(by_eagle),
         "object in the map's order, rest in eagle's": [r for r in by_map if inside[r]] + rest(by_eagle),
         "object in eagle's order, rest in the map's": obj + rest(by_map),
+        "object, rest in the map's order, other objects last": obj + sorted(rest(by_map), key=lambda r: other[r]),
         "object, then rest nearest first": obj + sorted(rest(by_eagle), key=lambda r: distance[r]),
         "object, then rest closest in colour first": obj + sorted(rest(by_eagle), key=lambda r: colour_gap[r]),
     }
@@ -101,7 +110,11 @@ def run(n: int, model_dir: str | None, maps: list[str], batch_size: int = 32) ->
             heatmaps[m] = explainer.heatmaps(scorer, audit, image, [tokens])[0]["heatmap"]
         first = heatmaps[maps[0]].astype(np.float64)
         map_scores = np.array([first[mask].mean() for mask in masks])
-        orders = spliced_orders(image, masks, s.target.mask, job.result.region_scores, map_scores)
+        others = np.zeros(image.shape[:2], dtype=bool)
+        for o in s.scene.objects:
+            if o is not s.target:
+                others |= o.mask
+        orders = spliced_orders(image, masks, s.target.mask, others, job.result.region_scores, map_scores)
         heatmaps.update({name: rank_heatmap(order, labels) for name, order in orders.items()})
         jobs = {name: Job(audit, pixel_ranking_curves(image, heat, tokens)) for name, heat in heatmaps.items()}
         run_jobs(list(jobs.values()), scorer.log_probs, batch_size)
