@@ -226,8 +226,25 @@ def frontier(
                 )
             print(f"  {name}: sample {done}/{len(samples)}", flush=True)
         out[name] = {key: _frontier_row(rs) for key, rs in got.items()}
+        _add_budget_steps(out[name], got)
         print_frontier({name: out[name]})
     return out
+
+
+def _add_budget_steps(table: dict, got: dict[str, list[dict]]) -> None:
+    """Each budget's change from the search's budget before it, as mean paired differences over the
+    samples ± their standard errors: does quality rise with the budget, beyond the samples' noise?"""
+    previous: dict[str, list[dict]] = {}
+    for key, rs in got.items():
+        method = key.split(" @ ")[0]
+        before = previous.get(method)
+        previous[method] = rs
+        if before is None or any(r.get("refused") for r in rs + before):
+            continue
+        for auc in ("insertion_auc", "deletion_auc"):
+            step = np.array([r[auc] for r in rs]) - np.array([r[auc] for r in before])
+            sem = step.std(ddof=1) / np.sqrt(len(step)) if len(step) > 1 else 0.0
+            table[key][f"{auc}_step"] = (float(step.mean()), float(sem))
 
 
 def _frontier_row(rs: list[dict]) -> dict:
@@ -251,18 +268,23 @@ def print_frontier(table: dict, greedy_key: str = "eagle_greedy @ unlimited") ->
     for name, rows in table.items():
         greedy = rows.get(greedy_key, {}).get("forward_passes")
         print(f"\n{name}: insertion and deletion AUC (± s.e.m.), pointing game (mask, all samples), passes\n")
-        print("| search @ budget | ins AUC ↑ | del AUC ↓ | PG | passes | greedy's passes / passes |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "| search @ budget | ins AUC ↑ | del AUC ↓ | PG | passes | greedy's passes / passes "
+            "| ins, del change from the budget before (paired) |"
+        )
+        print("|---|---|---|---|---|---|---|")
         for key, r in rows.items():
             if r.get("refused"):
-                print(f"| {key} | 422: below the floor | | | | |")
+                print(f"| {key} | 422: below the floor | | | | | |")
                 continue
             # greedy absent from this run (--searches) or a search that scored nothing: no ratio
             ratio = f"{greedy / r['forward_passes']:.1f}×" if greedy and r["forward_passes"] else "–"
+            steps = [r.get(f"{auc}_step") for auc in ("insertion_auc", "deletion_auc")]
+            change = ", ".join(f"{m:+.3f} ± {e:.3f}" for m, e in steps) if steps[0] else ""
             print(
                 f"| {key} | {r['insertion_auc']:.3f} ± {r['insertion_sem']:.3f} | "
                 f"{r['deletion_auc']:.3f} ± {r['deletion_sem']:.3f} | "
-                f"{r['pointing']:.2f} | {r['forward_passes']:.0f} | {ratio} |"
+                f"{r['pointing']:.2f} | {r['forward_passes']:.0f} | {ratio} | {change} |"
             )
         token_maps.print_within(rows)
 
