@@ -8,7 +8,8 @@
 `eagle_fast_published`) at max_forward_passes 32, 64, 128, 256, 512 and unlimited, against plain
 greedy (unlimited) and a random order, on the same samples and every checkpoint named, in one run
 (`--searches` runs a subset: the figures are deterministic, only the timings are not).
-A budget below a method's floor is what the service answers 422 to; the table says so. A second
+A budget below a method's floor is what the service answers 422 to; the table says so. Each row
+also gives its change from the search's budget before (mean paired differences ± s.e.). A second
 table gives the same AUCs within the image's end points (insertion capped at the whole image's
 probability, deletion floored at the blank image's: explainers.faithfulness.aucs_within_end_points);
 the other tables are followed by one too.
@@ -231,6 +232,11 @@ def frontier(
     return out
 
 
+def sem(x: np.ndarray) -> float:
+    """The standard error of the mean of `x` (0 for fewer than two values)."""
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
 def _add_budget_steps(table: dict, got: dict[str, list[dict]]) -> None:
     """Each budget's change from the search's budget before it, as mean paired differences over the
     samples ± their standard errors: does quality rise with the budget, beyond the samples' noise?"""
@@ -243,8 +249,7 @@ def _add_budget_steps(table: dict, got: dict[str, list[dict]]) -> None:
             continue
         for auc in ("insertion_auc", "deletion_auc"):
             step = np.array([r[auc] for r in rs]) - np.array([r[auc] for r in before])
-            sem = step.std(ddof=1) / np.sqrt(len(step)) if len(step) > 1 else 0.0
-            table[key][f"{auc}_step"] = (float(step.mean()), float(sem))
+            table[key][f"{auc}_step"] = (float(step.mean()), sem(step))
 
 
 def _frontier_row(rs: list[dict]) -> dict:
@@ -254,9 +259,9 @@ def _frontier_row(rs: list[dict]) -> dict:
     dele = np.array([r["deletion_auc"] for r in rs])
     return {
         "insertion_auc": float(ins.mean()),
-        "insertion_sem": float(ins.std(ddof=1) / np.sqrt(len(ins))) if len(ins) > 1 else 0.0,
+        "insertion_sem": sem(ins),
         "deletion_auc": float(dele.mean()),
-        "deletion_sem": float(dele.std(ddof=1) / np.sqrt(len(dele))) if len(dele) > 1 else 0.0,
+        "deletion_sem": sem(dele),
         "insertion_within": float(np.mean([r["insertion_within"] for r in rs])),
         "deletion_within": float(np.mean([r["deletion_within"] for r in rs])),
         "pointing": float(np.mean([r["pointing"] for r in rs])),

@@ -39,7 +39,7 @@ from mllm_audit.models.loading import load_model
 from mllm_audit.models.scorer import Scorer
 from numpy.typing import NDArray
 
-from bench.faithfulness import search_for
+from bench.faithfulness import search_for, sem
 from bench.samples import bench_samples
 
 NPW = "models/reference/weights-no-patch-words"
@@ -137,15 +137,14 @@ def summarise(rows: dict[str, list[tuple]]) -> dict[str, dict[str, float]]:
         a = np.array(r)
         lead = (reference[:, 0] - reference[:, 1]) - (a[:, 0] - a[:, 1])
         lead_within = (reference[:, 2] - reference[:, 3]) - (a[:, 2] - a[:, 3])
-        se = np.sqrt(len(a)) if len(a) > 1 else np.inf
         table[name] = {
             "insertion_auc": float(a[:, 0].mean()),
             "deletion_auc": float(a[:, 1].mean()),
             "lead": float(lead.mean()),
-            "lead_se": float(lead.std(ddof=1) / se) if len(a) > 1 else float("nan"),
+            "lead_se": sem(lead),
             "within": float((a[:, 2] - a[:, 3]).mean()),
             "lead_within": float(lead_within.mean()),
-            "lead_within_se": float(lead_within.std(ddof=1) / se) if len(a) > 1 else float("nan"),
+            "lead_within_se": sem(lead_within),
             "pointing_mask": float(a[:, 4].mean()),
             "answers": len(a),
         }
