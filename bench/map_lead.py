@@ -1,6 +1,6 @@
 """Where EAGLE's lead over a one-pass map lies: in the object, or in the rest of the image.
 
-    python -m bench.map_lead [--n 60] [--model models/reference/weights-no-patch-words]
+    python -m bench.map_lead [--n 60] [--model npw]
         [--maps attention+relevancy,relevancy,attention,tam] [--json out.json]
 
 Samples: the question answers (colour and shape words) among bench/samples.py's n held-out
@@ -39,10 +39,8 @@ from mllm_audit.models.loading import load_model
 from mllm_audit.models.scorer import Scorer
 from numpy.typing import NDArray
 
-from bench.faithfulness import search_for, sem
+from bench.faithfulness import CHECKPOINTS, search_for, sem
 from bench.samples import bench_samples
-
-NPW = "models/reference/weights-no-patch-words"
 
 
 def rank_heatmap(order: list[int], labels: NDArray[np.int32]) -> NDArray[np.float32]:
@@ -168,7 +166,7 @@ def format_table(table: dict[str, dict[str, float]]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=60, help="held-out samples; the question answers among them are used")
-    ap.add_argument("--model", default=NPW, help="model directory ('ref': the bundled reference model)")
+    ap.add_argument("--model", default="npw", help="checkpoint: npw, ref (the bundled one) or a model directory")
     ap.add_argument(
         "--maps", default="attention+relevancy,relevancy,attention,tam", help="white-box maps; the first is spliced"
     )
@@ -179,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not maps or unknown:
         ap.error(f"--maps takes one or more of {', '.join(WHITE_BOX)}")
     start = time.perf_counter()
-    table = summarise(run(args.n, None if args.model == "ref" else args.model, maps))
+    table = summarise(run(args.n, CHECKPOINTS.get(args.model, args.model), maps))
     print(f"\n{table['eagle']['answers']} answers of {args.n} samples, {time.perf_counter() - start:.0f} s in all\n")
     print(format_table(table))
     if args.json:

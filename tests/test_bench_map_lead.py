@@ -42,7 +42,7 @@ def test_spliced_orders_put_the_object_first_and_sort_the_rest_by_their_prior():
 def test_every_row_on_two_answers_of_the_reference_model(tmp_path):
     out = tmp_path / "lead.json"
     table = map_lead.main(["--n", "2", "--model", "ref", "--maps", "attention+relevancy", "--json", str(out)])
-    assert len(table) == 8 and {"eagle", "attention+relevancy"} <= set(table)  # and the five spliced orders
+    assert len(table) == 8 and {"eagle", "attention+relevancy"} <= set(table)  # and the six spliced orders
     assert table["eagle"]["lead"] == 0.0 and table["eagle"]["answers"] == 2
     first = table["object, then rest: both in eagle's order"]
     assert first["pointing_mask"] == 1.0  # the object's own region is ranked first
